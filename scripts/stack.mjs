@@ -1,0 +1,122 @@
+// The local stack: installs what is missing, starts the GPU service (CPU) and the Worker (wrangler dev),
+// waits until both are healthy. Used by `npm start` (start.mjs) and the end-to-end tests (e2e.mjs).
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+export const VENV_PYTHON = join(ROOT, ".venv", "bin", "python");
+export const DEFAULT_MODEL = join(ROOT, "gpu-service", "models", "lckv-tiny");
+export const DEV_KEY = "sk-lckv-dev";
+
+const log = (msg) => process.stderr.write(`[stack] ${msg}\n`);
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { cwd: ROOT, stdio: "inherit", ...opts });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed with exit code ${r.status}`);
+}
+
+const sha256 = (s) => createHash("sha256").update(s).digest("hex");
+
+/** npm packages (when package-lock.json changed) and the Python venv (when pyproject changed). */
+export function ensureInstalled() {
+  const lock = join(ROOT, "package-lock.json");
+  const stamp = join(ROOT, "node_modules", ".lckv-lock-hash");
+  const want = existsSync(lock) ? sha256(readFileSync(lock)) : "none";
+  if (!existsSync(stamp) || readFileSync(stamp, "utf8") !== want) {
+    log("installing npm packages (npm ci)");
+    run("npm", ["ci", "--no-audit", "--no-fund", "--loglevel=error"]);
+    writeFileSync(stamp, want);
+  }
+  run("bash", [join(ROOT, "scripts", "setup-python.sh")]);
+}
+
+/** Each raw API key becomes its own tenant: "key-" + first 12 hex of its SHA-256 (src/auth mirrors this). */
+export function tenantOf(key) {
+  return `key-${sha256(key).slice(0, 12)}`;
+}
+
+export function apiKeyHashes(keys) {
+  return keys.map((k) => `${tenantOf(k)}:${sha256(k)}`).join(",");
+}
+
+export function parseKeys(value) {
+  const keys = (value ?? DEV_KEY).split(",").map((k) => k.trim()).filter(Boolean);
+  if (keys.length === 0) throw new Error("LCKV_API_KEYS is set but holds no key");
+  return keys;
+}
+
+async function waitFor(url, { timeoutMs, child, name }) {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${name} exited early with code ${child.exitCode}`);
+    try {
+      const r = await fetch(url, { signal: AbortSignal.timeout(2000) });
+      if (r.ok) return;
+    } catch {
+      // not up yet
+    }
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  throw new Error(`${name} not healthy at ${url} after ${timeoutMs / 1000}s`);
+}
+
+function spawnLogged(name, cmd, args, { env, logDir }) {
+  mkdirSync(logDir, { recursive: true });
+  const out = openSync(join(logDir, `${name}.log`), "a");
+  const child = spawn(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", out, out], detached: true });
+  child.on("error", (e) => log(`${name}: ${e.message}`));
+  return child;
+}
+
+export function stopProcess(child, signal = "SIGTERM") {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((res) => {
+    const t = setTimeout(() => {
+      try { process.kill(-child.pid, "SIGKILL"); } catch {}
+      res();
+    }, 5000);
+    child.once("exit", () => { clearTimeout(t); res(); });
+    try { process.kill(-child.pid, signal); } catch { clearTimeout(t); res(); }
+  });
+}
+
+/** Start the GPU service on CPU. Resolves once /readyz answers 200 (model loaded and warm). */
+export async function startGpuService({ port, model, secret, logDir, extraArgs = [] }) {
+  const args = ["-m", "lckv_service", "serve", "--model", model, "--host", "127.0.0.1", "--port", String(port), "--device", "cpu", ...extraArgs];
+  const child = spawnLogged("gpu-service", VENV_PYTHON, args, { env: { GPU_SERVICE_SECRET: secret, OMP_NUM_THREADS: "1" }, logDir });
+  await waitFor(`http://127.0.0.1:${port}/readyz`, { timeoutMs: 180_000, child, name: "GPU service" });
+  return child;
+}
+
+/** Start the Worker in local workerd (wrangler dev). Secrets go through a generated .dev.vars file. */
+export async function startWorker({ port, gpuPort, secret, keys, persistDir, logDir, vars = {} }) {
+  const devVars = [
+    `GPU_SERVICE_SECRET=${JSON.stringify(secret)}`,
+    `API_KEY_HASHES=${JSON.stringify(apiKeyHashes(keys))}`,
+  ].join("\n");
+  writeFileSync(join(ROOT, ".dev.vars"), devVars + "\n", { mode: 0o600 });
+  const varArgs = Object.entries({ GPU_SERVICE_URL: `http://127.0.0.1:${gpuPort}`, ...vars }).flatMap(([k, v]) => ["--var", `${k}:${v}`]);
+  const args = [join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js"), "dev", "--ip", "127.0.0.1", "--port", String(port),
+    "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn", ...varArgs];
+  const child = spawnLogged("worker", process.execPath, args, { env: { WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" }, logDir });
+  await waitFor(`http://127.0.0.1:${port}/healthz`, { timeoutMs: 120_000, child, name: "Worker (wrangler dev)" });
+  return child;
+}
+
+export function newSecret() {
+  return randomBytes(24).toString("hex");
+}
+
+/** The model folder to serve: the bundled trained model, or (if its weights are absent) a random test model. */
+export function resolveModel(preferred = process.env.LCKV_MODEL ?? DEFAULT_MODEL) {
+  if (existsSync(join(preferred, "model.safetensors"))) return preferred;
+  const fallback = join(ROOT, ".e2e", "test-model");
+  if (!existsSync(join(fallback, "model.safetensors"))) {
+    log(`no weights in ${preferred}; building a small random-weight test model in ${fallback}`);
+    run(VENV_PYTHON, ["-m", "lckv_service", "make-test-model", fallback]);
+  }
+  return fallback;
+}

@@ -1,0 +1,38 @@
+// `npm start`: the whole stack on this machine — GPU service on CPU + Worker in local workerd.
+import { join } from "node:path";
+import { DEV_KEY, ROOT, ensureInstalled, newSecret, parseKeys, resolveModel, startGpuService, startWorker, stopProcess } from "./stack.mjs";
+
+const port = Number(process.env.PORT ?? 8787);
+const gpuPort = Number(process.env.LCKV_GPU_PORT ?? 8000);
+for (const [name, p] of [["PORT", port], ["LCKV_GPU_PORT", gpuPort]]) {
+  if (!Number.isInteger(p) || p < 1 || p > 65535) {
+    console.error(`${name} must be a port number (1-65535), got ${JSON.stringify(process.env[name])}`);
+    process.exit(2);
+  }
+}
+const keys = parseKeys(process.env.LCKV_API_KEYS);
+const logDir = join(ROOT, ".wrangler", "logs");
+const children = [];
+
+async function shutdown(code) {
+  await Promise.all(children.map((c) => stopProcess(c)));
+  process.exit(code);
+}
+process.on("SIGINT", () => shutdown(0));
+process.on("SIGTERM", () => shutdown(0));
+
+try {
+  ensureInstalled();
+  const model = resolveModel();
+  const secret = process.env.GPU_SERVICE_SECRET ?? newSecret();
+  console.error(`[stack] starting GPU service on CPU with ${model} (logs: ${logDir}/gpu-service.log)`);
+  children.push(await startGpuService({ port: gpuPort, model, secret, logDir }));
+  console.error(`[stack] starting Worker (logs: ${logDir}/worker.log)`);
+  children.push(await startWorker({ port, gpuPort, secret, keys, persistDir: join(ROOT, ".wrangler", "state"), logDir }));
+  const keyNote = process.env.LCKV_API_KEYS ? "the keys in LCKV_API_KEYS" : `the development key ${DEV_KEY}`;
+  console.log(`\nlckv-edge is up.\n  base URL: http://127.0.0.1:${port}/v1\n  API key:  ${keyNote}\n  Ctrl-C stops both processes.\n`);
+  for (const c of children) c.on("exit", (code) => { console.error(`[stack] a process exited (${code}); stopping`); shutdown(1); });
+} catch (e) {
+  console.error(`[stack] ${e.message}`);
+  await shutdown(1);
+}
