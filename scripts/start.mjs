@@ -1,5 +1,6 @@
 // `npm start`: the whole stack on this machine — GPU service on CPU + Worker in local workerd.
 import { join } from "node:path";
+import { buildPlayground } from "./build-playground.mjs";
 import { DEV_KEY, ROOT, ensureInstalled, newSecret, parseKeys, resolveModel, startGpuService, startWorker, stopProcess } from "./stack.mjs";
 
 const port = Number(process.env.PORT ?? 8787);
@@ -24,6 +25,7 @@ process.on("SIGTERM", () => shutdown(0));
 try {
   ensureInstalled();
   const model = resolveModel();
+  buildPlayground({ model }); // the in-browser engine's ONNX export and runtime files (public/generated)
   const secret = process.env.GPU_SERVICE_SECRET ?? newSecret();
   console.error(`[stack] starting GPU service on CPU with ${model} (logs: ${logDir}/gpu-service.log)`);
   children.push(await startGpuService({ port: gpuPort, model, secret, logDir }));

@@ -1,0 +1,268 @@
+"""ModelConfig: Llama hyperparameters plus, per layer, which layer's K/V it attends to.
+
+kv_source[i] = i      layer i computes and attends to its own K/V (standard Llama layer)
+kv_source[i] = t > i  layer i attends to the K/V of a layer above it: t is a *cyclic target*
+                      (needs the iterative computation; diagonal masked)
+kv_source[i] = s < i  layer i reuses a lower layer's K/V (cross-layer sharing, no iteration)
+
+The LCKV sandwich with w warmup layers: bottom w/2 and top w/2 layers standard, the L-w middle
+layers all attend to the target t = L - w/2 - 1 (the topmost middle layer), which alone among
+them has W_K/W_V. w = L is Llama; w = 0 makes every layer read the last layer's K/V.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                  "num_kv_heads", "max_position_embeddings")
+# Fields that fix the K/V a model produces and their layout (training-only knobs excluded).
+_FINGERPRINT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                       "num_kv_heads", "rope_theta", "rms_norm_eps", "kv_source", "nodiag_everywhere")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 4096
+    kv_source: tuple[int, ...] | None = None   # None -> Llama (every layer its own K/V)
+    forward_passes: int = 7                    # m: passes without gradient
+    backward_passes: int = 2                   # b: passes with gradient
+    nodiag_everywhere: bool = False            # authors' ACL checkpoints: no diagonal in any layer
+
+    def __post_init__(self):
+        for name in _POSITIVE_INTS:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}", param=name)
+        for name in ("rope_theta", "rms_norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"{name} must be a positive finite number, got {v!r}", param=name)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}",
+                              param="num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(f"num_kv_heads={self.num_kv_heads} does not divide num_heads={self.num_heads}",
+                              param="num_kv_heads")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE", param="num_heads")
+        if not isinstance(self.nodiag_everywhere, bool):
+            raise ConfigError("nodiag_everywhere must be a boolean", param="nodiag_everywhere")
+        src = tuple(range(self.num_layers)) if self.kv_source is None else self.kv_source
+        if isinstance(src, (str, bytes)) or not hasattr(src, "__len__"):
+            raise ConfigError("kv_source must be a list of layer indices", param="kv_source")
+        src = tuple(src)
+        if len(src) != self.num_layers:
+            raise ConfigError(f"kv_source has {len(src)} entries for {self.num_layers} layers", param="kv_source")
+        for i, s in enumerate(src):
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < self.num_layers:
+                raise ConfigError(f"kv_source[{i}]={s!r} is not a layer index in [0, {self.num_layers})",
+                                  param="kv_source")
+        for i, s in enumerate(src):
+            if src[s] != s:
+                raise ConfigError(f"layer {i} attends to layer {s}, which computes no K/V "
+                                  f"(kv_source[{s}]={src[s]})", param="kv_source")
+        object.__setattr__(self, "kv_source", src)
+        for name, lo in (("forward_passes", 0), ("backward_passes", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}", param=name)
+        if self.is_cyclic and self.backward_passes < 2:
+            # with b = 1 the target's W_K/W_V would never receive a gradient
+            raise ConfigError("backward_passes must be >= 2 for a model with a cyclic K/V target",
+                              param="backward_passes")
+
+    # ---- derived ------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def kv_layers(self) -> tuple[int, ...]:
+        """Layers that compute (and cache) K/V, ascending."""
+        return tuple(i for i, s in enumerate(self.kv_source) if s == i)
+
+    @property
+    def cyclic_targets(self) -> tuple[int, ...]:
+        """Layers whose K/V some lower layer reads (they need the iterative computation)."""
+        return tuple(sorted({s for i, s in enumerate(self.kv_source) if s > i}))
+
+    @property
+    def is_cyclic(self) -> bool:
+        return bool(self.cyclic_targets)
+
+    @property
+    def target_layer(self) -> int | None:
+        t = self.cyclic_targets
+        return t[0] if len(t) == 1 else None
+
+    @property
+    def iter_block(self) -> tuple[int, int] | None:
+        """(first, last) layer of the block iterated m+b times; None for an acyclic model."""
+        if not self.is_cyclic:
+            return None
+        return min(i for i, s in enumerate(self.kv_source) if s > i), max(self.cyclic_targets)
+
+    def nodiag(self, layer: int) -> bool:
+        """Whether `layer` masks the diagonal (token i attends to tokens < i only)."""
+        return self.nodiag_everywhere or self.kv_source[layer] in self.cyclic_targets
+
+    @property
+    def warmup_layers(self) -> int | None:
+        """w if kv_source is an LCKV sandwich (w = L for Llama), else None."""
+        L = self.num_layers
+        for w in range(0, L + 1, 2):
+            if self.kv_source == _sandwich(L, w):
+                return w
+        return None
+
+    # ---- constructors -------------------------------------------------------------------------
+    @classmethod
+    def llama(cls, **shape) -> "ModelConfig":
+        shape.pop("kv_source", None)
+        return cls(**shape)
+
+    @classmethod
+    def lckv(cls, warmup_layers: int, **shape) -> "ModelConfig":
+        L = shape.get("num_layers")
+        if isinstance(L, bool) or not isinstance(L, int) or L <= 0:
+            raise ConfigError(f"num_layers must be a positive integer, got {L!r}", param="num_layers")
+        w = warmup_layers
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ConfigError(f"warmup_layers must be a non-negative integer, got {w!r}", param="warmup_layers")
+        if w % 2:
+            raise ConfigError(f"warmup_layers must be even (a sandwich of w/2 + w/2), got {w}",
+                              param="warmup_layers")
+        if w > L:
+            raise ConfigError(f"warmup_layers={w} exceeds num_layers={L}", param="warmup_layers")
+        shape.pop("kv_source", None)
+        return cls(kv_source=_sandwich(L, w), **shape)
+
+    @classmethod
+    def preset(cls, name: str, variant: str = "lckv-w2") -> "ModelConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}", param="preset")
+        shape = dict(PRESETS[name])
+        if variant == "llama":
+            return cls.llama(**shape)
+        m = re.fullmatch(r"lckv-w(\d+)", variant or "")
+        if not m:
+            raise ConfigError(f"unknown variant {variant!r}; use 'llama' or 'lckv-w<N>'", param="variant")
+        return cls.lckv(int(m.group(1)), **shape)
+
+    # ---- identity and serialisation -----------------------------------------------------------
+    def fingerprint(self) -> str:
+        d = {k: getattr(self, k) for k in _FINGERPRINT_FIELDS}
+        d["kv_source"] = list(self.kv_source)
+        d["rope_theta"] = float(self.rope_theta)
+        d["rms_norm_eps"] = float(self.rms_norm_eps)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """config.json in Hugging Face style (our own model_type "lckv")."""
+        return {
+            "architectures": ["LCKVForCausalLM"], "model_type": "lckv",
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+            "rope_theta": float(self.rope_theta), "rms_norm_eps": float(self.rms_norm_eps),
+            "max_position_embeddings": self.max_position_embeddings, "hidden_act": "silu",
+            "tie_word_embeddings": False, "kv_source": list(self.kv_source),
+            "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
+            "nodiag_everywhere": self.nodiag_everywhere,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Parse our config.json, a plain HF Llama config, or the authors' lckv-llama config."""
+        if not isinstance(d, dict):
+            raise ConfigError("config must be a JSON object", param="config")
+        _check_llama_compatible(d)
+        theta = d.get("rope_theta")
+        rp = d.get("rope_parameters")  # transformers >= 5 nests rope_theta here
+        if theta is None and isinstance(rp, dict):
+            theta = rp.get("rope_theta")
+        kw: dict[str, Any] = {"rope_theta": 10000.0 if theta is None else theta}
+        for key, name in (("vocab_size", "vocab_size"), ("hidden_size", "hidden_size"),
+                          ("intermediate_size", "intermediate_size"), ("num_hidden_layers", "num_layers"),
+                          ("num_attention_heads", "num_heads")):
+            if key not in d:
+                raise ConfigError(f"config.json lacks {key!r}", param=key)
+            kw[name] = d[key]
+        kw["num_kv_heads"] = d.get("num_key_value_heads") or kw["num_heads"]
+        for key in ("rms_norm_eps", "max_position_embeddings", "forward_passes", "backward_passes"):
+            if d.get(key) is not None:
+                kw[key] = d[key]
+        if "kv_source" in d:
+            kw["kv_source"] = d["kv_source"]
+            kw["nodiag_everywhere"] = d.get("nodiag_everywhere", False)
+        elif "layer_types" in d and d.get("model_type") != "llama":   # authors' lckv-llama layout
+            kw["kv_source"] = _parse_layer_types(d["layer_types"], kw["num_layers"])
+            kw["nodiag_everywhere"] = d.get("force_nodiag", False)
+        try:
+            return cls(**kw)
+        except TypeError as e:  # wrong value types surface as TypeError inside the checks
+            raise ConfigError(f"invalid config value: {e}", param="config") from e
+
+
+def _sandwich(L: int, w: int) -> tuple[int, ...]:
+    if w >= L:
+        return tuple(range(L))
+    t = L - w // 2 - 1
+    return tuple(i if (i < w // 2 or i > t) else t for i in range(L))
+
+
+def _parse_layer_types(s: Any, num_layers: Any) -> list[int]:
+    """Authors' `layer_types`: "0_1_7_7_7_7_7_7" = per-layer K/V source index, '_'-separated."""
+    if not isinstance(s, str) or not re.fullmatch(r"\d+(_\d+)*", s):
+        raise ConfigError(f"layer_types must be '_'-separated layer indices (sliding-window 's' layers "
+                          f"are not supported), got {s!r}", param="layer_types")
+    src = [int(x) for x in s.split("_")]
+    if isinstance(num_layers, int) and len(src) != num_layers:
+        raise ConfigError(f"layer_types has {len(src)} entries for {num_layers} layers", param="layer_types")
+    return src
+
+
+def _check_llama_compatible(d: dict[str, Any]) -> None:
+    """Refuse HF options this model does not implement rather than silently computing wrong logits."""
+    if d.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"hidden_act {d['hidden_act']!r} is not supported (silu only)", param="hidden_act")
+    for key in ("attention_bias", "mlp_bias"):
+        if d.get(key):
+            raise ConfigError(f"{key}=true is not supported", param=key)
+    rs = d.get("rope_scaling")
+    rp = d.get("rope_parameters")
+    if rs or (isinstance(rp, dict) and rp.get("rope_type", "default") != "default"):
+        raise ConfigError("RoPE scaling is not supported", param="rope_scaling")
+    if d.get("tie_word_embeddings"):
+        raise ConfigError("tied embeddings are not supported (Llama uses an untied lm_head)",
+                          param="tie_word_embeddings")
+    hd = d.get("head_dim")
+    if hd is not None and d.get("hidden_size") and d.get("num_attention_heads") \
+            and hd * d["num_attention_heads"] != d["hidden_size"]:
+        raise ConfigError("head_dim must equal hidden_size / num_attention_heads", param="head_dim")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-test": dict(vocab_size=256, hidden_size=64, intermediate_size=160, num_layers=4, num_heads=4,
+                      num_kv_heads=2, max_position_embeddings=512),
+    "tinyllama-1.1b": dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22,
+                           num_heads=32, num_kv_heads=4, max_position_embeddings=2048),
+    "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
+                      num_heads=32, num_kv_heads=32, max_position_embeddings=4096),
+}
+

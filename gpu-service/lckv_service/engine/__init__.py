@@ -1,0 +1,1 @@
+"""Continuous-batching engine: scheduler (torch-free), runner, engine loop."""

@@ -1,0 +1,234 @@
+"""Engine.step = schedule -> run -> update; AsyncEngine runs it in a background thread.
+
+Aborts are applied at one fixed point, the start of a step, never while the model runs. At the end of
+a session turn the slot is brought to the turn's canonical tokens (what a stateless request over the
+whole conversation would tokenize it to) and exported for the blob.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Protocol
+
+from ..tokenizer import ChatTokenizer
+from .request import Event, Phase, Request, RequestStatus
+from .runner import ModelRunner
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class EngineMetrics(Protocol):
+    def observe_ttft(self, seconds: float) -> None: ...
+    def observe_itl(self, seconds: float) -> None: ...
+    def count_tokens(self, n: int) -> None: ...
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class Engine:
+    def __init__(self, scheduler: Scheduler, runner: ModelRunner, tokenizer: ChatTokenizer,
+                 metrics: EngineMetrics | None = None):
+        self.scheduler = scheduler
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._requests: dict[str, Request] = {}
+        self._aborts: set[str] = set()
+
+    # ---- called from any thread ---------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        """Queue a request; raises OverloadedError when the admission queue is full."""
+        req.text_stream = self.tokenizer.text_stream(req.params.stop)
+        with self._lock:
+            if req.request_id in self._requests:
+                raise ValueError(f"duplicate request id {req.request_id!r}")
+            self.scheduler.add(req)
+            self._requests[req.request_id] = req
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            if request_id in self._requests:
+                self._aborts.add(request_id)
+
+    def has_work(self) -> bool:
+        with self._lock:
+            return self.scheduler.has_work() or bool(self._aborts)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            running = [r.slot for r in self.scheduler.running]
+            return {"waiting": len(self.scheduler.waiting), "running": len(running),
+                    "slots_total": self.scheduler.cfg.num_slots,
+                    "kv_bytes_used": self.runner.bytes_in_use(running),
+                    "kv_bytes_total": self.runner.bytes_total}
+
+    # ---- the engine thread ----------------------------------------------------------------------
+    def step(self) -> bool:
+        """One step; returns False when there was nothing to do."""
+        with self._lock:
+            for rid in self._aborts:
+                req = self._requests.pop(rid, None)
+                if req is not None and not req.status.finished:
+                    self.scheduler.finish(req, RequestStatus.FINISHED_ABORTED)
+            self._aborts.clear()
+            plan = self.scheduler.schedule()
+        if plan.empty:
+            return False
+        try:
+            sampled = self.runner.run(plan)
+        except Exception as e:  # a model failure fails this step's requests, not the process
+            log.exception("engine step failed")
+            with self._lock:
+                for req in {*plan.admitted, *plan.restarts, *(p.request for p in plan.prefills), *plan.decodes}:
+                    self._fail(req, e)
+            return True
+        with self._lock:
+            now = time.monotonic()
+            for req, tok in sampled:
+                if not req.status.finished:
+                    self._guarded(req, self._on_token, req, tok, now)
+            if self.metrics:
+                self.metrics.count_tokens(len(sampled))
+            for req in list(self.scheduler.running):
+                if req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart:
+                    self._guarded(req, self._export, req)
+        return True
+
+    def _guarded(self, req: Request, fn, *args) -> None:
+        """Per-request update work (detokenizing, re-encoding, export): a failure fails that request only."""
+        try:
+            fn(*args)
+        except Exception as e:
+            log.exception("request %s: update failed", req.request_id)
+            self._fail(req, e)
+
+    def _export(self, req: Request) -> None:
+        self._complete(req, req.final_status, self.runner.export(req.slot))
+
+    def fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            for req in [*self.scheduler.waiting, *self.scheduler.running]:
+                self._fail(req, exc)
+
+    # ---- update (under the lock) ------------------------------------------------------------------
+    def _on_token(self, req: Request, tok: int, now: float) -> None:
+        req.output_ids.append(tok)
+        if self.metrics:
+            if req.first_token_time is None:
+                self.metrics.observe_ttft(now - req.arrival)
+            else:
+                self.metrics.observe_itl(now - req.last_token_time)
+        if req.first_token_time is None:
+            req.first_token_time = now
+        req.last_token_time = now
+        if tok in self.tokenizer.stop_token_ids:
+            return self._end_generation(req, RequestStatus.FINISHED_STOPPED)
+        req.unsent_ids.append(tok)
+        text = req.text_stream.push(tok)
+        if text:
+            req.emit(Event("delta", text=text, token_ids=req.unsent_ids))
+            req.unsent_ids = []
+        if req.text_stream.stopped:
+            self._end_generation(req, RequestStatus.FINISHED_STOPPED)
+        elif len(req.output_ids) >= req.params.max_tokens:
+            self._end_generation(req, RequestStatus.FINISHED_LENGTH)
+        else:
+            req.phase = Phase.DECODE
+
+    def _end_generation(self, req: Request, status: RequestStatus) -> None:
+        text = req.text_stream.flush()
+        if text or req.unsent_ids:
+            req.emit(Event("delta", text=text, token_ids=req.unsent_ids))
+            req.unsent_ids = []
+        if not req.return_blob:
+            return self._complete(req, status, None)
+        req.final_status = status
+        req.phase = Phase.FINALIZE
+        canonical = req.canonical(req.text_stream.emitted)
+        fed = req.fed_this_turn
+        p = _common_prefix(fed, canonical)
+        req.retokenized = p < len(fed)
+        if req.retokenized and req.last_evict_at > p:
+            # an eviction ran while the slot held non-canonical tokens, so it kept a different set
+            # than a stateless request would: rebuild the turn from its start state
+            req.restart = req.rebuilt = True
+            req.pending = list(canonical)
+        else:
+            req.truncate = len(fed) - p
+            req.pending = canonical[p:]
+        if not req.pending and not req.truncate and not req.restart:
+            self._export(req)
+
+    def _complete(self, req: Request, status: RequestStatus, state) -> None:
+        self.scheduler.finish(req, status)
+        self._requests.pop(req.request_id, None)
+        req.emit(Event("done", finish_reason=status.finish_reason, state=state))
+
+    def _fail(self, req: Request, exc: BaseException) -> None:
+        if req.status.finished:
+            return
+        self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
+        self._requests.pop(req.request_id, None)
+        req.emit(Event("error", error=exc))
+
+
+class AsyncEngine:
+    """Runs Engine.step in a daemon thread; hands each request's events to an asyncio.Queue."""
+
+    def __init__(self, engine: Engine, idle_wait_s: float = 0.5):
+        self.engine = engine
+        self._wake = threading.Event()
+        self._stopping = False
+        self._idle_wait_s = idle_wait_s
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="lckv-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def add(self, req: Request) -> "asyncio.Queue[Event]":
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def emit(ev: Event) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, ev)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
+
+        req.emit = emit
+        self.engine.add(req)
+        self._wake.set()
+        return queue
+
+    def abort(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                busy = self.engine.step()
+            except Exception as e:  # a bug in update logic: fail everyone, keep serving
+                log.exception("engine loop error")
+                self.engine.fail_all(e)
+                busy = False
+            if not busy:
+                self._wake.wait(self._idle_wait_s)
+                self._wake.clear()

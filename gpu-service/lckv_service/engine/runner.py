@@ -1,0 +1,100 @@
+"""StepPlan -> tensors -> model.prefill / model.decode -> sampled tokens.
+
+Owns the device-side state: the KVCache pool (one preallocated slot per live sequence, sized from
+free device memory on CUDA or a configured slot count on CPU) and each request's torch.Generator.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..cache import CacheState, KVCache
+from ..config import ModelConfig
+from ..errors import ConfigError
+from ..model import LCKVModel, PrefillMode
+from ..sampling import make_generator, sample
+from .request import Request
+from .scheduler import StepPlan
+
+log = logging.getLogger(__name__)
+
+
+def plan_slots(cfg: ModelConfig, capacity: int, device: torch.device, dtype: torch.dtype,
+               max_slots: int, mem_fraction: float) -> int:
+    """How many cache slots to allocate: CPU takes `max_slots`; CUDA what fits in a fraction of free memory."""
+    if device.type != "cuda":
+        return max_slots
+    free, _total = torch.cuda.mem_get_info(device)
+    per_slot = KVCache.bytes_for(cfg, 1, capacity, dtype)
+    n = min(max_slots, int(free * mem_fraction) // per_slot)
+    if n < 1:
+        raise ConfigError(f"not enough free GPU memory for one cache slot of {capacity} tokens "
+                          f"({per_slot} bytes)", param="window")
+    log.info("kv pool: %d slots x %d tokens (%.1f MiB of %.1f MiB free)", n, capacity,
+             n * per_slot / 2**20, free / 2**20)
+    return n
+
+
+class ModelRunner:
+    def __init__(self, model: LCKVModel, num_slots: int, capacity: int, sinks: int,
+                 prefill_mode: PrefillMode = PrefillMode(), dtype: torch.dtype | None = None):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = dtype or next(model.parameters()).dtype
+        self.sinks = sinks
+        self.prefill_mode = prefill_mode
+        self.cache = KVCache(model.cfg, num_slots, capacity, self.device, self.dtype)
+
+    def run(self, plan: StepPlan) -> list[tuple[Request, int]]:
+        """Apply the plan's cache operations, run the model, return (request, sampled token) pairs."""
+        for req in plan.admitted:
+            self._load_turn_start(req)
+            req.runner_state = make_generator(req.params, self.device)
+        for req in plan.restarts:
+            self._load_turn_start(req)
+        for slot, drop in plan.truncations:
+            self._truncate(slot, drop)
+        for slot, keep_recent in plan.evictions:
+            self.cache.evict(slot, self.sinks, keep_recent)
+
+        rows: list[tuple[Request, torch.Tensor]] = []
+        if plan.prefills:
+            tokens = [torch.tensor(p.tokens, dtype=torch.long, device=self.device) for p in plan.prefills]
+            logits = self.model.prefill(self.cache, [p.request.slot for p in plan.prefills], tokens,
+                                        mode=self.prefill_mode)
+            rows += [(p.request, logits[i]) for i, p in enumerate(plan.prefills) if p.sample]
+        if plan.decodes:
+            slots = torch.tensor([r.slot for r in plan.decodes], dtype=torch.long)  # CPU: no host sync
+            toks = torch.tensor([r.last_token for r in plan.decodes], dtype=torch.long, device=self.device)
+            logits = self.model.decode(self.cache, slots, toks)
+            rows += list(zip(plan.decodes, logits))
+        if not rows:
+            return []
+        reqs = [r for r, _ in rows]
+        out = sample(torch.stack([lg for _, lg in rows]), [r.params for r in reqs],
+                     [r.runner_state for r in reqs])
+        return list(zip(reqs, out.tolist()))
+
+    def _load_turn_start(self, req: Request) -> None:
+        if req.restore_state is not None:
+            self.cache.restore(req.slot, req.restore_state)
+        else:
+            self.cache.reset(req.slot)
+
+    def export(self, slot: int) -> CacheState:
+        return self.cache.export(slot)
+
+    def _truncate(self, slot: int, drop: int) -> None:
+        # rare (canonical re-tokenization differs): cut the slot's last `drop` tokens via export/restore
+        st = self.cache.export(slot)
+        keep = len(st.token_ids) - drop
+        self.cache.restore(slot, CacheState(k=st.k[:, :keep].clone(), v=st.v[:, :keep].clone(),
+                                            token_ids=st.token_ids[:keep], tokens_seen=st.tokens_seen - drop))
+
+    def bytes_in_use(self, slots: list[int]) -> int:
+        return sum(self.cache.nbytes_used(s) for s in slots)
+
+    @property
+    def bytes_total(self) -> int:
+        return KVCache.bytes_for(self.model.cfg, self.cache.num_slots, self.cache.capacity, self.dtype)

@@ -1,0 +1,1 @@
+"""HTTP server speaking docs/internal-protocol.md."""

@@ -1,0 +1,81 @@
+"""Prometheus metrics (one registry per app) and the /healthz, /readyz, /ping, /metrics handlers."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class AppState:
+    service: Any = None                     # the ModelService once loaded
+    ready: bool = False                     # loaded and warmed up with a real generation
+    load_task: asyncio.Task | None = None
+    load_error: BaseException | None = None
+
+
+class ServiceMetrics:
+    """Counters the engine and the HTTP layer update; gauges read the engine's state at scrape time."""
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.tokens = Counter("lckv_generated_tokens", "Tokens sampled (rate() gives tokens/s)", registry=r)
+        self.requests = Counter("lckv_requests", "Generate requests by outcome", ["outcome"], registry=r)
+        self.ttft = Histogram("lckv_time_to_first_token_seconds", "Arrival to first sampled token",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("lckv_inter_token_latency_seconds", "Time between a request's tokens",
+                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("lckv_queue_depth", "Requests waiting for a cache slot", registry=r)
+        self.running = Gauge("lckv_running_requests", "Requests in the running batch", registry=r)
+        self.kv_used = Gauge("lckv_kv_pool_used_bytes", "K/V bytes held by live sequences", registry=r)
+        self.kv_total = Gauge("lckv_kv_pool_bytes", "K/V pool size in bytes", registry=r)
+        self.slots_total = Gauge("lckv_kv_pool_slots", "Sequence slots in the K/V pool", registry=r)
+
+    # EngineMetrics protocol (called on the engine thread; prometheus_client is thread-safe)
+    def observe_ttft(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
+
+    def observe_itl(self, seconds: float) -> None:
+        self.itl.observe(seconds)
+
+    def count_tokens(self, n: int) -> None:
+        self.tokens.inc(n)
+
+    def bind_engine(self, engine) -> None:
+        """Gauges follow the engine's live state, read when scraped."""
+        for gauge, key in ((self.queue_depth, "waiting"), (self.running, "running"),
+                           (self.kv_used, "kv_bytes_used"), (self.kv_total, "kv_bytes_total"),
+                           (self.slots_total, "slots_total")):
+            gauge.set_function(lambda key=key: engine.stats()[key])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[STATE].ready:
+        return web.json_response({"status": "ready"})
+    return web.json_response({"status": "loading"}, status=503)
+
+
+async def ping(request: web.Request) -> web.Response:
+    # RunPod load-balancing health check: 200 ready, 204 still initializing
+    return web.Response(status=200 if request.app[STATE].ready else 204)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+STATE = web.AppKey("state", AppState)
+METRICS = web.AppKey("metrics", ServiceMetrics)

@@ -1,0 +1,47 @@
+"""Shared fixtures for the model-core tests: tiny models in float64 (exactness) or float32."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lckv_service.config import ModelConfig
+from lckv_service.model import LCKVModel
+
+# Tiny shapes gain nothing from intra-op threads, and on a shared 2-core CI box the thread pools
+# of parallel pytest processes thrash (measured here: 88 s -> 18 s for test_prefill_decode.py).
+torch.set_num_threads(1)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def tiny_cfg(w: int | None = 2, *, nodiag: bool = False, gqa: bool = True, layers: int = 4, **over) -> ModelConfig:
+    """tiny-test shape; w=None -> Llama. gqa=False -> as many KV heads as heads."""
+    shape = dict(ModelConfig.preset("tiny-test", "llama").__dict__)
+    shape.pop("kv_source")
+    shape.update(num_layers=layers, num_kv_heads=2 if gqa else 4, nodiag_everywhere=nodiag, **over)
+    return ModelConfig.llama(**shape) if w is None else ModelConfig.lckv(w, **shape)
+
+
+def make_model(cfg: ModelConfig, dtype=torch.float64, seed: int = 0, std: float = 0.1, device="cpu") -> LCKVModel:
+    """Random model. A larger init std makes attention and the K/V iteration non-trivial
+    (with 0.02 the attention is almost uniform and every mode agrees too easily)."""
+    torch.manual_seed(seed)
+    model = LCKVModel(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, std)
+            else:  # norm weights: perturb so they are exercised
+                p.uniform_(0.8, 1.2)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def replace(cfg: ModelConfig, **kw) -> ModelConfig:
+    return dataclasses.replace(cfg, **kw)
+
+
+@pytest.fixture
+def rng():
+    return torch.Generator().manual_seed(1234)

@@ -1,0 +1,111 @@
+"""kernels.FastDecode against the model's own decode (the independent reference here), in float64."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_model, tiny_cfg
+from lckv_service.cache import KVCache
+from lckv_service.kernels import FastDecode
+
+CFGS = {
+    "llama-gqa": dict(w=None),
+    "llama-mha": dict(w=None, gqa=False),
+    "lckv-w2": dict(w=2, layers=6),
+    "lckv-w4-mha": dict(w=4, layers=8, gqa=False),
+    "lckv-w0": dict(w=0),
+    "lckv-nodiag-everywhere": dict(w=2, nodiag=True, layers=6),
+}
+
+
+def _pair(cfg, model, lens, capacity=40, seed=1):
+    """Two caches with identical contents: slot s prefilled with lens[s] random tokens."""
+    g = torch.Generator().manual_seed(seed)
+    caches = [KVCache(cfg, len(lens), capacity, dtype=torch.float64) for _ in range(2)]
+    for s, n in enumerate(lens):
+        if n:
+            t = torch.randint(0, cfg.vocab_size, (n,), generator=g)
+            for c in caches:
+                model.prefill(c, [s], [t])
+    return caches
+
+
+def _same_state(a: KVCache, b: KVCache):
+    assert torch.equal(a.lengths, b.lengths)
+    assert [a.length(s) for s in range(a.num_slots)] == [b.length(s) for s in range(b.num_slots)]
+    assert [a.tokens_seen(s) for s in range(a.num_slots)] == [b.tokens_seen(s) for s in range(b.num_slots)]
+    for s in range(a.num_slots):
+        n = a.length(s)
+        torch.testing.assert_close(a.k[:, s, :n], b.k[:, s, :n], rtol=0, atol=1e-12)
+        torch.testing.assert_close(a.v[:, s, :n], b.v[:, s, :n], rtol=0, atol=1e-12)
+        assert torch.equal(a.tokens[s, :n], b.tokens[s, :n])
+
+
+@pytest.mark.parametrize("name", list(CFGS))
+@pytest.mark.parametrize("bucket", [1, 8, 64])
+def test_fast_decode_matches_model_decode(name, bucket):
+    kw = dict(CFGS[name])
+    cfg = tiny_cfg(kw.pop("w"), **kw)
+    model = make_model(cfg)
+    ref, fast = _pair(cfg, model, lens=[0, 3, 9, 1, 17])   # slot 0 empty: LCKV's zero-attention row
+    fd = FastDecode(model, fast, bucket=bucket)
+    g = torch.Generator().manual_seed(2)
+    for slots in ([0, 1, 2, 3, 4], [4, 1, 3], [1, 2, 3], [2]):   # contiguous and gathered slots
+        for _ in range(3):
+            tok = torch.randint(0, cfg.vocab_size, (len(slots),), generator=g)
+            want = model.decode(ref, torch.tensor(slots), tok)
+            got = fd(torch.tensor(slots), tok)
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    _same_state(ref, fast)
+
+
+def test_fast_decode_after_streaming_eviction():
+    cfg = tiny_cfg(2, layers=6)
+    model = make_model(cfg)
+    ref, fast = _pair(cfg, model, lens=[12, 12], capacity=16)
+    fd = FastDecode(model, fast, bucket=4)
+    tok = torch.tensor([5, 7])
+    for step in range(10):
+        for c in (ref, fast):
+            if c.length(0) == c.capacity:
+                for s in (0, 1):
+                    c.evict(s, sinks=4, keep_recent=8)
+        want = model.decode(ref, torch.arange(2), tok)
+        got = fd(torch.arange(2), tok)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+        tok = want.argmax(-1)
+    _same_state(ref, fast)
+
+
+def test_fast_decode_refuses_bad_input_and_changes_nothing():
+    cfg = tiny_cfg(2)
+    model = make_model(cfg)
+    cache = KVCache(cfg, 2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="bucket"):
+        FastDecode(model, cache, bucket=0)
+    with pytest.raises(ValueError, match="CUDA"):
+        FastDecode(model, cache, graphs=True)
+    fd = FastDecode(model, cache)
+    model.prefill(cache, [0], [torch.tensor([1, 2, 3, 4])])
+    before = cache.lengths.clone()
+    with pytest.raises(ValueError, match="full"):
+        fd(torch.tensor([1, 0]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="slot"):
+        fd(torch.tensor([2]), torch.tensor([1]))
+    assert torch.equal(cache.lengths, before) and cache.length(1) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_fast_decode_graphs_match_eager_on_cuda():
+    cfg = tiny_cfg(2, layers=6)
+    model = make_model(cfg, dtype=torch.float32, device="cuda")
+    caches = [KVCache(cfg, 3, 64, device="cuda", dtype=torch.float32) for _ in range(2)]
+    toks = torch.randint(0, cfg.vocab_size, (3, 10), device="cuda")
+    for c in caches:
+        model.prefill(c, [0, 1, 2], [toks[0], toks[1, :4], toks[2, :1]])
+    eager, graphed = FastDecode(model, caches[0], bucket=16), FastDecode(model, caches[1], bucket=16, graphs=True)
+    tok = toks[:, -1]
+    for _ in range(12):   # crosses a bucket edge: a second graph is captured
+        a, b = eager(torch.arange(3), tok), graphed(torch.arange(3), tok)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        tok = a.argmax(-1)

@@ -1,0 +1,155 @@
+"""The benchmark suite (bench/) on CPU with tiny shapes: every suite runs end to end and writes
+well-formed JSON lines; the cost model matches real parameter and cache sizes; plot.py renders."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+
+def _load(name: str):
+    """bench/<name>.py under a unique module name (plain `run`/`plot` would shadow other modules)."""
+    spec = importlib.util.spec_from_file_location(f"lckv_bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+plot = _load("plot")
+bench_run = _load("run")
+from lckv_bench import hf, ours  # noqa: E402
+from lckv_bench.shapes import SHAPES, cost_model, decode_step_bytes, make_config  # noqa: E402
+from lckv_service.cache import KVCache  # noqa: E402
+
+
+def _run(tmp_path, *args) -> list[dict]:
+    out = tmp_path / "r.jsonl"
+    assert bench_run.main(["--tiny", "--device", "cpu", "--quiet", "--out", str(out), *args]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def _ok(rows, suite):
+    got = [r for r in rows if r["suite"] == suite]
+    assert got, f"no {suite} rows"
+    bad = [r for r in got if r["status"] != "ok"]
+    assert not bad, bad
+    return got
+
+
+def test_throughput_and_roofline_rows(tmp_path):
+    rows = _run(tmp_path, "--suite", "throughput:120,roofline:5", "--settings", "6+10",
+                "--variants", "llama,lckv-w2,hf-llama", "--max-run-batch", "2")
+    hw = _ok(rows, "hw")[0]
+    assert hw["copy_gbps"] > 0 and hw["matmul_tflops"] > 0 and hw["device"].startswith("cpu")
+    tp = _ok(rows, "throughput")
+    assert sorted(r["variant"] for r in tp) == ["hf-llama", "lckv-w2", "llama"]
+    for r in tp:
+        for key in ("device", "shape", "variant", "prompt_len", "gen_len", "batch", "tokens_per_s", "peak_mem_gib"):
+            assert key in r
+        assert (r["prompt_len"], r["gen_len"]) == (6, 10) and r["batch"] >= 1
+        assert r["steps_done"] == r["steps_total"] == 9 and not r["extrapolated"]
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["gen_len"] / r["total_s"])
+        assert r["total_s"] == pytest.approx(r["prefill_s"] + r["decode_s"])
+    ours_rows = [r for r in tp if r["variant"] != "hf-llama"]
+    assert all(r["decoder"] == "fast" for r in ours_rows), [r["decoder_note"] for r in ours_rows]
+    # the run used batch 2 of a max batch of 4: the max batch is projected from measured step times
+    for r in ours_rows:
+        assert r["batch"] == 2 and r["max_batch"] == 4 and r["batch_limited_by"] == "max_run_batch option"
+        pr = r["projected_at_max_batch"]
+        assert pr["batch"] == 4 and pr["tokens_per_s"] == pytest.approx(4 * 10 / pr["total_s"])
+        assert pr["prefill_s_projected"] == pytest.approx(2 * r["prefill_s"])
+    rl = _ok(rows, "roofline")
+    assert {r["variant"] for r in rl} == {"llama", "lckv-w2"}
+    for r in rl:
+        assert 0 < r["frac_copy_bw"] and r["step_ms"] > 0 and r["step_bytes"] > 0
+
+
+@pytest.mark.parametrize("suite", ["prefill", "streaming", "sessions"])
+def test_other_suites_write_rows(tmp_path, suite):
+    rows = _run(tmp_path, "--suite", f"{suite}:120", "--variants", "llama,lckv-w2")
+    got = _ok(rows, suite)
+    assert {r["variant"] for r in got} == {"llama", "lckv-w2"}
+    if suite == "prefill":
+        iters = [r for r in got if r["mode"] != "exact"]
+        assert iters and all(0 <= r["top1_agree"] <= 1 and r["max_abs_diff_rel"] >= 0 for r in iters)
+        # with as many passes as tokens the iterative prefill is exact (Theorem 1): 8 tokens < m+b
+        short = [r for r in iters if r["mode"] == "iterative" and r["prompt_len"] <= 9]
+        assert short and all(r["top1_agree"] == 1.0 for r in short)
+    if suite == "streaming":
+        assert all(r["evictions"] > 0 and r["ms_per_token"] > 0 for r in got)
+        w2, base = ([r for r in got if r["variant"] == v and r["cache_size"] == 32][0] for v in ("lckv-w2", "llama"))
+        assert w2["kv_cache_mib"] * 12 == pytest.approx(base["kv_cache_mib"] * 3)   # (w+1)/L of the layers
+    if suite == "sessions":
+        by = {(r["variant"], r["history_len"]): r for r in got}
+        cfg = make_config("tiny", "lckv-w2", 64)
+        r = by[("lckv-w2", 16)]
+        assert r["blob_bytes"] > KVCache.bytes_for(cfg, 1, 16, torch.float32)   # K/V plus header and ids
+        assert r["resume_ttft_s"] > 0 and r["speedup"] == pytest.approx(r["reprefill_ttft_s"] / r["resume_ttft_s"])
+
+
+def test_cost_model_matches_real_sizes():
+    for variant in ("llama", "lckv-w2", "lckv-w10"):
+        cfg = make_config("tiny", variant, 64)
+        model = ours.build_model(cfg, torch.device("cpu"), torch.float32)
+        c = cost_model(cfg, elt=4)
+        assert c.params == sum(p.numel() for p in model.parameters())
+        assert c.kv_bytes_per_token == KVCache.bytes_for(cfg, 1, 1, torch.float32)
+        # every layer reads a full K/V at decode, LCKV or not
+        assert c.kv_read_per_token == 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 4
+        assert decode_step_bytes(c, 2, 10) - decode_step_bytes(c, 1, 10) == 10 * c.kv_read_per_token + c.kv_bytes_per_token
+    hf_model = hf.build_hf(SHAPES["tiny"], 64, torch.device("cpu"), torch.float32)
+    assert cost_model(make_config("tiny", "hf-llama", 64)).params == sum(p.numel() for p in hf_model.parameters())
+
+
+def test_extrapolation_is_exact_for_linear_step_times():
+    a, b, ctx0, total = 0.01, 1e-5, 100, 500
+    step = [a + b * (ctx0 + i + 0.5) for i in range(total)]   # step i sees context ctx0+i .. (mid-point)
+    marks, t = [], 0.0
+    for i in range(200):
+        t += step[i]
+        if (i + 1) % 20 == 0:
+            marks.append((i + 1, t))
+    assert ours.extrapolate(marks, total, ctx0) == pytest.approx(sum(step), rel=1e-9)
+
+
+def test_bad_arguments_are_refused_and_write_nothing(tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    for args in (["--suite", "nope"], ["--suite", "prefill:-1"], ["--settings", "12x4"], ["--variants", "gpt"],
+                 ["--shapes", "llama3"]):
+        assert bench_run.main(["--tiny", "--device", "cpu", "--out", str(out), *args]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert "param: suite" in err and "param: settings" in err and "param: variant" in err and "param: shape" in err
+
+
+def test_plot_renders_pngs_and_keeps_readme_text(tmp_path):
+    rows = _run(tmp_path, "--suite", "throughput:60,roofline:5,sessions:60", "--settings", "6+10",
+                "--variants", "llama,lckv-w2,hf-llama")
+    assert rows
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\nkept\n\n{plot.BEGIN}\nold\n{plot.END}\ntail kept\n")
+    assert plot.main([str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "png"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Title\nkept") and text.rstrip().endswith("tail kept") and "\nold\n" not in text
+    assert "| tiny | 6+10 | lckv-w2 |" in text and "lckv-w2 not slower than llama" in text
+    for png in ("throughput.png", "roofline.png", "sessions.png"):
+        assert (tmp_path / "png" / png).stat().st_size > 1000
+        assert f"(png/{png})" in text
+
+
+def test_max_batch_probe_interpolates_between_its_measurements():
+    cfg = make_config("tiny", "lckv-w2", 64)
+    model = ours.build_model(cfg, torch.device("cpu"), torch.float32)
+    pr = ours.probe_max_batch(model, cfg, 3, 8, 24, torch.device("cpu"), torch.float32, decoder="fast", bucket=8,
+                              steps=2)
+    ctxs = [c for c, _ in pr["probe_step_s"]]
+    times = [t for _, t in pr["probe_step_s"]]
+    assert ctxs == sorted(ctxs) and len(ctxs) == 3 and ctxs[0] >= 8 and ctxs[-1] <= 8 + 24
+    assert 23 * min(times) <= pr["decode_s_projected"] <= 23 * max(times)

@@ -1,0 +1,292 @@
+"""Engine on a tiny float64 model: continuous batching, sampling, aborts, sessions and eviction.
+
+Ground truth is lckv_service.reference (sequential float64 LCKV, independent of model.py's attention
+and iteration code), driven token by token with the same StreamingLLM rule (evict to sinks +
+keep_recent exactly when the cache is full).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lckv_service.config import ModelConfig
+from lckv_service.engine.engine import Engine
+from lckv_service.engine.request import Request, RequestStatus
+from lckv_service.engine.runner import ModelRunner
+from lckv_service.engine.scheduler import Scheduler, SchedulerConfig
+from lckv_service.model import LCKVModel, PrefillMode
+from lckv_service.reference import ReferenceLCKV
+from lckv_service.sampling import SamplingParams
+from lckv_service.testmodel import train_tokenizer, write_tokenizer_files
+from lckv_service.tokenizer import ChatTokenizer
+
+from service_fixtures import DEVICE, single_torch_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+HELLO = [{"role": "user", "content": "Hello there, little fox!"}]
+PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    HELLO,
+    [{"role": "system", "content": "Be kind and brief."}, {"role": "user", "content": "Tell me about the river."}],
+    [{"role": "user", "content": "Once upon a time there was a little fox who lived at the edge of a forest."}],
+    [{"role": "user", "content": "2 + 2 = ?"}],
+]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    d = tmp_path_factory.mktemp("engine-tok")
+    write_tokenizer_files(train_tokenizer(), d)
+    return ChatTokenizer.from_folder(d)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    cfg = dataclasses.replace(ModelConfig.preset("tiny-test"), vocab_size=tok.vocab_size)
+    torch.manual_seed(0)
+    m = LCKVModel(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.1)
+    return m.to(device=DEVICE, dtype=torch.float64).eval()
+
+
+def make_engine(model, tok, num_slots=4, sinks=4, window=200, evict_step=0, budget=64, chunk=8):
+    sc = SchedulerConfig(num_slots=num_slots, sinks=sinks, window=window, evict_step=evict_step,
+                         max_batched_tokens=budget, max_waiting=64)
+    runner = ModelRunner(model, num_slots, sc.capacity, sinks, PrefillMode("exact", chunk=chunk))
+    return Engine(Scheduler(sc), runner, tok)
+
+
+def chat_request(tok, rid, messages, max_tokens=12, return_blob=False, state=None, **sampling) -> Request:
+    def canonical(reply: str) -> list[int]:
+        return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False)
+    req = Request(rid, tok.encode_chat(messages, True), SamplingParams(max_tokens=max_tokens, **sampling),
+                  restore_state=state, restored_tokens=len(state.token_ids) if state else 0,
+                  cached_tokens=state.tokens_seen if state else 0, return_blob=return_blob, canonical=canonical)
+    req.events = []
+    req.emit = req.events.append
+    return req
+
+
+def run(engine: Engine, reqs: list[Request], max_steps: int = 5000) -> list[Request]:
+    for r in reqs:
+        engine.add(r)
+    for _ in range(max_steps):
+        if not engine.step():
+            break
+    for r in reqs:
+        assert r.events and r.events[-1].type in ("done", "error"), r.request_id
+    return reqs
+
+
+def out_ids(req: Request) -> list[int]:
+    return [t for e in req.events if e.type == "delta" for t in e.token_ids]
+
+
+def text(req: Request) -> str:
+    return "".join(e.text for e in req.events if e.type == "delta")
+
+
+def state(req: Request):
+    return req.events[-1].state
+
+
+class RefGreedy:
+    """Reference decoding with the engine's eviction rule."""
+
+    def __init__(self, model, sinks=4, window=200, evict_step=0, state=None):
+        self.ref = ReferenceLCKV(model, state)
+        self.sinks, self.cap = sinks, sinks + window
+        self.keep = window - (evict_step or max(1, window // 8))
+        self.ids = list(state.token_ids) if state else []
+
+    def feed(self, t: int) -> torch.Tensor:
+        if len(self.ids) == self.cap:
+            for j, c in self.ref.cache.items():
+                self.ref.cache[j] = c[:self.sinks] + c[len(c) - self.keep:]
+            self.ids = self.ids[:self.sinks] + self.ids[len(self.ids) - self.keep:]
+        self.ids.append(t)
+        return self.ref.step(t)
+
+    def generate(self, prompt: list[int], max_new: int, stop_ids) -> list[int]:
+        for t in prompt:
+            logits = self.feed(t)
+        out = []
+        while True:
+            nxt = int(logits.argmax())
+            out.append(nxt)
+            if nxt in stop_ids or len(out) == max_new:
+                return out
+            logits = self.feed(nxt)
+
+
+def test_greedy_matches_the_sequential_reference(model, tok):
+    eng = make_engine(model, tok)
+    (req,) = run(eng, [chat_request(tok, "a", PROMPTS[3], max_tokens=10)])
+    want = RefGreedy(model).generate(tok.encode_chat(PROMPTS[3]), 10, tok.stop_token_ids)
+    assert req.output_ids == want
+    assert out_ids(req) == [t for t in want if t not in tok.stop_token_ids]
+    done = req.events[-1]
+    assert done.finish_reason == ("stop" if want[-1] in tok.stop_token_ids else "length")
+
+
+def test_concurrent_requests_get_exactly_their_solo_tokens(model, tok):
+    """Mixed lengths, fewer slots than requests, a small token budget (chunked prefill + waiting)."""
+    solo = [run(make_engine(model, tok), [chat_request(tok, f"s{i}", p, max_tokens=8 + 3 * i)])[0].output_ids
+            for i, p in enumerate(PROMPTS)]
+    eng = make_engine(model, tok, num_slots=3, budget=12)
+    reqs = run(eng, [chat_request(tok, f"c{i}", p, max_tokens=8 + 3 * i) for i, p in enumerate(PROMPTS)])
+    assert [r.output_ids for r in reqs] == solo
+    assert eng.stats()["running"] == 0 and sorted(eng.scheduler.free_slots) == [0, 1, 2]
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(model, tok):
+    def go(batch):
+        eng = make_engine(model, tok, num_slots=3)
+        reqs = [chat_request(tok, f"r{i}", p, max_tokens=10, temperature=1.0, seed=123) for i, p in enumerate(batch)]
+        return run(eng, reqs)
+    alone = go([PROMPTS[1]])[0].output_ids
+    mixed = go([PROMPTS[0], PROMPTS[1], PROMPTS[2]])[1].output_ids
+    assert alone == mixed
+    greedy = run(make_engine(model, tok), [chat_request(tok, "g", PROMPTS[1], max_tokens=10)])[0].output_ids
+    assert alone != greedy  # it really sampled
+
+
+def test_abort_frees_the_slot_at_the_next_step(model, tok):
+    eng = make_engine(model, tok, num_slots=1)
+    a = chat_request(tok, "a", PROMPTS[1], max_tokens=200)
+    b = chat_request(tok, "b", PROMPTS[0], max_tokens=3)
+    eng.add(a)
+    eng.add(b)
+    for _ in range(3):
+        eng.step()
+    assert a.slot == 0 and b.status is RequestStatus.WAITING
+    eng.abort("a")
+    eng.step()
+    assert a.status is RequestStatus.FINISHED_ABORTED and b.slot == 0 and b.status is RequestStatus.RUNNING
+    while eng.step():
+        pass
+    assert not any(e.type == "done" for e in a.events) and len(a.output_ids) < 200
+    assert b.events[-1].type == "done"
+
+
+def test_max_tokens_and_stop_strings_end_generation(model, tok):
+    (r,) = run(make_engine(model, tok), [chat_request(tok, "a", PROMPTS[3], max_tokens=16)])
+    assert r.output_ids[-1] not in tok.stop_token_ids, "pick a prompt the random model does not end"
+    assert len(r.output_ids) == 16 and r.events[-1].finish_reason == "length"
+    full = text(r)
+    # the first 2-character string (no replacement char) whose first occurrence is not at the start
+    stop = next(full[k:k + 2] for k in range(1, len(full) - 1)
+                if "\ufffd" not in full[k:k + 2] and full.find(full[k:k + 2]) == k)
+    (s,) = run(make_engine(model, tok), [chat_request(tok, "b", PROMPTS[3], max_tokens=16, stop=[stop])])
+    assert text(s) == full[:full.find(stop)] and s.events[-1].finish_reason == "stop"
+    assert len(s.output_ids) < 16
+
+
+def _kv_of_fresh_prefill(model, tok, ids, sinks=4, window=200):
+    eng = make_engine(model, tok, num_slots=1, sinks=sinks, window=window)
+    r = Request("fresh", ids, SamplingParams(max_tokens=1))
+    r.events = []
+    r.emit = r.events.append
+    run(eng, [r])
+    return eng.runner.export(0)
+
+
+def test_turn_plus_blob_equals_one_stateless_request(model, tok):
+    eng = make_engine(model, tok)
+    (t1,) = run(eng, [chat_request(tok, "t1", HELLO, max_tokens=10, return_blob=True)])
+    s1 = state(t1)
+    history = HELLO + [{"role": "assistant", "content": text(t1)}]
+    # the blob covers the whole turn, end-of-turn included, as canonical ids
+    assert s1.token_ids == tok.encode_chat(history, False) and s1.tokens_seen == len(s1.token_ids)
+    fresh = _kv_of_fresh_prefill(model, tok, s1.token_ids)
+    assert torch.allclose(s1.k, fresh.k, atol=1e-9) and torch.allclose(s1.v, fresh.v, atol=1e-9)
+
+    turn2 = [{"role": "user", "content": "And what about the sea?"}]
+    (t2,) = run(eng, [chat_request(tok, "t2", turn2, max_tokens=10, state=s1, return_blob=True)])
+    (st,) = run(eng, [chat_request(tok, "st", history + turn2, max_tokens=10, return_blob=True)])
+    assert t2.output_ids == st.output_ids
+    assert t2.cached_tokens == len(s1.token_ids)
+    assert state(t2).token_ids == state(st).token_ids
+    assert torch.allclose(state(t2).k, state(st).k, atol=1e-9)
+    ref = RefGreedy(model).generate(tok.encode_chat(history + turn2), 10, tok.stop_token_ids)
+    assert t2.output_ids == ref
+
+
+def test_sessions_with_eviction_equal_the_reference_over_the_kept_tokens(model, tok):
+    """Window 24: both turns' prompts overflow it, so eviction also runs between prefill chunks."""
+    kw = dict(sinks=4, window=24, evict_step=4)
+    eng = make_engine(model, tok, budget=16, **kw)
+    (t1,) = run(eng, [chat_request(tok, "t1", PROMPTS[3], max_tokens=12, return_blob=True)])
+    s1 = state(t1)
+    assert len(s1.token_ids) <= 28 and s1.tokens_seen > len(s1.token_ids)      # it evicted
+    history = PROMPTS[3] + [{"role": "assistant", "content": text(t1)}]
+    full1 = tok.encode_chat(history, False)
+    assert s1.tokens_seen == len(full1)
+    # the random model's reply re-encodes differently (invalid UTF-8 bytes) and the slot evicted while
+    # holding the sampled ids: this exercises the rebuild-from-turn-start path
+    assert t1.retokenized and t1.rebuilt
+    assert s1.token_ids == full1[:4] + full1[len(full1) - len(s1.token_ids) + 4:]   # sinks + most recent
+
+    turn2 = [{"role": "user", "content": "Tell me about the river and the sea, and the hills."}]
+    (t2,) = run(eng, [chat_request(tok, "t2", turn2, max_tokens=12, state=s1, return_blob=True)])
+    (st,) = run(make_engine(model, tok, budget=5, **kw),
+                [chat_request(tok, "st", history + turn2, max_tokens=12, return_blob=True)])
+    assert t2.output_ids == st.output_ids
+    assert state(t2).token_ids == state(st).token_ids
+    assert torch.allclose(state(t2).k, state(st).k, atol=1e-9)
+    # reference: continue from the blob's kept K/V, token by token, with the same eviction rule
+    ref = RefGreedy(model, state=s1, **kw).generate(tok.encode_chat(turn2), 12, tok.stop_token_ids)
+    assert t2.output_ids == ref
+
+
+def test_non_canonical_reply_ids_are_re_prefilled(model, tok):
+    """A stop string that starts inside an already-fed token forces the cache back to canonical ids."""
+    (probe,) = run(make_engine(model, tok), [chat_request(tok, "p", HELLO, max_tokens=12)])
+    pieces = [tok.decode([t]) for t in probe.output_ids]
+    # a stop string made of the end of token i and token i+1: token i was fed, the reply ends before it
+    i = next(i for i in range(1, len(pieces) - 1)
+             if pieces[i] and pieces[i + 1] and "\ufffd" not in pieces[i] + pieces[i + 1]
+             and (pieces[i][-1] + pieces[i + 1]) not in "".join(pieces[:i]))
+    stop = pieces[i][-1] + pieces[i + 1]
+    (r,) = run(make_engine(model, tok), [chat_request(tok, "r", HELLO, max_tokens=12, stop=[stop], return_blob=True)])
+    assert r.events[-1].finish_reason == "stop" and r.retokenized and not r.rebuilt   # truncate + re-feed
+    history = HELLO + [{"role": "assistant", "content": text(r)}]
+    canonical = tok.encode_chat(history, False)
+    assert state(r).token_ids == canonical and state(r).tokens_seen == len(canonical)
+    fresh = _kv_of_fresh_prefill(model, tok, canonical)
+    assert torch.allclose(state(r).k, fresh.k, atol=1e-9) and torch.allclose(state(r).v, fresh.v, atol=1e-9)
+
+
+def test_a_failed_step_fails_only_its_requests(model, tok):
+    eng = make_engine(model, tok, num_slots=2)
+    r = chat_request(tok, "a", HELLO, max_tokens=4)
+    run(eng, [r])
+    eng.fail_all(RuntimeError("boom"))      # nothing running: a no-op
+    a, b = chat_request(tok, "b", HELLO, max_tokens=50), chat_request(tok, "c", HELLO, max_tokens=4)
+    eng.add(a)
+    eng.step()
+    eng.fail_all(RuntimeError("boom"))
+    assert a.events[-1].type == "error" and a.status is RequestStatus.FINISHED_ERROR
+    run(eng, [b])
+    assert b.output_ids == r.output_ids      # the pool is healthy afterwards
+
+
+def test_a_failing_request_update_fails_only_that_request(model, tok):
+    solo = run(make_engine(model, tok), [chat_request(tok, "s", PROMPTS[2], max_tokens=8)])[0].output_ids
+    bad = chat_request(tok, "bad", HELLO, max_tokens=4, return_blob=True)
+
+    def broken(reply: str) -> list[int]:
+        raise RuntimeError("re-encoding failed")
+    bad.canonical = broken
+    good = chat_request(tok, "good", PROMPTS[2], max_tokens=8)
+    eng = make_engine(model, tok)
+    run(eng, [bad, good])
+    assert bad.events[-1].type == "error" and bad.status is RequestStatus.FINISHED_ERROR
+    assert good.events[-1].type == "done" and good.output_ids == solo
+    assert sorted(eng.scheduler.free_slots) == [0, 1, 2, 3]

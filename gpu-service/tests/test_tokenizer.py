@@ -1,0 +1,169 @@
+"""Tokenizer: folder loading, chat template (vs Hugging Face's renderer), concatenative rendering,
+UTF-8-safe streaming detokenization and stop strings."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from lckv_service.errors import ConfigError, RequestError
+from lckv_service.testmodel import CHAT_TEMPLATE, train_tokenizer, write_tokenizer_files
+from lckv_service.tokenizer import ChatTokenizer
+
+CONVERSATION = [
+    {"role": "system", "content": "Be kind."},
+    {"role": "user", "content": "Hi café 🦊, what's up?"},
+    {"role": "assistant", "content": "Hello! The river runs to the sea."},
+    {"role": "user", "content": "Tell me more\n\nplease."},
+]
+MULTIBYTE = ["café au lait", "日本語のテキスト", "fox 🦊 and 🌊 sea", "naïve Zürich — “quotes”"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tok")
+    write_tokenizer_files(train_tokenizer(), d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tok(folder):
+    return ChatTokenizer.from_folder(folder)
+
+
+def test_special_tokens_and_stop_ids_come_from_the_folder(tok, folder):
+    vocab = tok.tokenizer.get_vocab()
+    assert tok.eos_token == "<|end|>" and tok.eos_token_id == vocab["<|end|>"]
+    assert tok.stop_token_ids == {vocab["<|end|>"], vocab["<|endoftext|>"]}
+    # another folder with another eos: nothing is hard-coded
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    other = folder.parent / "other-eos"
+    shutil.copytree(folder, other)
+    cfg["eos_token"] = {"content": "<|endoftext|>", "special": True}
+    cfg["pad_token"] = None
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (other / "generation_config.json").unlink()
+    t2 = ChatTokenizer.from_folder(other)
+    assert t2.eos_token_id == vocab["<|endoftext|>"] and t2.stop_token_ids == {vocab["<|endoftext|>"]}
+    # no generation_config.json: the pad token (the document separator) stops generation too
+    cfg["eos_token"], cfg["pad_token"] = "<|end|>", "<|endoftext|>"
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert ChatTokenizer.from_folder(other).stop_token_ids == {vocab["<|end|>"], vocab["<|endoftext|>"]}
+
+
+def test_render_uses_the_template_and_adds_no_special_tokens(tok):
+    text = tok.render(CONVERSATION[:2], add_generation_prompt=True)
+    assert text == ("<|system|>\nBe kind.<|end|>\n<|user|>\nHi café 🦊, what's up?<|end|>\n<|assistant|>\n")
+    ids = tok.encode(text)
+    assert ids[0] == tok.tokenizer.token_to_id("<|system|>")       # no BOS added
+    assert tok.decode(ids) == text
+
+
+def test_chat_ids_match_hugging_face_apply_chat_template(folder, tok):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(folder))
+    for gen in (True, False):
+        want = hf.apply_chat_template(CONVERSATION, add_generation_prompt=gen, tokenize=True)
+        want = want["input_ids"] if isinstance(want, dict) or hasattr(want, "keys") else want
+        assert tok.encode_chat(CONVERSATION, add_generation_prompt=gen) == list(want)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_rendering_is_concatenative(tok, k):
+    """messages[:k] (a finished turn, ending in <|end|>\\n) + messages[k:] == all messages."""
+    assert tok.encode_chat(CONVERSATION[:k], False) + tok.encode_chat(CONVERSATION[k:], True) \
+        == tok.encode_chat(CONVERSATION, True)
+
+
+def test_template_errors_are_request_errors(folder):
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    d = folder.parent / "raising"
+    shutil.copytree(folder, d)
+    cfg["chat_template"] = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}" \
+        + CHAT_TEMPLATE
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RequestError) as e:
+        ChatTokenizer.from_folder(d).render(CONVERSATION, True)
+    assert e.value.param == "messages" and "first must be user" in e.value.message
+
+
+def test_sandbox_blocks_attribute_escapes(folder):
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    d = folder.parent / "escape"
+    shutil.copytree(folder, d)
+    cfg["chat_template"] = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(RequestError):
+        ChatTokenizer.from_folder(d).render(CONVERSATION, True)
+
+
+@pytest.mark.parametrize("field,value", [("chat_template", None), ("eos_token", None), ("eos_token", "<|nope|>")])
+def test_bad_folders_raise_config_errors(folder, field, value):
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    d = folder.parent / f"bad-{field}-{value}"
+    shutil.copytree(folder, d)
+    cfg[field] = value
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError) as e:
+        ChatTokenizer.from_folder(d)
+    assert e.value.param == field
+
+
+@pytest.mark.parametrize("text", MULTIBYTE)
+def test_streaming_never_emits_half_a_character(tok, text):
+    ids = tok.encode(text)
+    pieces = [tok.tokenizer.id_to_token(i) for i in ids]
+    assert len(ids) > len(text.split()), "the test needs characters split over byte-level tokens"
+    s = tok.text_stream()
+    chunks = [s.push(i) for i in ids]
+    assert "".join(chunks) + s.flush() == text
+    assert all("\ufffd" not in c for c in chunks)
+    # some token ended mid-character, so it produced nothing until the character completed
+    assert any(c == "" for c in chunks), pieces
+    for c in chunks:
+        c.encode("utf-8")  # whole characters only (a lone surrogate would raise)
+
+
+def test_trailing_incomplete_character_is_dropped(tok):
+    ids = tok.encode("ok 🦊")
+    s = tok.text_stream()
+    out = "".join(s.push(i) for i in ids[:-1]) + s.flush()   # the emoji's last byte never came
+    assert out == "ok " and s.emitted == "ok "
+
+
+def test_stop_strings_are_cut_and_held_back(tok):
+    ids = tok.encode("the river runs to the sea")
+    s = tok.text_stream(("runs to",))
+    chunks = [s.push(i) for i in ids]
+    assert "".join(chunks) == "the river " and s.stopped and s.flush() == ""
+    # text that might start a stop string is held until it cannot
+    s = tok.text_stream(("sea!",))
+    out = [s.push(i) for i in tok.encode("to the sea")]
+    assert "".join(out) == "to the " and not s.stopped
+    assert s.flush() == "sea"                                  # released at the end
+    assert s.emitted == "to the sea"
+
+
+def test_stop_string_spanning_tokens_and_earliest_match(tok):
+    ids = tok.encode("a fox, a river, a sea")
+    s = tok.text_stream(("river", "x, a"))
+    assert "".join(s.push(i) for i in ids) == "a fo" and s.stopped
+
+
+def test_the_project_tokenizer_folder_if_present():
+    """The trained tokenizer (scripts/train_tokenizer.py) loads and renders concatenatively too."""
+    from pathlib import Path
+    folder = Path(__file__).parents[1] / "models" / "lckv-tiny"
+    if not (folder / "tokenizer_config.json").exists():
+        pytest.skip("no trained tokenizer in gpu-service/models/lckv-tiny")
+    t = ChatTokenizer.from_folder(folder)
+    assert t.tokenizer.id_to_token(t.eos_token_id) == "<|end|>"
+    assert {t.tokenizer.id_to_token(i) for i in t.stop_token_ids} == {"<|end|>", "<|endoftext|>"}
+    for k in (1, 2, 3):
+        assert t.encode_chat(CONVERSATION[:k], False) + t.encode_chat(CONVERSATION[k:], True) \
+            == t.encode_chat(CONVERSATION, True)
+    s = t.text_stream()
+    ids = t.encode(MULTIBYTE[2])
+    assert "".join(s.push(i) for i in ids) + s.flush() == MULTIBYTE[2]

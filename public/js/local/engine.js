@@ -1,0 +1,184 @@
+// The in-browser LCKV engine: one decode-step ONNX graph run token by token (prefill too — exact for
+// LCKV, see docs/playground.md), a condensed sinks+window cache kept here, greedy or temperature
+// sampling, and the same chat rendering as the GPU service. Files come from /generated/ (built by
+// scripts/build-playground.mjs).
+import { Tokenizer } from "../../generated/vendor/tokenizers.mjs";
+import { CondensedCache } from "./cache.js";
+import { ChatFormat, TextStream } from "./chat.js";
+
+const GENERATED = new URL("../../generated/", import.meta.url);
+const MANIFEST_FORMAT = "lckv-onnx/1"; // gpu-service/lckv_service/export_onnx.py
+
+async function fetchJson(url) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`could not load ${url.pathname ?? url} (HTTP ${res.status}); run the playground build`);
+  return res.json();
+}
+
+// ORT's WebAssembly backend computes on the page's thread and its promises resolve as microtasks, so
+// a generation loop would starve rendering and input (no streaming, no Stop): yield one plain task
+// per step. Not scheduler.yield() (its continuations outrank other tasks) nor setTimeout(0) (4 ms clamp).
+const yieldToPage = () => new Promise((resolve) => {
+  const { port1, port2 } = new MessageChannel();
+  port1.onmessage = resolve;
+  port2.postMessage(null);
+});
+
+/**
+ * "webgpu" where this browser has a WebGPU adapter and JSPI (the build of ORT that fits the asset
+ * limit), else "wasm". `?backend=wasm|webgpu` in the page URL overrides the choice.
+ */
+export async function pickBackend() {
+  const asked = new URLSearchParams(globalThis.location?.search ?? "").get("backend");
+  if (asked === "wasm" || asked === "webgpu") return asked;
+  try {
+    if ("Suspending" in WebAssembly && navigator.gpu && (await navigator.gpu.requestAdapter())) return "webgpu";
+  } catch {
+    // no usable adapter
+  }
+  return "wasm";
+}
+
+export class LocalEngine {
+  static async load({ backend = "wasm", window = null, onStatus = () => {} } = {}) {
+    onStatus("loading the model description");
+    const manifest = await fetchJson(new URL("model/manifest.json", GENERATED));
+    if (manifest.format !== MANIFEST_FORMAT) throw new Error(`model/manifest.json is ${manifest.format}, this page reads ${MANIFEST_FORMAT}`);
+    const [tokJson, tokConfig] = await Promise.all([
+      fetchJson(new URL(`model/${manifest.files.tokenizer}`, GENERATED)),
+      fetchJson(new URL(`model/${manifest.files.tokenizer_config}`, GENERATED)),
+    ]);
+    const format = new ChatFormat(new Tokenizer(tokJson, tokConfig), tokConfig, manifest.chat);
+    onStatus(`loading onnxruntime-web (${backend})`);
+    const ort = await import(new URL(backend === "webgpu" ? "ort/ort.jspi.min.mjs" : "ort/ort.wasm.min.mjs", GENERATED).href);
+    ort.env.wasm.wasmPaths = new URL("ort/", GENERATED).href;
+    // threads need cross-origin isolation (SharedArrayBuffer); without it ORT would warn and use one
+    ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+    ort.env.logLevel = "error"; // node-placement notes are for ORT developers, not page visitors
+    onStatus(`loading the model (${(manifest.onnx_bytes / 2 ** 20).toFixed(1)} MiB)`);
+    const modelUrl = new URL(`model/${manifest.files.onnx}`, GENERATED).href;
+    // the weights live in shards next to the graph (each under the static-asset size limit)
+    const externalData = manifest.files.onnx_data.map((name) => ({ path: name, data: new URL(`model/${name}`, GENERATED).href }));
+    const create = (ep) => ort.InferenceSession.create(modelUrl, { executionProviders: [ep], graphOptimizationLevel: "all", externalData });
+    let session;
+    try {
+      session = await create(backend);
+    } catch (e) {
+      if (backend !== "webgpu") throw e;
+      onStatus("WebGPU did not start; using WebAssembly"); // the JSPI build runs the wasm backend too
+      backend = "wasm";
+      session = await create(backend);
+    }
+    return new LocalEngine({ ort, session, manifest, format, backend, window: window ?? manifest.window });
+  }
+
+  constructor({ ort, session, manifest, format, backend, window }) {
+    Object.assign(this, { ort, session, manifest, format, backend });
+    const m = manifest.model;
+    this.shape = [m.kv_layers, 0, m.num_kv_heads, m.head_dim];
+    this.cache = new CondensedCache({ kvLayers: m.kv_layers, kvHeads: m.num_kv_heads, headDim: m.head_dim, sinks: manifest.sinks, window: manifest.window });
+    if (window !== manifest.window) this.setWindow(window);
+    this.busy = false;
+  }
+
+  /** Runs one token through the decode graph and appends its K/V; returns its logits (Float32Array[V]). */
+  async step(tokenId) {
+    await yieldToPage();
+    const { ort, cache } = this;
+    const pos = cache.reserve();
+    const dims = [this.shape[0], cache.capacity, this.shape[2], this.shape[3]];
+    const out = await this.session.run({
+      input_ids: new ort.Tensor("int64", BigInt64Array.of(BigInt(tokenId)), [1]),
+      past_length: new ort.Tensor("int64", BigInt64Array.of(BigInt(pos)), [1]),
+      past_key: new ort.Tensor("float32", cache.k, dims),
+      past_value: new ort.Tensor("float32", cache.v, dims),
+    });
+    const [k, v] = await Promise.all([out.new_key.getData(), out.new_value.getData()]);
+    cache.append(tokenId, k, v);
+    return out.logits.getData();
+  }
+
+  /**
+   * One chat turn: prefill the new messages after the cache, then generate. Yields the same event
+   * shapes as ApiClient.chat; on abort or error the cache returns to its state before the turn.
+   */
+  async *chat({ messages, maxTokens, temperature, signal, onCache = () => {} }) {
+    if (this.busy) throw new Error("the local engine is already answering");
+    this.busy = true;
+    const snapshot = { k: this.cache.k.slice(), v: this.cache.v.slice(), ids: [...this.cache.tokenIds], seen: this.cache.tokensSeen };
+    try {
+      const cached = this.cache.tokensSeen;
+      const prompt = this.format.encodeTurn(messages);
+      let logits;
+      for (const id of prompt) {
+        if (signal?.aborted) throw new DOMException("stopped", "AbortError");
+        logits = await this.step(id);
+        onCache(this.cache);
+      }
+      const text = new TextStream(this.format);
+      const sampled = [];
+      let finish = "length";
+      while (sampled.length < maxTokens) {
+        if (signal?.aborted) throw new DOMException("stopped", "AbortError");
+        const next = sample(await logits, temperature);
+        sampled.push(next);
+        if (this.format.stopIds.has(next)) {
+          finish = "stop";
+          break;
+        }
+        const piece = text.push(next);
+        if (piece) yield { type: "delta", text: piece };
+        logits = await this.step(next);
+        onCache(this.cache);
+      }
+      // close the turn the way the template does, so the next turn continues after it
+      for (const id of this.format.endOfTurn) await this.step(id);
+      onCache(this.cache);
+      yield { type: "tokens", ids: sampled };
+      yield { type: "finish", reason: finish };
+      yield {
+        type: "usage",
+        usage: {
+          prompt_tokens: cached + prompt.length,
+          completion_tokens: sampled.length,
+          total_tokens: cached + prompt.length + sampled.length,
+          prompt_tokens_details: { cached_tokens: cached },
+        },
+      };
+    } catch (e) {
+      this.cache.k.set(snapshot.k);
+      this.cache.v.set(snapshot.v);
+      this.cache.tokenIds = snapshot.ids;
+      this.cache.tokensSeen = snapshot.seen;
+      onCache(this.cache);
+      throw e;
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  reset() {
+    this.cache.reset();
+  }
+
+  /** A new, empty cache with another window (the conversation starts over). */
+  setWindow(window) {
+    const { kvLayers, kvHeads, headDim, sinks } = this.cache;
+    const max = this.manifest.model.max_position_embeddings - sinks;
+    if (!Number.isInteger(window) || window < 2 || window > max) throw new RangeError(`window must be an integer in [2, ${max}]`);
+    this.cache = new CondensedCache({ kvLayers, kvHeads, headDim, sinks, window });
+  }
+}
+
+/** Greedy at temperature 0 (ties → lowest id, like torch.argmax); otherwise a softmax sample. */
+export function sample(logits, temperature) {
+  let best = 0;
+  for (let i = 1; i < logits.length; i++) if (logits[i] > logits[best]) best = i;
+  if (!(temperature > 0)) return best;
+  let total = 0;
+  const p = new Float64Array(logits.length);
+  for (let i = 0; i < logits.length; i++) total += p[i] = Math.exp((logits[i] - logits[best]) / temperature);
+  let r = Math.random() * total;
+  for (let i = 0; i < p.length; i++) if ((r -= p[i]) <= 0) return i;
+  return best;
+}

@@ -1,0 +1,56 @@
+// Typed, validated view of the Worker's vars. A bad value is an operator error: fail loudly (500)
+// naming the variable, instead of running with a silent default.
+import { ApiError } from "./errors";
+import type { Env } from "./env";
+
+export interface Config {
+  gpuServiceUrl: string;
+  gpuServiceSecret: string;
+  sessionTtlSeconds: number;
+  maxBodyBytes: number;
+  rateLimitRpm: number;
+  rateLimitOverrides: Map<string, number>; // tenant -> rpm
+  modelsCacheSeconds: number;
+}
+
+function misconfigured(name: string, why: string): ApiError {
+  return new ApiError(500, `Server misconfigured: ${name} ${why}.`, { code: "server_misconfigured", type: "server_error" });
+}
+
+function positiveInt(env: Env, name: keyof Env, min: number): number {
+  const raw = env[name];
+  const n = typeof raw === "string" && /^\d+$/.test(raw.trim()) ? Number(raw.trim()) : NaN;
+  if (!Number.isSafeInteger(n) || n < min) throw misconfigured(String(name), `must be an integer >= ${min}`);
+  return n;
+}
+
+/** RATE_LIMIT_OVERRIDES = "tenant:rpm,..." (per-tenant tiers). */
+function parseOverrides(raw: string | undefined): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const item of (raw ?? "").split(",").map((s) => s.trim()).filter(Boolean)) {
+    const m = /^([A-Za-z0-9._-]{1,64}):(\d+)$/.exec(item);
+    if (!m || Number(m[2]) < 1) throw misconfigured("RATE_LIMIT_OVERRIDES", 'must be "tenant:rpm,..."');
+    out.set(m[1]!, Number(m[2]));
+  }
+  return out;
+}
+
+export function loadConfig(env: Env): Config {
+  let url: URL;
+  try {
+    url = new URL(env.GPU_SERVICE_URL);
+  } catch {
+    throw misconfigured("GPU_SERVICE_URL", "must be an absolute URL");
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw misconfigured("GPU_SERVICE_URL", "must be http(s)");
+  if (!env.GPU_SERVICE_SECRET) throw misconfigured("GPU_SERVICE_SECRET", "is not set");
+  return {
+    gpuServiceUrl: url.toString().replace(/\/+$/, ""),
+    gpuServiceSecret: env.GPU_SERVICE_SECRET,
+    sessionTtlSeconds: positiveInt(env, "SESSION_TTL_SECONDS", 1),
+    maxBodyBytes: positiveInt(env, "MAX_BODY_BYTES", 1024),
+    rateLimitRpm: positiveInt(env, "RATE_LIMIT_RPM", 1),
+    rateLimitOverrides: parseOverrides(env.RATE_LIMIT_OVERRIDES),
+    modelsCacheSeconds: positiveInt(env, "MODELS_CACHE_SECONDS", 0),
+  };
+}

@@ -1,0 +1,29 @@
+// Bindings (wrangler.toml + secrets) and the per-request variables Hono carries.
+import type { SessionObject } from "./session/object";
+import type { RateLimiter } from "./ratelimit/object";
+
+export interface Env {
+  // vars (strings, parsed and validated by src/config.ts)
+  GPU_SERVICE_URL: string;
+  SESSION_TTL_SECONDS: string;
+  MAX_BODY_BYTES: string;
+  RATE_LIMIT_RPM: string;
+  RATE_LIMIT_OVERRIDES?: string;
+  MODELS_CACHE_SECONDS: string;
+  // secrets
+  GPU_SERVICE_SECRET?: string;
+  API_KEY_HASHES?: string;
+  // Durable Objects
+  SESSIONS: DurableObjectNamespace<SessionObject>;
+  RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
+}
+
+export type AppEnv = {
+  Bindings: Env;
+  Variables: {
+    requestId: string;
+    tenant: string;
+    route: string;
+    sessionId: string | undefined;
+  };
+};

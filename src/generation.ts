@@ -1,0 +1,55 @@
+// Start a turn for a route: through the tenant's session Durable Object when a session id is
+// given, else straight to the GPU service. The client's disconnect (request.signal) cancels it.
+import type { Context } from "hono";
+import { loadConfig } from "./config";
+import type { AppEnv } from "./env";
+import { ApiError } from "./errors";
+import { sessionStub } from "./session/key";
+import type { TurnReply } from "./session/object";
+import { turnFromFrames, turnFromUpstream, type Turn } from "./turn";
+import { generate } from "./upstream/client";
+import { UpstreamError, upstreamToApiError } from "./upstream/errors";
+import type { ChatMessage, GenerateRequest, Sampling } from "./upstream/types";
+
+export async function statelessTurn(c: Context<AppEnv>, req: Omit<GenerateRequest, "request_id" | "return_blob">): Promise<Turn> {
+  const cfg = loadConfig(c.env);
+  const ac = new AbortController();
+  const signal = c.req.raw.signal;
+  const onAbort = () => ac.abort();
+  signal.addEventListener("abort", onAbort);
+  try {
+    const gen = await generate({ baseUrl: cfg.gpuServiceUrl, secret: cfg.gpuServiceSecret },
+      { ...req, request_id: c.get("requestId"), return_blob: false }, null, ac.signal);
+    return turnFromUpstream(gen, ac);
+  } catch (err) {
+    signal.removeEventListener("abort", onAbort);
+    throw err instanceof UpstreamError ? upstreamToApiError(err) : err;
+  }
+}
+
+/** Durable Object RPC, retried once when the runtime says the failure is retryable. */
+async function callSession(c: Context<AppEnv>, sessionId: string, body: { model: string; messages: ChatMessage[]; sampling: Sampling }): Promise<TurnReply> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const stub = sessionStub(c.env, c.get("tenant"), sessionId);
+      return await stub.turn({ requestId: c.get("requestId"), ...body });
+    } catch (err) {
+      const e = err as { retryable?: boolean; overloaded?: boolean };
+      if (attempt === 0 && e.retryable && !e.overloaded) continue;
+      throw new ApiError(503, "The session is temporarily unavailable; retry shortly.", { code: "session_unavailable", type: "server_error", retryAfter: 1 });
+    }
+  }
+}
+
+export async function sessionTurn(c: Context<AppEnv>, sessionId: string, body: { model: string; messages: ChatMessage[]; sampling: Sampling }): Promise<Turn> {
+  const reply = await callSession(c, sessionId, body);
+  if (!reply.ok) throw ApiError.from(reply.error);
+  const { turnId } = reply;
+  const turn = turnFromFrames(reply.start, reply.stream, () => {
+    void sessionStub(c.env, c.get("tenant"), sessionId).cancelTurn(turnId).catch(() => {});
+  });
+  const signal = c.req.raw.signal;
+  if (signal.aborted) turn.cancel();
+  else signal.addEventListener("abort", () => turn.cancel());
+  return turn;
+}

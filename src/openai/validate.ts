@@ -1,0 +1,43 @@
+// JSON body -> typed request, with OpenAI-style errors that name the offending parameter.
+import type { z } from "zod";
+import { ApiError } from "../errors";
+
+/** ["messages", 0, "role"] -> "messages[0].role" */
+export function paramPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  for (const seg of path) {
+    if (typeof seg === "number") out += `[${seg}]`;
+    else out += out ? `.${String(seg)}` : String(seg);
+  }
+  return out;
+}
+
+function valueAt(body: unknown, path: readonly PropertyKey[]): unknown {
+  let v: unknown = body;
+  for (const seg of path) {
+    if (typeof v !== "object" || v === null) return undefined;
+    v = (v as Record<PropertyKey, unknown>)[seg];
+  }
+  return v;
+}
+
+export function issueToApiError(issue: z.core.$ZodIssue, body: unknown): ApiError {
+  if (issue.code === "unrecognized_keys") {
+    const param = paramPath([...issue.path, issue.keys[0]!]);
+    return new ApiError(400, `Unrecognized request argument supplied: '${param}'.`, { param, code: "unknown_parameter" });
+  }
+  const param = paramPath(issue.path);
+  if (issue.code === "invalid_type" && valueAt(body, issue.path) === undefined) {
+    return new ApiError(400, `Missing required parameter: '${param}'.`, { param, code: "missing_required_parameter" });
+  }
+  return new ApiError(400, `Invalid value for '${param || "body"}': ${issue.message}.`, { param: param || null, code: "invalid_value" });
+}
+
+export function parseWith<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) {
+    throw new ApiError(400, "The request body must be a JSON object.", { code: "invalid_json" });
+  }
+  const r = schema.safeParse(body);
+  if (!r.success) throw issueToApiError(r.error.issues[0]!, body);
+  return r.data;
+}

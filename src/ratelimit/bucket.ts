@@ -1,0 +1,23 @@
+// Token bucket (pure): capacity = requests per minute, refilled continuously.
+
+export interface Bucket {
+  tokens: number;
+  at: number; // ms
+}
+
+export interface TakeResult {
+  allowed: boolean;
+  remaining: number;
+  retryAfterSeconds: number; // 0 when allowed
+}
+
+export function take(bucket: Bucket | null, rpm: number, now: number): { bucket: Bucket; result: TakeResult } {
+  const perMs = rpm / 60_000;
+  const prev = bucket ?? { tokens: rpm, at: now };
+  const tokens = Math.min(rpm, prev.tokens + Math.max(0, now - prev.at) * perMs);
+  if (tokens >= 1) {
+    return { bucket: { tokens: tokens - 1, at: now }, result: { allowed: true, remaining: Math.floor(tokens - 1), retryAfterSeconds: 0 } };
+  }
+  const waitMs = (1 - tokens) / perMs;
+  return { bucket: { tokens, at: now }, result: { allowed: false, remaining: 0, retryAfterSeconds: Math.max(1, Math.ceil(waitMs / 1000)) } };
+}

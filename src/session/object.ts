@@ -1,0 +1,202 @@
+// One Durable Object per (tenant, session): the transcript and condensed cache of a conversation,
+// one turn at a time. A turn is committed (transcript + reply + new blob, one transaction) only
+// after the GPU service finished it completely; a failed, cancelled or cut-off turn changes nothing.
+import { DurableObject } from "cloudflare:workers";
+import { loadConfig } from "../config";
+import { ApiError, toApiError, type SerializedApiError } from "../errors";
+import type { Env } from "../env";
+import { logEvent } from "../log";
+import { errorEvent, inBandError } from "../turn";
+import { generate, type GenerateStream } from "../upstream/client";
+import { UpstreamError, upstreamToApiError } from "../upstream/errors";
+import { jsonFrame } from "../upstream/frames";
+import type { ChatMessage, Sampling, StartEvent } from "../upstream/types";
+import { SessionStore, type SessionState } from "./store";
+import { planTurn, rebuildPlan, type TurnPlan } from "./transcript";
+
+export interface TurnRequest {
+  requestId: string;
+  model: string;
+  messages: ChatMessage[];
+  sampling: Sampling;
+}
+
+export type TurnReply =
+  | { ok: true; turnId: string; start: StartEvent; mode: TurnPlan["mode"]; stream: ReadableStream<Uint8Array> }
+  | { ok: false; error: SerializedApiError };
+
+export interface SessionInfo {
+  id: string;
+  object: "session";
+  model: string;
+  turns: number;
+  messages: number;
+  tokens_seen: number;
+  cache_tokens: number;
+  cached_tokens: number;
+  cache_bytes: number;
+  evicted_tokens: number;
+  created_at: number; // unix seconds
+  updated_at: number;
+  expires_at: number;
+}
+
+const busyError = () =>
+  new ApiError(409, "Another turn of this session is in progress; wait for it to finish.", { code: "session_busy", shouldRetry: false });
+
+export class SessionObject extends DurableObject<Env> {
+  private store!: SessionStore;
+  private state: SessionState = { meta: null, transcript: [] };
+  private busy = false;
+  private running: { id: string; abort: AbortController } | null = null;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    void ctx.blockConcurrencyWhile(async () => {
+      this.store = new SessionStore(ctx.storage);
+      this.state = this.store.load();
+    });
+  }
+
+  async turn(req: TurnRequest): Promise<TurnReply> {
+    if (this.busy) return { ok: false, error: busyError().toJSON() };
+    this.busy = true; // set before any await: one turn at a time
+    try {
+      const cfg = loadConfig(this.env);
+      const upstream = { baseUrl: cfg.gpuServiceUrl, secret: cfg.gpuServiceSecret };
+      let plan = planTurn(this.state.transcript, req.messages, (this.state.meta?.blob_bytes ?? 0) > 0);
+      const ac = new AbortController();
+      const call = (p: TurnPlan) =>
+        generate(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
+          sampling: req.sampling, return_blob: true }, p.useBlob ? this.store.loadBlob() : null, ac.signal);
+      let gen: GenerateStream;
+      try {
+        gen = await call(plan);
+      } catch (err) {
+        if (!(err instanceof UpstreamError && err.code === "blob_model_mismatch" && plan.useBlob)) throw err;
+        // The blob was made for another model/layout: rebuild from the transcript instead of failing.
+        plan = rebuildPlan(plan);
+        gen = await call(plan);
+      }
+      // A byte stream (what RPC carries reliably); writes are not awaited, so the turn runs (and
+      // commits) at the GPU service's pace even if the client reads slowly.
+      const { readable, writable } = new IdentityTransformStream();
+      const turnId = crypto.randomUUID();
+      this.running = { id: turnId, abort: ac };
+      void this.pump(gen, plan, req, writable, ac, cfg.sessionTtlSeconds);
+      return { ok: true, turnId, start: gen.start, mode: plan.mode, stream: readable };
+    } catch (err) {
+      this.busy = false;
+      const apiErr = err instanceof UpstreamError ? upstreamToApiError(err) : toApiError(err);
+      return { ok: false, error: apiErr.toJSON() };
+    }
+  }
+
+  /** Forward deltas to the caller; commit when the upstream turn is complete; release the lock. */
+  private async pump(gen: GenerateStream, plan: TurnPlan, req: TurnRequest, writable: WritableStream<Uint8Array>,
+    ac: AbortController, ttlSeconds: number): Promise<void> {
+    const writer = writable.getWriter();
+    let clientGone = false;
+    // The caller cancelled its end (client disconnected): stop the GPU work, commit nothing.
+    writer.closed.catch(() => ac.abort());
+    ac.signal.addEventListener("abort", () => (clientGone = true));
+    const write = (obj: unknown) => void writer.write(jsonFrame(obj)).catch(() => {});
+    let reply = "";
+    let outcome = "incomplete";
+    try {
+      for await (const ev of gen.events) {
+        if (clientGone) break;
+        if (ev.type === "delta") {
+          reply += ev.text;
+          write(ev);
+        } else if (ev.type === "error") {
+          write(errorEvent(inBandError(ev)));
+          outcome = `error:${ev.error.code ?? "unknown"}`;
+        } else {
+          const { blob, ...done } = ev;
+          this.commit(plan, req.model, reply, done, blob, ttlSeconds);
+          outcome = "committed";
+          write(done);
+        }
+      }
+      if (clientGone && outcome === "incomplete") outcome = "client_closed";
+    } catch (err) {
+      outcome = clientGone ? "client_closed" : `error:${toApiError(err).code ?? "internal_error"}`;
+      if (!clientGone) write(errorEvent(toApiError(err)));
+    } finally {
+      this.busy = false;
+      this.running = null;
+      await writer.close().catch(() => {});
+      logEvent("info", { event: "session_turn", request_id: req.requestId, mode: plan.mode, outcome });
+    }
+  }
+
+  /**
+   * The caller's client went away. Cancelling the returned stream is not always seen promptly
+   * across RPC (only at the next write), so the route also says so explicitly.
+   */
+  async cancelTurn(turnId: string): Promise<void> {
+    if (this.running?.id === turnId) this.running.abort.abort();
+  }
+
+  private commit(plan: TurnPlan, model: string, reply: string, done: { usage: { cached_tokens: number };
+    blob_bytes: number; session?: { tokens_seen: number; cache_tokens: number; evicted_tokens: number } },
+    blob: Uint8Array[], ttlSeconds: number): void {
+    const now = Date.now();
+    const prev = this.state.meta;
+    const transcript = [...plan.conversation, { role: "assistant" as const, content: reply }];
+    const meta = {
+      model,
+      turns: (prev?.turns ?? 0) + 1,
+      tokens_seen: done.session?.tokens_seen ?? 0,
+      cache_tokens: done.session?.cache_tokens ?? 0,
+      evicted_tokens: done.session?.evicted_tokens ?? 0,
+      last_cached_tokens: done.usage.cached_tokens,
+      blob_bytes: blob.reduce((n, b) => n + b.length, 0),
+      created_at: prev?.created_at ?? now,
+      updated_at: now,
+    };
+    this.store.commit({ transcript, keep: Math.min(plan.keep, this.state.transcript.length), blob, meta });
+    this.state = { meta, transcript };
+    // Idle expiry: each commit moves the single alarm to now + TTL.
+    void this.ctx.storage.setAlarm(now + ttlSeconds * 1000);
+  }
+
+  async info(sessionId: string): Promise<SessionInfo | null> {
+    const m = this.state.meta;
+    if (!m) return null;
+    const ttl = loadConfig(this.env).sessionTtlSeconds;
+    return {
+      id: sessionId, object: "session", model: m.model, turns: m.turns, messages: this.state.transcript.length,
+      tokens_seen: m.tokens_seen, cache_tokens: m.cache_tokens, cached_tokens: m.last_cached_tokens,
+      cache_bytes: m.blob_bytes, evicted_tokens: m.evicted_tokens,
+      created_at: Math.floor(m.created_at / 1000), updated_at: Math.floor(m.updated_at / 1000),
+      expires_at: Math.floor(m.updated_at / 1000) + ttl,
+    };
+  }
+
+  /** Delete the session. "busy" while a turn runs (the turn would re-create it). */
+  async remove(): Promise<"deleted" | "not_found" | "busy"> {
+    if (this.busy) return "busy";
+    if (!this.state.meta) return "not_found";
+    await this.store.clear();
+    this.state = { meta: null, transcript: [] };
+    return "deleted";
+  }
+
+  /** Blob rows in storage (for operators and tests: proves the chunking). */
+  async blobRows(): Promise<number> {
+    return this.store.blobRowCount();
+  }
+
+  override async alarm(): Promise<void> {
+    // The alarm is moved on every commit, so when it fires the session has been idle for the TTL.
+    if (this.busy) {
+      await this.ctx.storage.setAlarm(Date.now() + loadConfig(this.env).sessionTtlSeconds * 1000);
+      return;
+    }
+    await this.store.clear();
+    this.state = { meta: null, transcript: [] };
+    logEvent("info", { event: "session_expired" });
+  }
+}

@@ -1,0 +1,126 @@
+// GPU-service client: authenticated fetch to GPU_SERVICE_URL, request frames out, response frames
+// parsed as they stream in. Aborting `signal` cancels the HTTP request, which cancels generation.
+import { ApiError } from "../errors";
+import { blobFrames, concatBytes, endFrame, FRAMES_CONTENT_TYPE, FrameError, jsonFrame, readFrames, type Frame } from "./frames";
+import { readUpstreamError, UpstreamError } from "./errors";
+import type { DoneEvent, GenerateRequest, ModelInfo, StartEvent, TurnEvent } from "./types";
+
+export interface UpstreamOptions {
+  baseUrl: string;
+  secret: string;
+}
+
+/** A finished turn's result: the done event plus, when requested, the new cache blob. */
+export type CompletedTurn = DoneEvent & { blob: Uint8Array[] };
+
+export interface GenerateStream {
+  start: StartEvent;
+  /** deltas, then exactly one done (after all blob bytes and E arrived) or error. */
+  events: AsyncGenerator<DeltaOrEnd>;
+}
+
+export type DeltaOrEnd = Exclude<TurnEvent, DoneEvent> | ({ type: "done" } & CompletedTurn);
+
+const broken = (why: string) =>
+  new ApiError(502, `The model service sent a malformed stream (${why}).`, { code: "upstream_protocol_error", type: "server_error" });
+
+function unavailable(): ApiError {
+  return new ApiError(502, "The model service is unreachable.", { code: "upstream_unavailable", type: "server_error" });
+}
+
+async function call(opts: UpstreamOptions, path: string, init: RequestInit): Promise<Response> {
+  const headers = new Headers(init.headers);
+  headers.set("authorization", `Bearer ${opts.secret}`);
+  let res: Response;
+  try {
+    res = await fetch(`${opts.baseUrl}${path}`, { ...init, headers });
+  } catch (err) {
+    if (init.signal?.aborted) throw err;
+    throw unavailable();
+  }
+  if (!res.ok) throw await readUpstreamError(res);
+  return res;
+}
+
+export async function listModels(opts: UpstreamOptions, signal?: AbortSignal): Promise<ModelInfo[]> {
+  const res = await call(opts, "/v1/internal/models", { method: "GET", signal: signal ?? null });
+  const body = (await res.json().catch(() => null)) as { models?: unknown } | null;
+  if (!body || !Array.isArray(body.models)) throw broken("models list");
+  return body.models.filter((m): m is ModelInfo => typeof m === "object" && m !== null && typeof (m as ModelInfo).id === "string");
+}
+
+/**
+ * Start a generation. Resolves once the service has accepted it (HTTP 200 and the `start` frame);
+ * errors before that throw UpstreamError (HTTP error body) or ApiError (transport).
+ */
+export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob: Uint8Array[] | null,
+  signal: AbortSignal): Promise<GenerateStream> {
+  const body = concatBytes([jsonFrame(req), ...blobFrames(blob ?? []), endFrame()]);
+  const res = await call(opts, "/v1/internal/generate", {
+    method: "POST",
+    headers: { "content-type": FRAMES_CONTENT_TYPE, accept: FRAMES_CONTENT_TYPE },
+    body,
+    signal,
+  });
+  if (!res.body) throw broken("empty body");
+  const frames = readFrames(res.body);
+  const first = await nextFrame(frames);
+  if (first?.kind !== "J" || first.json.type !== "start") {
+    await frames.return(undefined);
+    if (first?.kind === "J" && first.json.type === "error") throw new UpstreamError(500, (first.json as { error: never }).error);
+    throw broken("missing start frame");
+  }
+  return { start: first.json as unknown as StartEvent, events: turnEvents(frames, req.return_blob) };
+}
+
+async function nextFrame(frames: AsyncGenerator<Frame>): Promise<Frame | undefined> {
+  try {
+    const r = await frames.next();
+    return r.done ? undefined : r.value;
+  } catch (err) {
+    if (err instanceof FrameError) throw broken(err.message);
+    throw err;
+  }
+}
+
+/** Enforce the response grammar after `start`: delta* (done B* E | error E). */
+async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean): AsyncGenerator<DeltaOrEnd> {
+  try {
+    for (;;) {
+      const f = await nextFrame(frames);
+      if (!f) throw broken("stream ended before done");
+      if (f.kind !== "J") throw broken(`unexpected ${f.kind} frame before done`);
+      const ev = f.json as unknown as TurnEvent;
+      if (ev.type === "delta") {
+        if (typeof ev.text !== "string") throw broken("delta without text");
+        yield ev;
+      } else if (ev.type === "error") {
+        yield { type: "error", error: ev.error };
+        return;
+      } else if (ev.type === "done") {
+        yield { ...ev, blob: await readBlob(frames, expectBlob ? ev.blob_bytes : 0) };
+        return;
+      } else {
+        throw broken(`unknown event ${String((ev as { type: unknown }).type)}`);
+      }
+    }
+  } finally {
+    await frames.return(undefined);
+  }
+}
+
+async function readBlob(frames: AsyncGenerator<Frame>, expected: number): Promise<Uint8Array[]> {
+  const chunks: Uint8Array[] = [];
+  let got = 0;
+  for (;;) {
+    const f = await nextFrame(frames);
+    if (!f) throw broken("stream ended before E");
+    if (f.kind === "E") break;
+    if (f.kind !== "B") throw broken("J frame after done");
+    chunks.push(f.bytes);
+    got += f.bytes.length;
+    if (got > expected) throw broken("more blob bytes than announced");
+  }
+  if (got !== expected) throw broken(`blob has ${got} of ${expected} bytes`);
+  return chunks;
+}

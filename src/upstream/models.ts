@@ -1,0 +1,34 @@
+// The model list comes from the GPU service and is cached briefly in isolate memory, so routing a
+// request (and rejecting an unknown model with 404) rarely costs a round trip.
+import { ApiError } from "../errors";
+import type { Config } from "../config";
+import { listModels } from "./client";
+import { UpstreamError, upstreamToApiError } from "./errors";
+import type { ModelInfo } from "./types";
+
+let cached: { url: string; at: number; models: ModelInfo[] } | null = null;
+
+export async function getModels(cfg: Config): Promise<ModelInfo[]> {
+  const now = Date.now();
+  if (cached && cached.url === cfg.gpuServiceUrl && now - cached.at < cfg.modelsCacheSeconds * 1000) return cached.models;
+  try {
+    const models = await listModels({ baseUrl: cfg.gpuServiceUrl, secret: cfg.gpuServiceSecret });
+    cached = { url: cfg.gpuServiceUrl, at: now, models };
+    return models;
+  } catch (err) {
+    throw err instanceof UpstreamError ? upstreamToApiError(err) : err;
+  }
+}
+
+export async function requireModel(cfg: Config, id: string, param = "model"): Promise<ModelInfo> {
+  const model = (await getModels(cfg)).find((m) => m.id === id);
+  if (!model) {
+    throw new ApiError(404, `The model '${id}' does not exist or you do not have access to it.`, { code: "model_not_found", param });
+  }
+  return model;
+}
+
+/** Drop the cache (tests; or after the service reports an unknown model). */
+export function forgetModels(): void {
+  cached = null;
+}

@@ -1,0 +1,144 @@
+// Auth, validation, size limits, rate limits, unknown models and routes: OpenAI-shaped errors
+// with the right status, param and headers.
+import { describe, expect, it } from "vitest";
+import { call, chat, doubleLog, keyOf, MODEL, user } from "../helpers";
+
+async function expectError(res: Response, status: number, fields: Record<string, unknown>) {
+  expect(res.status).toBe(status);
+  expect(res.headers.get("content-type")).toBe("application/json");
+  expect(res.headers.get("x-request-id")).toMatch(/^req_/);
+  const body = (await res.json()) as any;
+  expect(Object.keys(body)).toEqual(["error"]);
+  expect(Object.keys(body.error).sort()).toEqual(["code", "message", "param", "type"]);
+  expect(body.error).toMatchObject(fields);
+  return body.error;
+}
+
+describe("auth", () => {
+  it("missing, malformed and wrong keys are 401; keys never echo", async () => {
+    await expectError(await call("/v1/models", { tenant: null }), 401, { type: "authentication_error", code: "missing_api_key" });
+    await expectError(await call("/v1/models", { tenant: null, headers: { authorization: "Basic abc" } }), 401, { code: "missing_api_key" });
+    const e = await expectError(await call("/v1/models", { tenant: null, headers: { authorization: "Bearer sk-wrong-key-123" } }), 401,
+      { type: "authentication_error", code: "invalid_api_key" });
+    expect(e.message).not.toContain("sk-wrong");
+    const ok = await call("/v1/models", { tenant: null, headers: { authorization: `Bearer ${keyOf("tenant-b")}` } });
+    expect(ok.status).toBe(200);
+  });
+
+  it("unknown routes are OpenAI-shaped 404s", async () => {
+    await expectError(await call("/v1/nope"), 404, { code: "unknown_route" });
+    await expectError(await call("/v1/chat/completions", { method: "GET" }), 404, { code: "unknown_route" });
+  });
+});
+
+describe("request validation", () => {
+  const cases: [string, unknown, string | null, string][] = [
+    ["missing messages", { model: MODEL }, "messages", "missing_required_parameter"],
+    ["missing model", { messages: [user("x")] }, "model", "missing_required_parameter"],
+    ["empty messages", { model: MODEL, messages: [] }, "messages", "invalid_value"],
+    ["tool role", { model: MODEL, messages: [{ role: "tool", content: "x" }] }, "messages[0].role", "invalid_value"],
+    ["image part", { model: MODEL, messages: [{ role: "user", content: [{ type: "image_url", image_url: {} }] }] }, "messages[0].content", "invalid_value"],
+    ["temperature > 2", { model: MODEL, messages: [user("x")], temperature: 3 }, "temperature", "invalid_value"],
+    ["top_p = 0", { model: MODEL, messages: [user("x")], top_p: 0 }, "top_p", "invalid_value"],
+    ["5 stops", { model: MODEL, messages: [user("x")], stop: ["a", "b", "c", "d", "e"] }, "stop", "invalid_value"],
+    ["fractional max_tokens", { model: MODEL, messages: [user("x")], max_tokens: 1.5 }, "max_tokens", "invalid_value"],
+    ["unknown field", { model: MODEL, messages: [user("x")], frobnicate: 1 }, "frobnicate", "unknown_parameter"],
+    ["n = 2", { model: MODEL, messages: [user("x")], n: 2 }, "n", "unsupported_parameter"],
+    ["tools", { model: MODEL, messages: [user("x")], tools: [{ type: "function", function: { name: "f" } }] }, "tools", "unsupported_parameter"],
+    ["logprobs", { model: MODEL, messages: [user("x")], logprobs: true }, "logprobs", "unsupported_parameter"],
+    ["json_schema", { model: MODEL, messages: [user("x")], response_format: { type: "json_schema", json_schema: {} } }, "response_format.type", "unsupported_parameter"],
+    ["penalty", { model: MODEL, messages: [user("x")], presence_penalty: 0.5 }, "presence_penalty", "unsupported_parameter"],
+    ["stream_options without stream", { model: MODEL, messages: [user("x")], stream_options: { include_usage: true } }, "stream_options", "invalid_value"],
+    ["max tokens disagree", { model: MODEL, messages: [user("x")], max_tokens: 5, max_completion_tokens: 6 }, "max_completion_tokens", "invalid_value"],
+  ];
+  for (const [name, body, param, code] of cases) {
+    it(`400 for ${name} (param ${param})`, async () => {
+      await expectError(await chat(body), 400, { type: "invalid_request_error", param, code });
+    });
+  }
+
+  it("accepts and ignores harmless fields; accepts n=1, max_tokens, seed, user, metadata", async () => {
+    const res = await chat({ model: MODEL, messages: [{ role: "developer", content: [{ type: "text", text: "hi" }] }, user("x")], n: 1,
+      max_tokens: 2, seed: 7, user: "u1", metadata: { a: "b" }, store: false, presence_penalty: 0, logit_bias: {}, tool_choice: "none",
+      response_format: { type: "text" }, stream: false, service_tier: "auto", parallel_tool_calls: true });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as any;
+    expect(body.usage.completion_tokens).toBe(2);
+    const log = await doubleLog(res.headers.get("x-request-id")!);
+    expect(log[0]!.messages[0]).toEqual({ role: "developer", content: "hi" });
+  });
+
+  it("Content-Type is checked before the body is validated", async () => {
+    await expectError(await call("/v1/chat/completions", { method: "POST", body: "model=x", headers: { "content-type": "application/x-www-form-urlencoded" } }),
+      415, { code: "unsupported_media_type" });
+    await expectError(await call("/v1/chat/completions", { method: "POST", body: "{not json", headers: { "content-type": "application/json" } }),
+      400, { code: "invalid_json" });
+    await expectError(await call("/v1/chat/completions", { method: "POST", body: "[1]", headers: { "content-type": "application/json" } }),
+      400, { code: "invalid_json" });
+  });
+
+  it("413 from Content-Length and from the bytes actually read", async () => {
+    const big = JSON.stringify({ model: MODEL, messages: [user("x".repeat(1_100_000))] });
+    const e = await expectError(await call("/v1/chat/completions", { method: "POST", body: big, headers: { "content-type": "application/json" } }),
+      413, { code: "request_too_large" });
+    expect(e.message).toContain("1048576");
+    const bytes = new TextEncoder().encode(big);
+    const chunked = new ReadableStream<Uint8Array>({
+      start(c) {
+        for (let i = 0; i < bytes.length; i += 65536) c.enqueue(bytes.slice(i, i + 65536));
+        c.close();
+      },
+    });
+    const res = await call("/v1/chat/completions", { method: "POST", body: chunked, headers: { "content-type": "application/json" } });
+    await expectError(res, 413, { code: "request_too_large" });
+    expect(res.headers.get("x-should-retry")).toBe("false");
+  });
+});
+
+describe("models", () => {
+  it("lists the GPU service's models and gets one", async () => {
+    const res = await call("/v1/models");
+    const body = (await res.json()) as any;
+    expect(body.object).toBe("list");
+    expect(body.data.map((m: any) => m.id)).toEqual(["lckv-tiny", "lckv-alt"]);
+    expect(body.data[0]).toEqual({ id: "lckv-tiny", object: "model", created: 1764000000, owned_by: "lckv-edge", context_window: 4096, max_prompt_tokens: 4096 });
+    const one = await call("/v1/models/lckv-alt");
+    expect(((await one.json()) as any).id).toBe("lckv-alt");
+    await expectError(await call("/v1/models/gpt-4o"), 404, { code: "model_not_found", param: "id" });
+  });
+
+  it("an unknown model is 404 model_not_found without a generation call", async () => {
+    const res = await chat({ model: "gpt-4o", messages: [user("x")] });
+    const rid = res.headers.get("x-request-id")!;
+    await expectError(res, 404, { code: "model_not_found", param: "model", type: "invalid_request_error" });
+    expect(await doubleLog(rid)).toEqual([]);
+  });
+});
+
+describe("GPU service failures", () => {
+  it("map to 502/503 without leaking the service's details", async () => {
+    const crash = await expectError(await chat({ model: MODEL, messages: [user("@crash")] }), 502, { type: "server_error", code: "upstream_error" });
+    expect(crash.message).not.toContain("internal error");
+    await expectError(await chat({ model: MODEL, messages: [user("@unauth")] }), 502, { code: "upstream_auth_failed" });
+    const res = await chat({ model: MODEL, messages: [user("@overload")] });
+    expect(res.headers.get("retry-after")).toBe("2");
+    await expectError(res, 503, { code: "overloaded" });
+    await expectError(await chat({ model: MODEL, messages: [user("@ctx")] }), 400, { code: "context_length_exceeded", param: "messages" });
+  });
+});
+
+describe("rate limit", () => {
+  it("429 with retry-after once a tenant exceeds its requests per minute; others unaffected", async () => {
+    let limited: Response | undefined;
+    for (let i = 0; i < 10 && !limited; i++) {
+      const res = await call("/v1/sessions/none", { tenant: "tenant-rl" });
+      if (res.status === 429) limited = res;
+      else expect(res.status).toBe(404);
+    }
+    expect(limited).toBeDefined();
+    expect(limited!.headers.get("x-request-id")).toMatch(/^req_/);
+    expect(Number(limited!.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    await expectError(limited!, 429, { type: "rate_limit_error", code: "rate_limit_exceeded" });
+    expect((await call("/v1/models", { tenant: "tenant-b" })).status).toBe(200);
+  });
+});

@@ -1,0 +1,142 @@
+// Session turns that fail, race, get cancelled or expire: the previous state must stay intact.
+import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { sessionStub } from "../../src/session/key";
+import { call, chat, doubleLog, eventually, MODEL, sseData, user } from "../helpers";
+
+const sessionChat = (sid: string, messages: unknown[], extra: Record<string, unknown> = {}) =>
+  chat({ model: MODEL, messages, prompt_cache_key: sid, ...extra });
+
+const info = async (sid: string) => (await (await call(`/v1/sessions/${sid}`)).json()) as any;
+
+async function okTurn(sid: string, content: string) {
+  const res = await sessionChat(sid, [user(content)]);
+  expect(res.status).toBe(200);
+  return (await res.json()) as any;
+}
+
+describe("session failures", () => {
+  it("a concurrent turn gets 409 session_busy with x-should-retry: false", async () => {
+    await okTurn("s-busy", "warm up");
+    const first = await sessionChat("s-busy", [user("@drip please")], { stream: true });
+    expect(first.status).toBe(200);
+    const reader = first.body!.getReader();
+    await reader.read(); // the turn is running
+    const second = await sessionChat("s-busy", [user("me too")]);
+    expect(second.status).toBe(409);
+    expect(second.headers.get("x-should-retry")).toBe("false");
+    expect(((await second.json()) as any).error).toMatchObject({ code: "session_busy", type: "invalid_request_error" });
+    const del = await call("/v1/sessions/s-busy", { method: "DELETE" });
+    expect(del.status).toBe(409);
+    await reader.read();
+    await reader.cancel(); // the client disconnects
+    // once the first turn is gone, the session accepts turns again
+    const third = await eventually(() => sessionChat("s-busy", [user("now")]), (r) => r.status !== 409);
+    expect(third.status).toBe(200);
+  });
+
+  it("an upstream failure mid-turn leaves the session unchanged (in-band SSE error)", async () => {
+    await okTurn("s-fail", "hello");
+    const before = await info("s-fail");
+    const res = await sessionChat("s-fail", [user("@fail now")], { stream: true });
+    const events = sseData(await res.text());
+    expect(JSON.parse(events.at(-1)!)).toEqual({ error: { message: "The model service failed to complete the request.", type: "server_error", param: null, code: "upstream_error" } });
+    expect(events).not.toContain("[DONE]");
+    expect(await info("s-fail")).toEqual(before);
+    // non-streaming: the same failure is a plain 502
+    const res2 = await sessionChat("s-fail", [user("@fail again")]);
+    expect(res2.status).toBe(502);
+    expect(await info("s-fail")).toEqual(before);
+    // and the next good turn continues from the old state (reuses the old blob)
+    const next = await sessionChat("s-fail", [user("retry")]);
+    const log = await doubleLog(next.headers.get("x-request-id")!);
+    expect(log[0]!.messages).toEqual([user("retry")]);
+    expect(log[0]!.blob_in_bytes).toBe(before.cache_bytes);
+  });
+
+  it("a stream cut off before done, or in the middle of the blob, commits nothing", async () => {
+    await okTurn("s-cut", "hello");
+    const before = await info("s-cut");
+    for (const directive of ["@cut", "@cutblob @blob=2500000"]) {
+      const res = await sessionChat("s-cut", [user(directive)]);
+      expect(res.status).toBe(502);
+      expect(((await res.json()) as any).error.code).toBe("upstream_protocol_error");
+      expect(await info("s-cut")).toEqual(before);
+    }
+  });
+
+  it("a client that disconnects cancels the upstream and commits nothing", async () => {
+    await okTurn("s-abort", "hello");
+    const before = await info("s-abort");
+    const res = await sessionChat("s-abort", [user("@hang")], { stream: true });
+    const rid = res.headers.get("x-request-id")!;
+    const reader = res.body!.getReader();
+    await reader.read();
+    await reader.cancel();
+    const log = await eventually(() => doubleLog(rid), (l) => l[0]?.outcome === "cancelled");
+    expect(log[0]!.outcome).toBe("cancelled");
+    expect(await info("s-abort")).toEqual(before);
+  });
+
+  it("a turn commits when the upstream completes, even while the client is still reading", async () => {
+    const res = await sessionChat("s-slowreader", [user("@slow hello")], { stream: true });
+    const reader = res.body!.getReader();
+    await reader.read(); // read one chunk, then stop reading
+    const i = await eventually(() => info("s-slowreader"), (b) => b.turns === 1);
+    expect(i.turns).toBe(1);
+    await reader.cancel();
+  });
+
+  it("a blob larger than 2 MB round-trips through 1 MiB rows intact", async () => {
+    const first = await okTurn("s-big", "@blob=2600000 big");
+    expect(first.usage.prompt_tokens_details.cached_tokens).toBe(0);
+    const i = await info("s-big");
+    expect(i.cache_bytes).toBeGreaterThan(2_600_000);
+    expect(await sessionStub(env, "tenant-a", "s-big").blobRows()).toBe(3);
+    // the double verifies every byte of the blob it gets back (400 blob_invalid otherwise)
+    const res = await sessionChat("s-big", [user("next")]);
+    expect(res.status).toBe(200);
+    const log = await doubleLog(res.headers.get("x-request-id")!);
+    expect(log[0]).toMatchObject({ blob_in_bytes: i.cache_bytes, outcome: "done" });
+    expect(((await res.json()) as any).usage.prompt_tokens_details.cached_tokens).toBe(i.tokens_seen);
+  });
+
+  it("a blob made for another model is rebuilt from the transcript, not failed", async () => {
+    await okTurn("s-mm", "hello tiny");
+    const res = await chat({ model: "lckv-alt", messages: [user("now alt")], prompt_cache_key: "s-mm" });
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as any;
+    const log = await doubleLog(res.headers.get("x-request-id")!);
+    expect(log.map((l) => [l.status, l.blob_in_bytes > 0])).toEqual([[409, true], [200, false]]);
+    expect(log[1]!.messages.map((m) => m.role)).toEqual(["user", "assistant", "user"]);
+    expect(log[1]!.messages[0]).toEqual(user("hello tiny"));
+    expect(body.usage.prompt_tokens_details.cached_tokens).toBe(0);
+    expect(await info("s-mm")).toMatchObject({ model: "lckv-alt", turns: 2, messages: 4 });
+  });
+
+  it("an idle session expires when its alarm runs", async () => {
+    await okTurn("s-ttl", "hello");
+    const stub = sessionStub(env, "tenant-a", "s-ttl");
+    const alarm = await runInDurableObject(stub, (_o, state) => state.storage.getAlarm());
+    const ttl = Number(env.SESSION_TTL_SECONDS);
+    expect(alarm).toBeGreaterThan(Date.now() + (ttl - 60) * 1000);
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    expect((await call("/v1/sessions/s-ttl")).status).toBe(404);
+    const rows = await runInDurableObject(stub, (_o, state) =>
+      state.storage.sql.exec("SELECT (SELECT COUNT(*) FROM messages) + (SELECT COUNT(*) FROM blob_chunks) AS n").one().n);
+    expect(rows).toBe(0);
+  });
+
+  it("errors before generation (context length, overload) change nothing", async () => {
+    await okTurn("s-pre", "hello");
+    const before = await info("s-pre");
+    const ctx = await sessionChat("s-pre", [user("@ctx")]);
+    expect(ctx.status).toBe(400);
+    expect(((await ctx.json()) as any).error).toMatchObject({ code: "context_length_exceeded", param: "messages" });
+    const busy = await sessionChat("s-pre", [user("@overload")]);
+    expect(busy.status).toBe(503);
+    expect(busy.headers.get("retry-after")).toBe("2");
+    expect(await info("s-pre")).toEqual(before);
+  });
+});

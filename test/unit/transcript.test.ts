@@ -1,0 +1,52 @@
+// The session message-matching rule (pure).
+import { describe, expect, it } from "vitest";
+import { planTurn, rebuildPlan } from "../../src/session/transcript";
+import type { ChatMessage } from "../../src/upstream/types";
+
+const u = (content: string): ChatMessage => ({ role: "user", content });
+const a = (content: string): ChatMessage => ({ role: "assistant", content });
+const s = (content: string): ChatMessage => ({ role: "system", content });
+
+describe("planTurn", () => {
+  const t = [s("sys"), u("q1"), a("r1")];
+
+  it("empty transcript: a new session sends everything without a blob", () => {
+    expect(planTurn([], [u("hi")], false)).toEqual({ mode: "new", send: [u("hi")], useBlob: false, conversation: [u("hi")], keep: 0 });
+  });
+
+  it("first message differs: new messages are appended and sent with the blob", () => {
+    const p = planTurn(t, [u("q2")], true);
+    expect(p).toEqual({ mode: "append", send: [u("q2")], useBlob: true, conversation: [...t, u("q2")], keep: 3 });
+  });
+
+  it("full history extending the transcript: only the suffix goes, with the blob", () => {
+    const p = planTurn(t, [...t, u("q2")], true);
+    expect(p).toMatchObject({ mode: "reuse", send: [u("q2")], useBlob: true, keep: 3 });
+    expect(p.conversation).toEqual([...t, u("q2")]);
+  });
+
+  it("full history that diverges: rebuild from the request, keeping the common prefix rows", () => {
+    const p = planTurn(t, [s("sys"), u("q1"), a("edited"), u("q2")], true);
+    expect(p).toEqual({ mode: "rebuild", send: [s("sys"), u("q1"), a("edited"), u("q2")], useBlob: false,
+      conversation: [s("sys"), u("q1"), a("edited"), u("q2")], keep: 2 });
+  });
+
+  it("role matters, not just content", () => {
+    expect(planTurn(t, [u("sys"), u("x")], true).mode).toBe("append");
+  });
+
+  it("the same history with nothing new, or a shorter one, rebuilds", () => {
+    expect(planTurn(t, t, true).mode).toBe("rebuild");
+    expect(planTurn(t, [s("sys"), u("q1")], true)).toMatchObject({ mode: "rebuild", keep: 2 });
+  });
+
+  it("without a stored blob nothing can be reused: send the whole conversation", () => {
+    expect(planTurn(t, [u("q2")], false)).toMatchObject({ mode: "rebuild", send: [...t, u("q2")], useBlob: false });
+    expect(planTurn(t, [...t, u("q2")], false)).toMatchObject({ mode: "rebuild", send: [...t, u("q2")], useBlob: false });
+  });
+
+  it("rebuildPlan (blob refused) resends the whole conversation", () => {
+    const p = rebuildPlan(planTurn(t, [u("q2")], true));
+    expect(p).toMatchObject({ mode: "rebuild", send: [...t, u("q2")], useBlob: false, keep: 3 });
+  });
+});
