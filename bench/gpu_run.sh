@@ -1,28 +1,49 @@
 #!/usr/bin/env bash
-# One GPU call per part (each finishes in ~8.5 minutes including model init):
-#   bash bench/gpu_run.sh part1   # Llama-2-7B throughput (2048+2048, 512+1024; 4 variants) + roofline
-#   bash bench/gpu_run.sh part2   # TinyLlama throughput (3 settings) + prefill + streaming + sessions
+# One GPU call per part (each stays under the 600 s per-call limit, model init included):
+#   bash bench/gpu_run.sh part1   # kernel tests on CUDA; Llama-2-7B throughput 512+1024 (llama, lckv-w2,
+#                                 # hf-llama) + roofline; sessions (TinyLlama)                 ~9.5 min
+#   bash bench/gpu_run.sh part2   # Llama-2-7B 2048+2048 (llama, lckv-w2, hf-llama); TinyLlama throughput
+#                                 # 512+1024 and 5+2043; prefill; streaming; roofline          ~9.5 min
 #   bash bench/gpu_run.sh tiny    # every suite on CPU with a toy shape, ~1 minute: checks this script
-# Writes $OUT/<part>.jsonl (one JSON object per measurement, flushed per line) and $OUT/<part>.log.
-# Needs no carried paths: PyTorch/transformers come from the machine, our code from the tree.
-set -euo pipefail
+# Writes $OUT/<part>.jsonl (one JSON object per measurement, flushed per line), $OUT/<part>.log and,
+# for part1, $OUT/tests.log. Each (shape, variant) runs in its own worker process (bench/run.py
+# --isolate): a crash or device-side assert costs that case's rows, not the run.
+# Carry .gpu-wheels (pytest, hypothesis: the machine has no internet) for the kernel tests.
+set -uo pipefail
 part=${1:?usage: bash bench/gpu_run.sh part1|part2|tiny}
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/results}
-mkdir -p "$out"
+mkdir -p "$out" && out=$(cd "$out" && pwd)
 export PYTHONPATH="$PWD/gpu-service:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}"
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   # same for every variant: less fragmentation
 export TOKENIZERS_PARALLELISM=false
+py=$(command -v python3 || command -v python)
+log="$out/$part.log"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >"$log" 2>&1 || true
+bench() {   # $1: seconds for the whole step; the rest: run.py arguments. SIGINT first: rows are on disk.
+  local secs=$1; shift
+  timeout --signal=INT --kill-after=20 "$secs" "$py" bench/run.py "$@" --out "$out/$part.jsonl" \
+    >>"$log" 2>&1 || echo "run.py $* exited with $?" >>"$log"
+}
 case "$part" in
-  part1) args=(--suite throughput:450,roofline:5 --shapes llama2-7b --settings 2048+2048,512+1024) ;;
-  part2) args=(--suite throughput:200,prefill:80,streaming:50,sessions:75,roofline:2 --shapes tinyllama-1.1b
-               --settings 5+2043,512+1024,2048+2048) ;;
-  tiny)  args=(--tiny --device cpu --suite throughput:40,roofline:2,prefill:20,streaming:20,sessions:20) ;;
+  part1)
+    if [ -d .gpu-wheels ]; then
+      "$py" -m pip install -q --no-index --find-links .gpu-wheels pytest hypothesis >"$out/tests.log" 2>&1
+      (cd gpu-service && timeout 100 "$py" -m pytest -q -p no:logging -p no:cacheprovider --tb=long \
+        tests/test_bench_kernels.py tests/test_bench_triton.py -k "cuda or triton" >>"$out/tests.log" 2>&1)
+      echo "kernel tests exit $?" >>"$out/tests.log"
+    fi
+    bench 370 --suite throughput:330,roofline:1 --shapes llama2-7b --settings 512+1024 \
+      --variants llama,lckv-w2,hf-llama
+    bench 80 --suite sessions:60 --shapes tinyllama-1.1b --variants llama,lckv-w2,lckv-w10 ;;
+  part2)
+    bench 290 --suite throughput:255,roofline:1 --shapes llama2-7b --settings 2048+2048 \
+      --variants llama,lckv-w2,hf-llama
+    bench 120 --suite throughput:100,roofline:1 --shapes tinyllama-1.1b --settings 512+1024,5+2043 \
+      --variants llama,lckv-w2,hf-llama
+    bench 145 --suite prefill:60,streaming:50 --shapes tinyllama-1.1b --variants llama,lckv-w2 ;;
+  tiny)
+    bench 300 --tiny --device cpu --isolate on --suite throughput:40,roofline:2,prefill:20,streaming:20,sessions:20 ;;
   *) echo "unknown part '$part' (part1, part2 or tiny)" >&2; exit 2 ;;
 esac
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >"$out/$part.log" 2>&1 || true
-# SIGINT first so the recorder closes cleanly; every row is already on disk anyway
-py=$(command -v python3 || command -v python)
-timeout --signal=INT --kill-after=20 510 "$py" bench/run.py "${args[@]}" --out "$out/$part.jsonl" \
-  >>"$out/$part.log" 2>&1 || echo "run.py exited with $?" >>"$out/$part.log"
-tail -n 3 "$out/$part.log"
+tail -n 5 "$log"

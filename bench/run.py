@@ -5,12 +5,20 @@
 
 Every suite is time-boxed (`name:seconds`; suites without seconds share what is left of
 --budget-s) and results are flushed line by line, so a killed run keeps what it measured.
+
+On CUDA every suite, and every (shape, variant) of the throughput suite, runs in its own worker
+process (`--isolate`, default on CUDA): a device-side assert or a crash poisons only that process,
+so one failure costs its rows (written as `error` rows with the worker's exit code and stderr
+tail), not the run, and each case starts with an empty device.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +31,7 @@ import torch  # noqa: E402
 from lckv_bench import hw  # noqa: E402
 from lckv_bench.common import BenchError, Budget, Context, Recorder, device_info  # noqa: E402
 from lckv_bench.shapes import SHAPES, VARIANTS  # noqa: E402
+from lckv_bench.suites.throughput import SETTINGS, TINY_SETTINGS, _weight  # noqa: E402
 
 SUITES = ("throughput", "roofline", "prefill", "streaming", "sessions")
 DEFAULT_SHAPES = {"throughput": ("llama2-7b", "tinyllama-1.1b"), "roofline": (), "prefill": ("tinyllama-1.1b",),
@@ -77,7 +86,7 @@ def parse_list(spec: str | None, known, param: str) -> tuple[str, ...] | None:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="throughput,roofline", help="comma list of suite[:seconds]")
     ap.add_argument("--budget-s", type=float, default=480.0, help="total seconds for suites without their own")
@@ -89,8 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="JSONL file to append to (default: bench/results/<device>-<time>.jsonl)")
     ap.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     ap.add_argument("--tiny", action="store_true", help="CPU-sized shapes and lengths (tests, dry runs)")
+    ap.add_argument("--isolate", choices=("auto", "on", "off"), default="auto",
+                    help="run each suite / throughput (shape, variant) in a worker process (auto: on CUDA)")
+    ap.add_argument("--worker-startup-s", type=float,
+                    help="seconds a worker needs to start (imports, CUDA init), taken off its time box "
+                         "(default 20, --tiny 3)")
     ap.add_argument("--quiet", action="store_true")
-    args = ap.parse_args(argv)
+    # internal: how a parent hands a worker its share of the run
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--run-id", help=argparse.SUPPRESS)
+    ap.add_argument("--hw-json", help=argparse.SUPPRESS)
+    ap.add_argument("--hw-only", action="store_true", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         suites = parse_suites(args.suite, args.budget_s)
         shapes = parse_list(args.shapes, tuple(SHAPES), "shape")
@@ -98,39 +121,159 @@ def main(argv: list[str] | None = None) -> int:
         settings = parse_settings(args.settings)
         if args.max_run_batch is not None and args.max_run_batch < 1:
             raise BenchError("--max-run-batch must be >= 1", param="max_run_batch")
+        if args.worker_startup_s is None:
+            args.worker_startup_s = 3.0 if args.tiny else 20.0
+        if args.worker_startup_s < 0:
+            raise BenchError("--worker-startup-s must be >= 0", param="worker_startup_s")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if device.type == "cuda" and not torch.cuda.is_available():
             raise BenchError("--device cuda but no CUDA device is available", param="device")
     except BenchError as e:
         print(f"error: {e} (param: {e.param})", file=sys.stderr)
         return 2
+    isolate = not args.worker and (args.isolate == "on" or (args.isolate == "auto" and device.type == "cuda"))
+    run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S")
+    if isolate:   # the parent never touches the device: workers start on an empty one
+        return _parent(args, suites, device, run_id, settings, shapes, variants)
     prev_threads = torch.get_num_threads()
     if device.type == "cpu" and args.tiny:
         torch.set_num_threads(1)   # tiny shapes: threads only contend (2-core CI machines)
     info = device_info(device)
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / \
-        f"{info['device'].split()[0].lower()}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+    out = Path(args.out) if args.out else _default_out(info["device"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    rec = Recorder(out, base={"device": info["device"], "run_id": time.strftime("%Y%m%dT%H%M%S")},
+    rec = Recorder(out, base={"device": info["device"], "run_id": run_id},
                    echo=None if args.quiet else sys.stdout)
     try:
         torch.manual_seed(0)
-        hw_row = hw.measure(device, args.tiny)
-        rec.write("hw", status="ok", **info, **hw_row)
-        for name, secs in suites:
-            ctx = Context(device=device, rec=rec, budget=Budget(secs), tiny=args.tiny,
-                          shapes=("tiny",) if args.tiny else (shapes or DEFAULT_SHAPES[name]),
-                          settings=settings, variants=variants, hw=hw_row, max_run_batch=args.max_run_batch)
-            t = time.perf_counter()
-            importlib.import_module(f"lckv_bench.suites.{name}").run(ctx)
-            rec.write("suite_done", status="ok", name=name, seconds=round(time.perf_counter() - t, 2),
-                      budget_s=secs)
+        if args.hw_json:
+            hw_row = json.loads(args.hw_json)
+        else:
+            hw_row = hw.measure(device, args.tiny)
+            rec.write("hw", status="ok", **info, **hw_row)
+        if not args.hw_only:
+            for name, secs in suites:
+                _run_suite(name, secs, device, rec, args, shapes, settings, variants, hw_row)
     finally:
         rec.close()
         torch.set_num_threads(prev_threads)
+    if not args.quiet and not args.worker:
+        print(json.dumps({"results": str(out), "rows": len(rec.rows)}))
+    return 0
+
+
+def _default_out(device_name: str) -> Path:
+    return Path(__file__).parent / "results" / f"{device_name.split()[0].lower()}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+
+
+def _run_suite(name, secs, device, rec, args, shapes, settings, variants, hw_row) -> None:
+    ctx = Context(device=device, rec=rec, budget=Budget(secs), tiny=args.tiny,
+                  shapes=("tiny",) if args.tiny else (shapes or DEFAULT_SHAPES[name]),
+                  settings=settings, variants=variants, hw=hw_row, max_run_batch=args.max_run_batch)
+    t = time.perf_counter()
+    importlib.import_module(f"lckv_bench.suites.{name}").run(ctx)
+    if not args.worker:   # a worker runs a share of a suite: its parent records the suite's end
+        rec.write("suite_done", status="ok", name=name, seconds=round(time.perf_counter() - t, 2), budget_s=secs)
+
+
+# ---- process isolation ---------------------------------------------------------------------------
+def _parent(args, suites, device, run_id, settings, shapes, variants) -> int:
+    """Run every unit of work in a worker process; write `error` rows for what a dead worker left."""
+    out = Path(args.out) if args.out else _default_out(device.type)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    common = ["--out", str(out), "--run-id", run_id, "--device", device.type, "--worker", "--isolate", "off"]
+    common += ["--tiny"] if args.tiny else []
+    common += ["--quiet"] if args.quiet else []
+    common += ["--max-run-batch", str(args.max_run_batch)] if args.max_run_batch else []
+    common += ["--settings", args.settings] if args.settings else []
+    rc, tail = _worker(common + ["--hw-only"], timeout=300)
+    hw_rows = [r for r in _rows(out, run_id) if r["suite"] == "hw" and r.get("status") == "ok"]
+    if not hw_rows:
+        print(f"error: hardware measurement failed (worker exit {rc}): {tail}", file=sys.stderr)
+        return 1
+    hw_full = hw_rows[-1]
+    hw_row = {k: hw_full[k] for k in ("copy_gbps", "matmul_tflops", "copy_bytes", "matmul_n", "matmul_dtype")}
+    rec = Recorder(out, base={"device": hw_full["device"], "run_id": run_id}, echo=None if args.quiet else sys.stdout)
+    startup = args.worker_startup_s
+    try:
+        for name, secs in suites:
+            budget = Budget(secs)
+            names = ("tiny",) if args.tiny else (shapes or DEFAULT_SHAPES[name])
+            if name == "roofline":   # pure arithmetic over this run's rows: no device, no worker
+                rec.rows = _rows(out, run_id)
+                _run_suite(name, secs, device, rec, args, shapes, settings, variants, hw_row)
+                continue
+            if name != "throughput":
+                unit = common + ["--suite", f"{name}:{max(1.0, secs - startup):.1f}", "--hw-json", json.dumps(hw_row)]
+                unit += ["--variants", ",".join(variants)] if variants else []
+                unit += ["--shapes", ",".join(names)] if not args.tiny else []
+                rc, tail = _worker(unit, timeout=secs + 90)
+                if rc != 0:
+                    rec.write(name, status="error", error=f"worker exited with {rc}", stderr_tail=tail)
+                rec.write("suite_done", status="ok" if rc == 0 else "error", name=name,
+                          seconds=round(secs - budget.left(), 2), budget_s=secs)
+                continue
+            sets = settings or (TINY_SETTINGS if args.tiny else SETTINGS)
+            groups = [(s, v) for s in names for v in (variants or VARIANTS)]
+            weight = {gv: sum(_weight(gv[1], p, g) for p, g in sets) for gv in groups}
+            for i, (shape, variant) in enumerate(groups):
+                share = budget.left() * weight[(shape, variant)] / sum(weight[x] for x in groups[i:])
+                unit = common + ["--suite", f"throughput:{max(1.0, share - startup):.1f}", "--shapes", shape,
+                                 "--variants", variant, "--hw-json", json.dumps(hw_row)]
+                if share - startup < (0.2 if args.tiny else 3.0):
+                    for p, g in sets:
+                        rec.write("throughput", status="skipped", shape=shape, variant=variant, prompt_len=p,
+                                  gen_len=g, reason="suite time budget spent")
+                    continue
+                rc, tail = _worker(unit, timeout=share + 90)
+                have = {(r.get("prompt_len"), r.get("gen_len")) for r in _rows(out, run_id)
+                        if r["suite"] == "throughput" and r.get("shape") == shape and r.get("variant") == variant}
+                for p, g in sets:
+                    if (p, g) not in have:
+                        rec.write("throughput", status="error", shape=shape, variant=variant, prompt_len=p,
+                                  gen_len=g, error=f"worker exited with {rc} before this case finished",
+                                  stderr_tail=tail)
+            rec.write("suite_done", status="ok", name=name, seconds=round(secs - budget.left(), 2), budget_s=secs)
+        rec.rows = _rows(out, run_id)
+    finally:
+        rec.close()
     if not args.quiet:
         print(json.dumps({"results": str(out), "rows": len(rec.rows)}))
     return 0
+
+
+def _worker(extra: list[str], timeout: float) -> tuple[int, str]:
+    """Run this script as a worker; returns (exit code, last 2000 chars of its stderr). A worker past
+    its timeout gets SIGINT, then SIGKILL: its rows are on disk already."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *extra]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        err = (err or "") + f"\n[worker killed after {timeout:.0f}s]"
+    err = err or ""
+    if proc.returncode != 0:
+        sys.stderr.write(err[-4000:])
+    return proc.returncode, err[-2000:]
+
+
+def _rows(path: Path, run_id: str) -> list[dict]:
+    """Rows of one run from the JSONL file (workers append to it; a torn last line is skipped)."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if r.get("run_id") == run_id:
+                rows.append(r)
+    return rows
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import { ROOT, VENV_PYTHON, ensureInstalled } from "./stack.mjs";
 
 const only = process.argv.slice(2); // e.g. `npm test -- python worker`
 const suites = [
-  ["python", VENV_PYTHON, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], join(ROOT, "gpu-service")],
+  ["python", VENV_PYTHON, ["-m", "pytest", "-p", "no:cacheprovider", "-rs", "tests"], join(ROOT, "gpu-service")],
   ["worker", "npm", ["run", "--silent", "test:worker"], ROOT],
   ["e2e", process.execPath, [join(ROOT, "scripts", "e2e.mjs")], ROOT],
 ];

@@ -3,11 +3,12 @@
 # one shared token budget, then evaluate each (exact vs iterative held-out perplexity) and plot.
 #
 # Run from the repository root on the GPU machine, with the token shards carried along:
-#   carry: ["data/tokens"]          command: OUT=$OUT bash gpu-service/scripts/train_gpu.sh
-# Stages (default "all" = train, eval, report): train | eval | report | all | cpt. "cpt" (optional, after
-# "train"): continued pretraining of the trained Llama converted to LCKV w=2 (configs/lckv-tiny-w2-cpt.toml),
-# CPT_TOKENS tokens (default 8,000,000) within MINUTES; run "eval" and "report" afterwards to include it. Work happens in $RUN_DIR inside the tree
-# (kept on a warm machine between calls), so "train" and "eval" may also run as separate calls.
+#   carry: ["data/tokens"]          command: bash gpu-service/scripts/train_gpu.sh      ($OUT is set there)
+# Stages (default "all" = train, eval, report): train | eval | report | all | cpt.
+# Work happens in $RUN_DIR inside the tree (kept on a warm machine between calls), so the stages may also
+# run as separate calls. "cpt" (optional, after "train"): continued pretraining of the trained Llama
+# converted to LCKV w=2 (configs/lckv-tiny-w2-cpt.toml), CPT_TOKENS tokens (default 8,000,000) within
+# MINUTES; run "eval" and "report" afterwards to include it.
 #
 # Environment:
 #   OUT        where results are copied (required): runs/<name>/{log.jsonl,train.log,eval*.json,model/},
@@ -19,6 +20,7 @@
 #   RUN_DIR    working folder (default runs/gpu)
 #   CONFIGS    folder of lckv-tiny-{llama,w2,w6}.toml (default gpu-service/configs; tiny ones for a CPU dry run)
 #   EVAL_BLOCK evaluation window (default 1024, the training block size)
+#   EVAL_MINUTES  time limit of each evaluation process (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:?set OUT to the folder that receives the results}"
@@ -28,6 +30,7 @@ EVAL_TOKENS="${EVAL_TOKENS:-131072}"
 RUN_DIR="${RUN_DIR:-runs/gpu}"
 CONFIGS="${CONFIGS:-gpu-service/configs}"
 EVAL_BLOCK="${EVAL_BLOCK:-1024}"
+EVAL_S=$(awk "BEGIN{print int(${EVAL_MINUTES:-2} * 60)}")
 PY="${PYTHON:-python3}"
 RUNS=(llama w2 w6)              # trained concurrently by "train"
 ALL_RUNS=(llama w2 w6 w2-cpt)   # evaluated/collected/reported when present
@@ -79,11 +82,11 @@ stage_eval() {
   pids=()
   for v in "${ALL_RUNS[@]}"; do
     [ -d "$RUN_DIR/$v/model" ] || continue
-    ( "$PY" -m lckv_service.train.evaluate --model "$RUN_DIR/$v/model" --name "$v" --data data/tokens/val.bin \
+    ( timeout "$EVAL_S" "$PY" -m lckv_service.train.evaluate --model "$RUN_DIR/$v/model" --name "$v" --data data/tokens/val.bin \
         --methods exact,iterative --block-size "$EVAL_BLOCK" --batch-size 32 --max-tokens "$EVAL_TOKENS" \
         --out "$RUN_DIR/$v/eval.json" > /dev/null
       if [ -f data/tokens/val_chat.bin ]; then
-        "$PY" -m lckv_service.train.evaluate --model "$RUN_DIR/$v/model" --name "$v" --data data/tokens/val_chat.bin \
+        timeout "$EVAL_S" "$PY" -m lckv_service.train.evaluate --model "$RUN_DIR/$v/model" --name "$v" --data data/tokens/val_chat.bin \
           --methods exact,iterative --block-size "$EVAL_BLOCK" --batch-size 32 --out "$RUN_DIR/$v/eval_chat.json" > /dev/null
       fi ) > "$RUN_DIR/$v/eval.log" 2>&1 &
     pids+=($!)

@@ -95,17 +95,54 @@ def test_fast_decode_refuses_bad_input_and_changes_nothing():
     assert torch.equal(cache.lengths, before) and cache.length(1) == 0
 
 
+def test_fast_decode_checks_indices_on_host():
+    """Everything a step indexes with is validated on the host before any launch: on CUDA an
+    out-of-range index is a device-side assert that poisons the process, not a catchable error."""
+    cfg = tiny_cfg(2)
+    model = make_model(cfg)
+    cache = KVCache(cfg, 3, 8, dtype=torch.float64)
+    model.prefill(cache, [0], [torch.tensor([1, 2, 3])])
+    fd = FastDecode(model, cache, bucket=16)          # the bucket rounds past capacity: clamped to 8
+    before = (cache.lengths.clone(), cache.k.clone())
+    with pytest.raises(ValueError, match="tokens"):
+        fd(torch.tensor([0]), torch.tensor([cfg.vocab_size]))
+    with pytest.raises(ValueError, match="tokens"):
+        fd(torch.tensor([0, 1]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="slot"):
+        fd(torch.tensor([-1]), torch.tensor([1]))
+    assert torch.equal(cache.lengths, before[0]) and torch.equal(cache.k, before[1])
+    for n in range(4, 9):                              # up to the last free position, bucket clamped
+        fd(torch.tensor([0, 2]), torch.tensor([1, 2]))
+    assert cache.length(0) == 8 and cache.length(2) == 5
+    with pytest.raises(ValueError, match="full"):
+        fd(torch.tensor([0]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="bucket"):
+        fd._check_bounds([0], [3], 9)                  # a bucket beyond the pool would read past it
+    with pytest.raises(ValueError, match="lengths"):
+        fd._check_bounds([0], [8], 8)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_fast_decode_graphs_match_eager_on_cuda():
-    cfg = tiny_cfg(2, layers=6)
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_fast_decode_graphs_match_eager_on_cuda(attention):
+    from lckv_service.kernels import triton_decode
+    cfg = tiny_cfg(2, layers=6, hidden_size=128)        # head_dim 32: the Triton kernel's minimum
+    if attention == "triton" and not triton_decode.available(torch.device("cuda"), cfg.head_dim):
+        pytest.skip("no Triton")
     model = make_model(cfg, dtype=torch.float32, device="cuda")
     caches = [KVCache(cfg, 3, 64, device="cuda", dtype=torch.float32) for _ in range(2)]
     toks = torch.randint(0, cfg.vocab_size, (3, 10), device="cuda")
     for c in caches:
         model.prefill(c, [0, 1, 2], [toks[0], toks[1, :4], toks[2, :1]])
-    eager, graphed = FastDecode(model, caches[0], bucket=16), FastDecode(model, caches[1], bucket=16, graphs=True)
+    eager = FastDecode(model, caches[0], bucket=16, attention=attention)
+    graphed = FastDecode(model, caches[1], bucket=16, graphs=True, attention=attention)
     tok = toks[:, -1]
     for _ in range(12):   # crosses a bucket edge: a second graph is captured
         a, b = eager(torch.arange(3), tok), graphed(torch.arange(3), tok)
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        # fill every free small block with out-of-range ids and hold them through the next replay:
+        # a graph input the entry did not own would now read 10**6 (an out-of-bounds index)
+        junk = [torch.full((n,), 10**6, dtype=torch.long, device="cuda") for n in (1, 3, 6, 64, 512) * 8]
+        torch.cuda.synchronize()
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
         tok = a.argmax(-1)
+    assert torch.equal(caches[0].lengths, caches[1].lengths)

@@ -78,16 +78,34 @@ class FastDecode:
         S = min(cache.capacity, -(-(max(lens) + 1) // self.bucket) * self.bucket)
         first = slot_list[0]
         contiguous = slot_list == list(range(first, first + B))
+        if tokens.numel() != B:
+            raise ValueError(f"tokens must hold one id per slot ({B}), got shape {tuple(tokens.shape)}")
+        if tokens.device.type == "cpu" and tokens.numel() and not (
+                0 <= int(tokens.min()) and int(tokens.max()) < self.cfg.vocab_size):
+            raise ValueError(f"tokens has ids outside [0, {self.cfg.vocab_size})")   # device ids: argmax, in range
+        self._check_bounds(slot_list, lens, S)
         tokens = tokens.to(cache.device, torch.long).view(B)
         key = (first, B, S)
+        slot_t = torch.tensor(slot_list, device=cache.device)
         if self.graphs and contiguous and (key in self._graphs or len(self._graphs) < self.max_graphs):
             logits, new_len = self._replay(key, tokens)
         else:
-            slot_idx = torch.tensor(slot_list, device=cache.device)
-            logits, new_len = self._step(tokens, slot_idx, first if contiguous else None, S)
-        cache.tokens[torch.tensor(slot_list, device=cache.device), new_len - 1] = tokens
-        cache.commit(slot_list, [n + 1 for n in lens], [1] * B, new_len)
+            logits, new_len = self._step(tokens, slot_t, first if contiguous else None, S)
+        cache.tokens[slot_t, new_len - 1] = tokens
+        cache.commit(slot_list, [n + 1 for n in lens], [1] * B, slot_t, new_len)
         return logits
+
+    def _check_bounds(self, slot_list: list[int], lens: list[int], S: int) -> None:
+        """Every index a step will use, checked on the host from the mirrored lengths: an
+        out-of-range index on the device is a device-side assert, which poisons the CUDA context
+        for the rest of the process (no fallback could run after it)."""
+        cache = self.cache
+        if not 0 < S <= cache.capacity or S > self.cos.shape[0]:
+            raise ValueError(f"key bucket {S} outside the cache capacity {cache.capacity}")
+        if min(slot_list) < 0 or max(slot_list) >= cache.num_slots:
+            raise ValueError(f"slots {slot_list} outside [0, {cache.num_slots})")
+        if min(lens) < 0 or max(lens) + 1 > min(S, cache.capacity) or max(lens) >= self.cos.shape[0]:
+            raise ValueError(f"slot lengths {lens} do not fit key bucket {S} / capacity {cache.capacity}")
 
     # ---- the step: pure tensor work, no host sync, shapes fixed by (B, S, contiguous) -------------
     def _step(self, tokens, slot_idx, first: int | None, S: int):
@@ -144,7 +162,7 @@ class FastDecode:
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(*key)
-        graph, static_tokens, out = entry
+        graph, static_tokens, _slot_idx, out = entry
         static_tokens.copy_(tokens)
         graph.replay()
         return out
@@ -167,7 +185,10 @@ class FastDecode:
         if self._pool is None:
             self._pool = graph.pool()
         cache.lengths.copy_(saved[0])
-        return graph, static_tokens, out
+        # the graph reads static_tokens and slot_idx at their captured addresses: the entry must
+        # own them, or the caching allocator hands that memory to the next tensor and a replay
+        # indexes the pool with whatever lands there (the device-side assert seen on the H200)
+        return graph, static_tokens, slot_idx, out
 
     def warm(self, slots: list[int], max_lengths: list[int]) -> int:
         """Capture (graphs) the steps for the contiguous `slots` whose longest row will hold each of

@@ -74,7 +74,8 @@ def eval_table(evals: list[dict]) -> str:
         m = e["methods"]
         ex, it = m.get("exact", {}).get("ppl"), m.get("iterative", {}).get("ppl")
         delta = f"{(it / ex - 1) * 100:+.2f}%" if ex and it else "–"
-        w = "–" if e["warmup_layers"] is None else e["warmup_layers"]
+        w = e["warmup_layers"]
+        w = "–" if w is None else ("all (Llama)" if w == e["num_layers"] else w)
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         rows.append(f"| {e['name']} | {w} | {e['kv_layers']}/{e['num_layers']} | {e['kv_bytes_per_token_bf16']:,} | "
                     f"{e['params'] / 1e6:.2f}M | {fmt(ex)} | {fmt(it)} | {delta} |")
