@@ -105,6 +105,13 @@ class Context:
     variants: tuple[str, ...] | None = None
     hw: dict[str, float] | None = None                    # measured copy GB/s and matmul TFLOP/s
     max_run_batch: int | None = None                      # cap on the batch a throughput run uses
+    graphs: bool = True                                   # let decoders replay CUDA graphs
+
+    def preferred_decoder(self) -> str:
+        """The decoder pick_decoder tries first here (it falls back from it step by step)."""
+        if self.device.type != "cuda":
+            return "fast"
+        return "fast-graph+triton" if self.graphs else "fast+triton"
     log: Callable[[str], None] = print
 
 
@@ -154,6 +161,11 @@ def free_mem_bytes(device: torch.device) -> int | None:
         return None
     free, _ = torch.cuda.mem_get_info(device)
     return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+
+
+def allocated_bytes(device: torch.device) -> int | None:
+    """Bytes held by live tensors (None on CPU)."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
 def release(device: torch.device) -> None:

@@ -17,7 +17,7 @@ from lckv_service.config import ModelConfig
 from lckv_service.kernels import FastDecode
 from lckv_service.model import LCKVModel, PrefillMode
 
-from .common import GIB, free_mem_bytes, is_oom, now, release
+from .common import GIB, allocated_bytes, free_mem_bytes, is_oom, now, release
 from .shapes import Cost
 
 # fast*: kernels.FastDecode; "-graph" replays CUDA graphs; "+triton" attends with the fused
@@ -315,6 +315,7 @@ def max_batch(model, cfg: ModelConfig, cost: Cost, prompt: int, gen: int, device
         implied = max(1, int((free - reserve_bytes) // (per_seq + per_seq_transient)))
     hi = min(implied, limit) if limit else implied
     tries = []
+    held_before = allocated_bytes(device)
     ok = fits(model, cfg, hi, prompt, gen, device, dtype, decoder=decoder, mode=mode, group=group, bucket=bucket)
     tries.append((hi, ok))
     lo = hi if ok else 0
@@ -327,7 +328,11 @@ def max_batch(model, cfg: ModelConfig, cost: Cost, prompt: int, gen: int, device
                       bucket=bucket)
             tries.append((mid, ok))
             lo, hi = (mid, hi) if ok else (lo, mid)
+    held_after = allocated_bytes(device)
     return {"max_batch": lo, "mem_implied_batch": implied, "search_tries": tries,
+            # memory still allocated after the search beyond what was before it: should be ~0; a
+            # failed try that leaks (an OOM inside a CUDA graph capture, say) shows up here
+            "leaked_gib": None if held_before is None else round((held_after - held_before) / GIB, 3),
             "free_gib": None if free is None else round(free / GIB, 2),
             "reserve_gib": round(reserve_bytes / GIB, 2),
             "cache_bytes_per_seq": per_seq}

@@ -102,6 +102,8 @@ def test_evaluate_exact_matches_theorem1_and_differs_from_iterative(tmp_path, sh
     # exact (KV-cache prefill, chunks of 4 with 4 passes) vs Theorem 1 (forward with T passes): two code paths
     assert res["exact"]["tokens"] == res["theorem1"]["tokens"] == 160
     assert res["exact"]["loss"] == pytest.approx(res["theorem1"]["loss"], abs=1e-5)
+    assert res["theorem1"]["nll_abs_diff_vs_exact"]["max"] < 1e-4          # token by token, not just on average
+    assert res["iterative"]["nll_abs_diff_vs_exact"]["mean"] > 1e-6          # random weights: 4 passes are not exact
     assert res["iterative"]["iterations"] == 4 and res["iterative"]["loss"] != pytest.approx(res["exact"]["loss"], abs=1e-6)
 
     llama = LCKVModel(ModelConfig.llama(**MODEL)).eval()

@@ -34,8 +34,7 @@ def run(ctx: Context) -> None:
             cfg = make_config(shape, variant, max(sizes) + 1)
             cost = cost_model(cfg)
             model = ours.build_model(cfg, ctx.device, dtype)
-            decoder, note = ours.pick_decoder(model, cfg, ctx.device, dtype,
-                                              "fast-graph+triton" if ctx.device.type == "cuda" else "fast")
+            decoder, note = ours.pick_decoder(model, cfg, ctx.device, dtype, ctx.preferred_decoder())
             others = ("fast-graph", "fast", "model") if ctx.device.type == "cuda" else ("fast", "model")
             runs = [(b, size, d) for b in batches for size in sizes
                     for d in ([decoder] + [x for x in others if x != decoder] if size == compare_size

@@ -53,8 +53,7 @@ def run(ctx: Context) -> None:
                 if variant != "hf-llama":   # chosen before the cases' clocks start (compiles, timings)
                     cfg = make_config(shape, variant, max(p + g for _, _, p, g in mine))
                     picked["decoder"] = ours.pick_decoder(model, cfg, ctx.device, _dtype(ctx),
-                                                          "fast-graph+triton" if ctx.device.type == "cuda" else "fast",
-                                                          BUCKET)
+                                                          ctx.preferred_decoder(), BUCKET)
             except Exception as e:  # noqa: BLE001 - one variant failing must not end the suite
                 for c in mine:
                     _skip(ctx, *c, f"model build failed: {e!r}"[:500])
@@ -70,8 +69,11 @@ def run(ctx: Context) -> None:
                 try:
                     _case(ctx, model, *c, time.perf_counter() + case_s, picked)
                 except Exception as e:  # noqa: BLE001
-                    ctx.rec.write("throughput", status="error", shape=shape, variant=variant, prompt_len=c[2],
-                                  gen_len=c[3], error=repr(e)[:500], trace=traceback.format_exc()[-1500:])
+                    ctx.rec.write("throughput", **clean(dict(
+                        status="error", shape=shape, variant=variant, prompt_len=c[2], gen_len=c[3],
+                        error=repr(e)[:500], trace=traceback.format_exc()[-1500:], search=picked.pop("search", None),
+                        decoder=(picked.get("decoder") or ("", ""))[0],
+                        decoder_note=(picked.get("decoder") or ("", ""))[1])))
                 release(ctx.device)
             del model
             release(ctx.device)
@@ -121,8 +123,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
     else:
         mode = ours.default_prefill_mode(cfg)
         if "decoder" not in picked:
-            picked["decoder"] = ours.pick_decoder(model, cfg, dev, dtype,
-                                                  "fast-graph+triton" if dev.type == "cuda" else "fast", BUCKET)
+            picked["decoder"] = ours.pick_decoder(model, cfg, dev, dtype, ctx.preferred_decoder(), BUCKET)
         decoder, decoder_note = picked["decoder"]
         mode_name = f"{mode.kind}" + (f"(m+b={cfg.forward_passes + cfg.backward_passes})" if cfg.is_cyclic else "")
         group = 2 if ctx.tiny else ours.prefill_group_size(cost, p, cfg.hidden_size, cfg.intermediate_size,
@@ -143,10 +144,13 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
             ours.generate(model, cfg, min(2, batch), min(p, 16), 4, dev, dtype, decoder=decoder, mode=mode,
                           group=group, deadline=float("inf"), mark_every=2, bucket=BUCKET)
     search_s = time.perf_counter() - t_search
+    picked["search"] = search   # for the error row, should the run fail
     if not batch:
         ctx.rec.write("throughput", status="error", **base, error="not even one sequence fits", search=search)
         return
     for attempt in range(2):
+        if attempt:   # after the failed attempt's frames are gone: its memory is free again
+            release(dev)
         reset_peak(dev)
         try:
             if variant == "hf-llama":
@@ -158,7 +162,6 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         except Exception as e:  # noqa: BLE001
             if not is_oom(e) or attempt:
                 raise
-            release(dev)
             batch, limited = max(1, int(batch * 0.9)), "oom_in_run"
     bytes_, flops = decode_totals(cost, batch, p + 1, r.steps_done)
     hw = ctx.hw or {}
@@ -186,4 +189,5 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
                                                    tokens_per_s=mb * g / total, batch=mb))
         except Exception as e:  # noqa: BLE001 - a projection is optional
             row.update(projected_at_max_batch={"error": repr(e)[:300]})
+    picked.pop("search", None)
     ctx.rec.write("throughput", **clean(row))
