@@ -16,6 +16,9 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "serve": "lckv_service.__main__:serve",
     "make-test-model": "lckv_service.testmodel:main",
+    "train": "lckv_service.train.train:main",
+    "evaluate": "lckv_service.train.evaluate:main",
+    "report": "lckv_service.train.report:main",
 }
 
 
