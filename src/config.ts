@@ -2,10 +2,10 @@
 // naming the variable, instead of running with a silent default.
 import { ApiError } from "./errors";
 import type { Env } from "./env";
+import type { UpstreamOptions } from "./upstream/client";
 
 export interface Config {
-  gpuServiceUrl: string;
-  gpuServiceSecret: string;
+  upstream: UpstreamOptions; // GPU service URL and credentials
   sessionTtlSeconds: number;
   maxBodyBytes: number;
   rateLimitRpm: number;
@@ -45,8 +45,11 @@ export function loadConfig(env: Env): Config {
   if (url.protocol !== "http:" && url.protocol !== "https:") throw misconfigured("GPU_SERVICE_URL", "must be http(s)");
   if (!env.GPU_SERVICE_SECRET) throw misconfigured("GPU_SERVICE_SECRET", "is not set");
   return {
-    gpuServiceUrl: url.toString().replace(/\/+$/, ""),
-    gpuServiceSecret: env.GPU_SERVICE_SECRET,
+    upstream: {
+      baseUrl: url.toString().replace(/\/+$/, ""),
+      secret: env.GPU_SERVICE_SECRET,
+      ...(env.GPU_PLATFORM_KEY ? { platformKey: env.GPU_PLATFORM_KEY } : {}),
+    },
     sessionTtlSeconds: positiveInt(env, "SESSION_TTL_SECONDS", 1),
     maxBodyBytes: positiveInt(env, "MAX_BODY_BYTES", 1024),
     rateLimitRpm: positiveInt(env, "RATE_LIMIT_RPM", 1),

@@ -12,6 +12,7 @@ export interface Env {
   MODELS_CACHE_SECONDS: string;
   // secrets
   GPU_SERVICE_SECRET?: string;
+  GPU_PLATFORM_KEY?: string; // optional: the GPU platform gateway's own key (RunPod, NVCF)
   API_KEY_HASHES?: string;
   // Durable Objects
   SESSIONS: DurableObjectNamespace<SessionObject>;

@@ -18,7 +18,7 @@ export async function statelessTurn(c: Context<AppEnv>, req: Omit<GenerateReques
   const onAbort = () => ac.abort();
   signal.addEventListener("abort", onAbort);
   try {
-    const gen = await generate({ baseUrl: cfg.gpuServiceUrl, secret: cfg.gpuServiceSecret },
+    const gen = await generate(cfg.upstream,
       { ...req, request_id: c.get("requestId"), return_blob: false }, null, ac.signal);
     return turnFromUpstream(gen, ac);
   } catch (err) {

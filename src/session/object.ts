@@ -63,7 +63,7 @@ export class SessionObject extends DurableObject<Env> {
     this.busy = true; // set before any await: one turn at a time
     try {
       const cfg = loadConfig(this.env);
-      const upstream = { baseUrl: cfg.gpuServiceUrl, secret: cfg.gpuServiceSecret };
+      const upstream = cfg.upstream;
       let plan = planTurn(this.state.transcript, req.messages, (this.state.meta?.blob_bytes ?? 0) > 0);
       const ac = new AbortController();
       const call = (p: TurnPlan) =>

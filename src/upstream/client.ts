@@ -8,6 +8,9 @@ import type { DoneEvent, GenerateRequest, ModelInfo, StartEvent, TurnEvent } fro
 export interface UpstreamOptions {
   baseUrl: string;
   secret: string;
+  /** Behind a GPU platform's gateway (RunPod, NVCF) `Authorization` carries the platform's key and our
+   * shared secret travels in `X-Service-Secret` (docs/internal-protocol.md). */
+  platformKey?: string;
 }
 
 /** A finished turn's result: the done event plus, when requested, the new cache blob. */
@@ -28,9 +31,19 @@ function unavailable(): ApiError {
   return new ApiError(502, "The model service is unreachable.", { code: "upstream_unavailable", type: "server_error" });
 }
 
+/** Sets the GPU-service credentials on `headers`. */
+export function setAuthHeaders(headers: Headers, opts: UpstreamOptions): Headers {
+  if (opts.platformKey) {
+    headers.set("authorization", `Bearer ${opts.platformKey}`);
+    headers.set("x-service-secret", opts.secret);
+  } else {
+    headers.set("authorization", `Bearer ${opts.secret}`);
+  }
+  return headers;
+}
+
 async function call(opts: UpstreamOptions, path: string, init: RequestInit): Promise<Response> {
-  const headers = new Headers(init.headers);
-  headers.set("authorization", `Bearer ${opts.secret}`);
+  const headers = setAuthHeaders(new Headers(init.headers), opts);
   let res: Response;
   try {
     res = await fetch(`${opts.baseUrl}${path}`, { ...init, headers });

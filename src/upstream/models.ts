@@ -10,10 +10,10 @@ let cached: { url: string; at: number; models: ModelInfo[] } | null = null;
 
 export async function getModels(cfg: Config): Promise<ModelInfo[]> {
   const now = Date.now();
-  if (cached && cached.url === cfg.gpuServiceUrl && now - cached.at < cfg.modelsCacheSeconds * 1000) return cached.models;
+  if (cached && cached.url === cfg.upstream.baseUrl && now - cached.at < cfg.modelsCacheSeconds * 1000) return cached.models;
   try {
-    const models = await listModels({ baseUrl: cfg.gpuServiceUrl, secret: cfg.gpuServiceSecret });
-    cached = { url: cfg.gpuServiceUrl, at: now, models };
+    const models = await listModels(cfg.upstream);
+    cached = { url: cfg.upstream.baseUrl, at: now, models };
     return models;
   } catch (err) {
     throw err instanceof UpstreamError ? upstreamToApiError(err) : err;

@@ -1,0 +1,27 @@
+// Credentials sent to the GPU service: our secret as Bearer, or behind a platform gateway the
+// gateway's key as Bearer plus our secret in X-Service-Secret (docs/internal-protocol.md).
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { loadConfig } from "../../src/config";
+import { setAuthHeaders } from "../../src/upstream/client";
+
+describe("upstream credentials", () => {
+  it("sends the shared secret as a Bearer token by default", () => {
+    const h = setAuthHeaders(new Headers({ accept: "x" }), { baseUrl: "http://gpu", secret: "s3cret" });
+    expect(h.get("authorization")).toBe("Bearer s3cret");
+    expect(h.get("x-service-secret")).toBeNull();
+    expect(h.get("accept")).toBe("x");
+  });
+
+  it("behind a gateway sends the platform key as Bearer and the secret in X-Service-Secret", () => {
+    const h = setAuthHeaders(new Headers(), { baseUrl: "http://gpu", secret: "s3cret", platformKey: "rp_key" });
+    expect(h.get("authorization")).toBe("Bearer rp_key");
+    expect(h.get("x-service-secret")).toBe("s3cret");
+  });
+
+  it("GPU_PLATFORM_KEY is optional config", () => {
+    const base = { ...env, GPU_SERVICE_URL: "https://gpu.example/", GPU_SERVICE_SECRET: "s" };
+    expect(loadConfig(base).upstream).toEqual({ baseUrl: "https://gpu.example", secret: "s" });
+    expect(loadConfig({ ...base, GPU_PLATFORM_KEY: "k" }).upstream.platformKey).toBe("k");
+  });
+});
