@@ -27,10 +27,15 @@ try {
   const model = resolveModel();
   buildPlayground({ model }); // the in-browser engine's ONNX export and runtime files (public/generated)
   const secret = process.env.GPU_SERVICE_SECRET ?? newSecret();
-  console.error(`[stack] starting GPU service on CPU with ${model} (logs: ${logDir}/gpu-service.log)`);
-  children.push(await startGpuService({ port: gpuPort, model, secret, logDir }));
-  console.error(`[stack] starting Worker (logs: ${logDir}/worker.log)`);
-  children.push(await startWorker({ port, gpuPort, secret, keys, persistDir: join(ROOT, ".wrangler", "state"), logDir }));
+  console.error(`[stack] starting GPU service on CPU with ${model} and the Worker (logs in ${logDir})`);
+  // Both start at once: the Worker needs the GPU service only when a request arrives.
+  const started = await Promise.allSettled([
+    startGpuService({ port: gpuPort, model, secret, logDir }),
+    startWorker({ port, gpuPort, secret, keys, persistDir: join(ROOT, ".wrangler", "state"), logDir }),
+  ]);
+  for (const r of started) if (r.status === "fulfilled") children.push(r.value);
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
   const keyNote = process.env.LCKV_API_KEYS ? "the keys in LCKV_API_KEYS" : `the development key ${DEV_KEY}`;
   console.log(`\nlckv-edge is up.\n  base URL: http://127.0.0.1:${port}/v1\n  API key:  ${keyNote}\n  Ctrl-C stops both processes.\n`);
   for (const c of children) c.on("exit", (code) => { console.error(`[stack] a process exited (${code}); stopping`); shutdown(1); });
