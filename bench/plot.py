@@ -75,10 +75,12 @@ def _proj(r) -> float | None:
 
 # ---- tables --------------------------------------------------------------------------------------
 def throughput_md(rows) -> tuple[str, dict]:
-    tp = latest(rows, "throughput", lambda r: (r["device"], r["shape"], r["prompt_len"], r["gen_len"], r["variant"]))
+    # ratios only within one run (same machine, same measured ceilings): runs are grouped apart
+    tp = latest(rows, "throughput", lambda r: (r["device"], r.get("run_id", ""), r["shape"], r["prompt_len"],
+                                               r["gen_len"], r["variant"]))
     groups = defaultdict(dict)
-    for (dev, shape, p, g, v), r in tp.items():
-        groups[(dev, shape, p, g)][v] = r
+    for (dev, run, shape, p, g, v), r in tp.items():
+        groups[(f"{dev} / {run}", shape, p, g)][v] = r
     out, body = [], []
     for (dev, shape, p, g), vs in sorted(groups.items()):
         hf, base = vs.get("hf-llama"), vs.get("llama")
@@ -91,7 +93,7 @@ def throughput_md(rows) -> tuple[str, dict]:
                          fmt(r["tokens_per_s"] / hf["tokens_per_s"], 2) + "×" if hf else "—",
                          fmt(r["tokens_per_s"] / base["tokens_per_s"], 2) + "×" if base else "—",
                          fmt(_proj(r)) + (f" (b={r['projected_at_max_batch']['batch']})" if _proj(r) else "")])
-    out.append(table(["device", "shape", "prompt+gen", "variant", "batch run", "max batch", "batch set by",
+    out.append(table(["device / run", "shape", "prompt+gen", "variant", "batch run", "max batch", "batch set by",
                       "tokens/s", "peak GiB", "prefill s", "total s", "decode steps measured", "vs hf-llama",
                       "vs llama", "tokens/s at max batch (projected)"], body))
     return "\n".join(out), groups
@@ -204,7 +206,7 @@ def targets_md(rows, groups) -> str:
         if h == 4096:
             body.append([dev, f"resume ≥ 5× faster than re-prefill of 4k, {shape} {v}"]
                         + verdict(r["speedup"] >= 5, f"{r['speedup']:.1f}×", "5×"))
-    return table(["device", "target", "verdict", "measured", "needed"], body)
+    return table(["device (/ run where a ratio is taken)", "target", "verdict", "measured", "needed"], body)
 
 
 # ---- plots ---------------------------------------------------------------------------------------
@@ -222,9 +224,14 @@ def plots(rows, out: Path) -> list[str]:
             settings = sorted({(k[2], k[3]) for k in tp if k[:2] == (dev, shape)})
             variants = sorted({k[4] for k in tp if k[:2] == (dev, shape)}, key=vkey)
             wdt = 0.8 / max(1, len(variants))
+            runs = {r.get("run_id") for k, r in tp.items() if k[:2] == (dev, shape)}
             for j, v in enumerate(variants):
-                ys = [tp.get((dev, shape, p, g, v), {}).get("tokens_per_s", 0) for p, g in settings]
-                ax.bar([i + j * wdt for i in range(len(settings))], ys, wdt, label=v)
+                rs = [tp.get((dev, shape, p, g, v), {}) for p, g in settings]
+                ys = [r.get("tokens_per_s", 0) for r in rs]
+                ids = sorted({r["run_id"] for r in rs if r.get("run_id")})
+                # bars of different runs stand side by side here; say so in the legend
+                lbl = v + (f" (run {', '.join(ids)})" if len(runs) > 1 and ids else "")
+                ax.bar([i + j * wdt for i in range(len(settings))], ys, wdt, label=lbl)
             ax.set_xticks([i + wdt * (len(variants) - 1) / 2 for i in range(len(settings))],
                           [f"{p}+{g}" for p, g in settings])
             ax.set_title(f"{shape} on {dev}", fontsize=9)

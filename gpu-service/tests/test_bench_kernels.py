@@ -7,6 +7,7 @@ import torch
 from conftest import make_model, tiny_cfg
 from lckv_service.cache import KVCache
 from lckv_service.kernels import FastDecode
+from lckv_service.kernels.triton_decode import pick_block_n
 
 CFGS = {
     "llama-gqa": dict(w=None),
@@ -146,3 +147,10 @@ def test_fast_decode_graphs_match_eager_on_cuda(attention):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
         tok = a.argmax(-1)
     assert torch.equal(caches[0].lengths, caches[1].lengths)
+
+
+def test_block_n_keeps_fp32_head_128_tiles_in_shared_memory():
+    """Regression for the H200 run: fp32 keys with head_dim 128 in 64-key tiles needed 237,568 B
+    of shared memory (limit 232,448 B), so the fp32 check model rejected the kernel for Llama-2-7B."""
+    assert pick_block_n(128, 4) == 32
+    assert pick_block_n(128, 2) == 64 and pick_block_n(64, 4) == 64

@@ -37,7 +37,8 @@ def _reference(q, k_buf, v_buf, slots, limits, cos, sin):
 
 @pytest.mark.parametrize("hkv,h,D", [(2, 8, 64), (4, 4, 64), (2, 2, 128)])   # GQA, MHA; TinyLlama/7B heads
 @pytest.mark.parametrize("sms", [1, 64])        # one split per row, or many merged splits
-def test_kernel_matches_reference(hkv, h, D, sms):
+@pytest.mark.parametrize("block_n", [16, None])  # None: the default tile, as FastDecode uses it (must fit on Hopper)
+def test_kernel_matches_reference(hkv, h, D, sms, block_n):
     torch.manual_seed(0)
     cap = 80
     k_buf = torch.randn(5, cap, hkv, D, device=DEV)
@@ -46,7 +47,7 @@ def test_kernel_matches_reference(hkv, h, D, sms):
     slots = torch.tensor([3, 0, 4, 1], device=DEV)
     limits = torch.tensor([80, 0, 17, 1], device=DEV)   # full, empty (output 0), partial blocks, one key
     cos, sin = rope_table(cap, D, 10000.0, DEV, torch.float32)
-    got = triton_decode.decode_attention(q, k_buf, v_buf, slots, limits, cos, sin, keys=cap, block_n=16, sms=sms)
+    got = triton_decode.decode_attention(q, k_buf, v_buf, slots, limits, cos, sin, keys=cap, block_n=block_n, sms=sms)
     want = _reference(q, k_buf, v_buf, slots.tolist(), limits.tolist(), cos, sin)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert torch.equal(got[1], torch.zeros_like(got[1]))

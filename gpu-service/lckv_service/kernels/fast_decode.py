@@ -63,6 +63,7 @@ class FastDecode:
         self.last_reader = {s: max(i for i in range(len(src)) if src[i] == s) for s in set(src)}
         self._graphs: dict = {}
         self._pool = None
+        self._stream = None   # one side stream for every capture's warm-up (see _capture)
 
     # ---- public: same contract as model.decode ---------------------------------------------------
     @torch.no_grad()
@@ -174,7 +175,11 @@ class FastDecode:
         saved = (cache.lengths.clone(),)
         # warm up on a side stream (lazy inits, cuBLAS workspaces), then capture; the warm-up's
         # K/V writes land at positions the next real step overwrites, and lengths are unchanged
-        stream = torch.cuda.Stream(cache.device)
+        # one stream for all captures: the caching allocator keeps freed blocks per stream, so a new
+        # stream per capture would strand one warm-up step's transient memory per graph
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(cache.device)
+        stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(cache.device))
         with torch.cuda.stream(stream):
             self._step(static_tokens, slot_idx, first, S)

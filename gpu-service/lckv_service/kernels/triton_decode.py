@@ -89,6 +89,14 @@ if triton is not None:
         tl.store(L + idx, l_i)
 
 
+def pick_block_n(head_dim: int, elt_bytes: int) -> int:
+    """Keys per tile, so the pipelined K/V/cos/sin tiles fit in shared memory (227 KiB on Hopper).
+    Compiled for sm_90 (3 stages, 8 warps, head_dim 128): 64 keys take 22,528 B in bf16 but
+    237,568 B in fp32 (over the limit: the H200 run's OutOfResources, hit by the fp32 check
+    model), 32 keys in fp32 take 122,880 B."""
+    return 64 if head_dim * elt_bytes <= 256 else 32
+
+
 def plan_splits(batch: int, kv_heads: int, keys: int, block_n: int, sms: int) -> tuple[int, int]:
     """(splits, keys per split): enough programs to fill the device twice over, blocks whole."""
     blocks = max(1, -(-keys // block_n))
@@ -99,7 +107,7 @@ def plan_splits(batch: int, kv_heads: int, keys: int, block_n: int, sms: int) ->
 
 def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, slot_idx: torch.Tensor,
                      limit: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: int,
-                     block_n: int = 64, sms: int | None = None) -> torch.Tensor:
+                     block_n: int | None = None, sms: int | None = None) -> torch.Tensor:
     """q: [B, H, D] (rotated); k_buf, v_buf: [slots, cap, Hkv, D] (keys before RoPE); slot_idx,
     limit: [B] (row b sees keys 0..limit[b]-1 of its slot; at most `keys`); cos, sin: [>= keys, D].
     Returns [B, H, D] in q's dtype."""
@@ -107,6 +115,7 @@ def decode_attention(q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, 
     Hkv = k_buf.shape[2]
     g = H // Hkv
     g_pad = max(16, triton.next_power_of_2(g))
+    block_n = block_n or pick_block_n(D, k_buf.element_size())
     if sms is None:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
     splits, per = plan_splits(B, Hkv, keys, block_n, sms)
