@@ -233,6 +233,22 @@ def test_bad_fields_name_the_parameter(srv, body, param):
                        "code": "invalid_value"}
 
 
+LONE_SURROGATES = [
+    (_with(messages=[{"role": "user", "content": "hi \ud83d"}]), "messages[0].content"),
+    (_with(messages=[{"role": "user", "content": [{"type": "text", "text": "\udc00"}]}]), "messages[0].content[0].text"),
+    ({"model": MODEL_ID, "kind": "completion", "prompt": "x\ud83d"}, "prompt"),
+]
+
+
+@pytest.mark.parametrize("body,param", LONE_SURROGATES, ids=[p for _, p in LONE_SURROGATES])
+def test_unpaired_surrogates_are_400_not_a_tokenizer_crash(srv, body, param):
+    # valid JSON (an escaped "\ud83d", as JavaScript's JSON.stringify writes it) but not Unicode text
+    r = run_requests(srv.url, [P.frame(P.J, json.dumps(body).encode()) + P.end_frame()])[0]
+    assert r.status == 400, r.body
+    assert r.error["param"] == param and r.error["code"] == "invalid_value"
+    assert run_one(srv.url, GOOD).status == 200  # and the service is fine afterwards
+
+
 def test_developer_role_and_text_parts_are_accepted(srv):
     msgs = [{"role": "developer", "content": "Be brief."},
             {"role": "user", "content": [{"type": "text", "text": "Hello there, "}, {"type": "text", "text": "fox!"}]}]

@@ -3,7 +3,7 @@
 import type { MiddlewareHandler } from "hono";
 import { loadConfig } from "../config";
 import type { AppEnv } from "../env";
-import { ApiError } from "../errors";
+import { ApiError, renderError } from "../errors";
 
 export function rateLimit(): MiddlewareHandler<AppEnv> {
   return async function rateLimit(c, next) {
@@ -13,9 +13,13 @@ export function rateLimit(): MiddlewareHandler<AppEnv> {
     const stub = c.env.RATE_LIMITER.get(c.env.RATE_LIMITER.idFromName(tenant));
     const r = await stub.take(rpm);
     if (!r.allowed) {
-      throw new ApiError(429, `Rate limit of ${rpm} requests per minute reached; retry after ${r.retryAfterSeconds}s.`, {
+      // rendered here (not thrown) so the 429 carries the limit headers too, as OpenAI's does
+      const res = renderError(c, new ApiError(429, `Rate limit of ${rpm} requests per minute reached; retry after ${r.retryAfterSeconds}s.`, {
         code: "rate_limit_exceeded", retryAfter: r.retryAfterSeconds,
-      });
+      }));
+      res.headers.set("x-ratelimit-limit-requests", String(rpm));
+      res.headers.set("x-ratelimit-remaining-requests", "0");
+      return res;
     }
     await next();
     c.header("x-ratelimit-limit-requests", String(rpm));

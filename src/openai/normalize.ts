@@ -3,7 +3,7 @@
 // "unsupported_parameter"); harmless ones (user, metadata, store, service_tier, ...) are ignored.
 import { ApiError } from "../errors";
 import type { ChatMessage, Sampling } from "../upstream/types";
-import type { ChatRequest, CompletionRequest, MessageIn } from "./schemas";
+import { hasLoneSurrogate, type ChatRequest, type CompletionRequest, type MessageIn } from "./schemas";
 
 const unsupported = (param: string, what: string) =>
   new ApiError(400, `${what} is not supported by this API.`, { param, code: "unsupported_parameter" });
@@ -69,7 +69,12 @@ export function normalizeCompletion(r: CompletionRequest): Normalized & { prompt
   if (r.best_of != null && r.best_of !== 1) throw unsupported("best_of", "best_of > 1");
   let prompt: string;
   if (typeof r.prompt === "string") prompt = r.prompt;
-  else if (r.prompt.length === 1 && typeof r.prompt[0] === "string") prompt = r.prompt[0];
+  else if (r.prompt.length === 1 && typeof r.prompt[0] === "string") {
+    prompt = r.prompt[0];
+    if (hasLoneSurrogate(prompt)) {
+      throw new ApiError(400, "Invalid value for 'prompt[0]': Invalid input: the string contains an unpaired UTF-16 surrogate.", { param: "prompt[0]", code: "invalid_value" });
+    }
+  }
   else throw new ApiError(400, "prompt must be a string (or an array of exactly one string); token arrays and batches are not supported.", { param: "prompt", code: "unsupported_parameter" });
   // OpenAI's legacy default for /v1/completions is 16 tokens.
   return { ...base(r, r.max_tokens ?? 16), prompt };

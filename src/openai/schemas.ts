@@ -5,8 +5,14 @@ import { z } from "zod";
 
 const nullish = <T extends z.ZodType>(t: T) => t.nullable().optional();
 
-const textPart = z.strictObject({ type: z.literal("text"), text: z.string() });
-const content = z.union([z.string(), z.array(textPart).min(1)]);
+// JSON may carry an unpaired surrogate ("\ud83d"); it is not Unicode text, no tokenizer can encode
+// it, so it is refused here (400 naming the field) rather than failing in the GPU service.
+export const hasLoneSurrogate = (s: string) => /\p{Cs}/u.test(s);
+const LONE_SURROGATE = "Invalid input: the string contains an unpaired UTF-16 surrogate";
+const text = () => z.string().refine((s) => !hasLoneSurrogate(s), LONE_SURROGATE);
+
+const textPart = z.strictObject({ type: z.literal("text"), text: text() });
+const content = z.union([text(), z.array(textPart).min(1)]);
 
 export const messageSchema = z.strictObject({
   role: z.enum(["system", "developer", "user", "assistant"]),
@@ -15,7 +21,8 @@ export const messageSchema = z.strictObject({
   refusal: z.null().optional(),
 });
 
-const stop = nullish(z.union([z.string().min(1).max(64), z.array(z.string().min(1).max(64)).max(4)]));
+const stopString = text().min(1).max(64);
+const stop = nullish(z.union([stopString, z.array(stopString).max(4)]));
 const maxTokens = nullish(z.int().min(1).max(1_000_000));
 
 /** Fields both endpoints share. */
@@ -62,7 +69,7 @@ export const chatRequestSchema = z.strictObject({
 
 export const completionRequestSchema = z.strictObject({
   ...common,
-  prompt: z.union([z.string(), z.array(z.unknown())]),
+  prompt: z.union([text(), z.array(z.unknown())]),
   echo: nullish(z.boolean()),
   logprobs: nullish(z.int().min(0).max(5)),
   suffix: nullish(z.string()),

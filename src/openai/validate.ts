@@ -27,7 +27,8 @@ export function issueToApiError(issue: z.core.$ZodIssue, body: unknown): ApiErro
     return new ApiError(400, `Unrecognized request argument supplied: '${param}'.`, { param, code: "unknown_parameter" });
   }
   const param = paramPath(issue.path);
-  if (issue.code === "invalid_type" && valueAt(body, issue.path) === undefined) {
+  // a field typed as a union (prompt, content, stop) reports a missing value as invalid_union
+  if ((issue.code === "invalid_type" || issue.code === "invalid_union") && valueAt(body, issue.path) === undefined) {
     return new ApiError(400, `Missing required parameter: '${param}'.`, { param, code: "missing_required_parameter" });
   }
   return new ApiError(400, `Invalid value for '${param || "body"}': ${issue.message}.`, { param: param || null, code: "invalid_value" });

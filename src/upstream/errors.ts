@@ -42,7 +42,9 @@ export function upstreamToApiError(err: UpstreamError | ErrorEventBody, status?:
     return new ApiError(502, "The model service failed to complete the request.", { code: "upstream_error", type: "server_error" });
   }
   const type = (PUBLIC_TYPES.has(body.type) ? body.type : "invalid_request_error") as ErrorType;
-  return new ApiError(st, body.message, { type, param: publicParam(body.param), code: body.code });
+  // the message names the field as the service knows it ("sampling.max_tokens must be ..."); use the public name
+  const message = body.message.replace(/\bsampling\.(?=[a-z_]+)/g, "");
+  return new ApiError(st, message, { type, param: publicParam(body.param), code: body.code });
 }
 
 /** Parse a non-2xx service response into an UpstreamError (tolerating non-JSON bodies). */

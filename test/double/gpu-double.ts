@@ -107,6 +107,8 @@ async function generate(request: Request): Promise<Response> {
   if (newText.includes("@overload")) return fail(503, "queue full", "overloaded", null, { "retry-after": "2" });
   const s = req.sampling ?? {};
   if (s.temperature !== undefined && (s.temperature < 0 || s.temperature > 2)) return fail(400, "bad temperature", "invalid_value", "sampling.temperature");
+  // the real service's wording: its message names the field by its internal path
+  if (s.max_tokens !== undefined && s.max_tokens > 4096) return fail(400, "sampling.max_tokens must be an integer in 1..4096", "invalid_value", "sampling.max_tokens");
 
   const promptHash = fnv1a(prev.hash, newText);
   const promptTokens = prev.tokens + bytes(newText);

@@ -50,12 +50,41 @@ describe("request validation", () => {
     ["penalty", { model: MODEL, messages: [user("x")], presence_penalty: 0.5 }, "presence_penalty", "unsupported_parameter"],
     ["stream_options without stream", { model: MODEL, messages: [user("x")], stream_options: { include_usage: true } }, "stream_options", "invalid_value"],
     ["max tokens disagree", { model: MODEL, messages: [user("x")], max_tokens: 5, max_completion_tokens: 6 }, "max_completion_tokens", "invalid_value"],
+    // an unpaired surrogate is a valid JSON escape but not text: 400 here, never a 502 from the tokenizer
+    ["unpaired surrogate in content", { model: MODEL, messages: [user("hi \ud83d")] }, "messages[0].content", "invalid_value"],
+    ["unpaired surrogate in a part", { model: MODEL, messages: [{ role: "user", content: [{ type: "text", text: "\udc00" }] }] }, "messages[0].content[0].text", "invalid_value"],
+    ["unpaired surrogate in stop", { model: MODEL, messages: [user("x")], stop: ["a", "\ud83d"] }, "stop[1]", "invalid_value"],
+    ["missing content", { model: MODEL, messages: [{ role: "user" }] }, "messages[0].content", "missing_required_parameter"],
   ];
   for (const [name, body, param, code] of cases) {
     it(`400 for ${name} (param ${param})`, async () => {
       await expectError(await chat(body), 400, { type: "invalid_request_error", param, code });
     });
   }
+
+  const completionCases: [string, unknown, string, string][] = [
+    ["missing prompt", { model: MODEL }, "prompt", "missing_required_parameter"],
+    ["unpaired surrogate in prompt", { model: MODEL, prompt: "x\ud83d" }, "prompt", "invalid_value"],
+    ["unpaired surrogate in prompt[0]", { model: MODEL, prompt: ["x\ud83d"] }, "prompt[0]", "invalid_value"],
+  ];
+  for (const [name, body, param, code] of completionCases) {
+    it(`completions: 400 for ${name} (param ${param})`, async () => {
+      const res = await call("/v1/completions", { method: "POST", json: body });
+      await expectError(res, 400, { type: "invalid_request_error", param, code });
+      expect(await doubleLog(res.headers.get("x-request-id")!)).toEqual([]);
+    });
+  }
+
+  it("the GPU service's own 400s name the public field, in param and in the message", async () => {
+    const e = await expectError(await chat({ model: MODEL, messages: [user("x")], max_tokens: 5000 }), 400,
+      { type: "invalid_request_error", param: "max_tokens", code: "invalid_value" });
+    expect(e.message).toBe("max_tokens must be an integer in 1..4096");
+  });
+
+  it("emoji and other astral characters (paired surrogates) are accepted", async () => {
+    const res = await chat({ model: MODEL, messages: [user("hi 😀 日本語")], max_tokens: 3, stop: "🎉" });
+    expect(res.status).toBe(200);
+  });
 
   it("accepts and ignores harmless fields; accepts n=1, max_tokens, seed, user, metadata", async () => {
     const res = await chat({ model: MODEL, messages: [{ role: "developer", content: [{ type: "text", text: "hi" }] }, user("x")], n: 1,
@@ -138,6 +167,8 @@ describe("rate limit", () => {
     expect(limited).toBeDefined();
     expect(limited!.headers.get("x-request-id")).toMatch(/^req_/);
     expect(Number(limited!.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect(limited!.headers.get("x-ratelimit-remaining-requests")).toBe("0");
+    expect(limited!.headers.get("x-ratelimit-limit-requests")).toBe("5"); // RATE_LIMIT_OVERRIDES in vitest.config.ts
     await expectError(limited!, 429, { type: "rate_limit_error", code: "rate_limit_exceeded" });
     expect((await call("/v1/models", { tenant: "tenant-b" })).status).toBe(200);
   });

@@ -96,9 +96,18 @@ def _invalid(param: str, message: str) -> RequestError:
     return RequestError(message, param=param, code="invalid_value")
 
 
+def _unicode(s: str, param: str) -> str:
+    # JSON can carry an unpaired surrogate ("\\ud83d"): not Unicode text, the tokenizer cannot take it
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _invalid(param, "the text contains an unpaired UTF-16 surrogate") from None
+    return s
+
+
 def _content_text(content: Any, param: str) -> str:
     if isinstance(content, str):
-        return content
+        return _unicode(content, param)
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
@@ -107,7 +116,7 @@ def _content_text(content: Any, param: str) -> str:
                 raise _invalid(p, "content parts must be {\"type\": \"text\", \"text\": string} (text only)")
             if set(part) - {"type", "text"}:
                 raise _invalid(p, "unknown field in a content part")
-            parts.append(part["text"])
+            parts.append(_unicode(part["text"], f"{p}.text"))
         return "".join(parts)
     raise _invalid(param, "content must be a string or an array of text parts")
 
@@ -160,6 +169,7 @@ def parse_generate_request(payload: bytes, max_tokens_limit: int) -> GenerateReq
         prompt = obj.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise _invalid("prompt", "prompt must be a non-empty string")
+        _unicode(prompt, "prompt")
     return_blob = obj.get("return_blob", False)
     if not isinstance(return_blob, bool):
         raise _invalid("return_blob", "return_blob must be a boolean")
