@@ -16,7 +16,8 @@ const URL_ = process.env.PLAYGROUND_URL ?? "http://127.0.0.1:8787";
 const KEY = process.env.LCKV_API_KEY ?? "sk-lckv-dev";
 const PARTS = new Set((process.env.PLAYGROUND_PARTS ?? "api,local").split(","));
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const TURN_TIMEOUT = 120_000;
+// generous: the first load of the 51 MiB ONNX model on a busy 2-core CI machine can take minutes
+const TURN_TIMEOUT = 300_000;
 
 async function loadChromium() {
   const base = process.env.PLAYGROUND_NODE_MODULES ? join(process.env.PLAYGROUND_NODE_MODULES, "..", "noop.js") : join(ROOT, "package.json");
