@@ -29,17 +29,9 @@ export function sseData(text: string): string[] {
   });
 }
 
-export interface DoubleCall {
-  request_id: string;
-  model: string;
-  kind: string;
-  messages: { role: string; content: string }[];
-  prompt?: string;
-  blob_in_bytes: number;
-  return_blob: boolean;
-  status: number;
-  outcome: string;
-}
+/** One call the GPU double received (its own record type). */
+export type { LogEntry as DoubleCall } from "./double/gpu-double";
+import type { LogEntry as DoubleCall } from "./double/gpu-double";
 
 /** The GPU double's record of the calls made for one of our request ids. */
 export async function doubleLog(requestId: string): Promise<DoubleCall[]> {

@@ -11,7 +11,6 @@ Documents are separated by a line `<|endoftext|>` in the .txt files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import re
@@ -72,14 +71,6 @@ def read_text(path: Path) -> str:
     # newline="" keeps \r\n visible to normalize_whitespace (text mode would hide it)
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         return f.read()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- fetch + extract
@@ -270,7 +261,7 @@ def write_docs(path: Path, docs: list[C.Document]) -> dict:
         for d in docs:
             f.write(d.text + "\n" + C.DOC_SEPARATOR + "\n")
     return {"file": path.name, "documents": len(docs), "chars": sum(len(d.text) for d in docs),
-            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            "bytes": path.stat().st_size, "sha256": C.sha256_file(path)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                    if k not in ("out", "cache")},
         "sources": {k: {"package": s.pin, "registry": s.registry, "file": pkgs[k].name,
-                        "bytes": pkgs[k].stat().st_size, "sha256": sha256_file(pkgs[k]), "licence": s.licence}
+                        "bytes": pkgs[k].stat().st_size, "sha256": C.sha256_file(pkgs[k]), "licence": s.licence}
                     for k, s in SOURCES.items()},
         "documents": per_source,
         "chat_share_of_train_chars": round(chat_chars / max(1, sum(len(d.text) for d in train_all)), 4),

@@ -9,7 +9,6 @@ meta.json records token counts and the sha256 of the tokenizer and of every inpu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -20,17 +19,9 @@ from tokenizers import Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "gpu-service"))
-from lckv_service.train.corpus import DOC_SEPARATOR  # noqa: E402
+from lckv_service.train.corpus import DOC_SEPARATOR, sha256_file  # noqa: E402
 
 MAX_TRAIN_BYTES = 64 * 2**20   # the train shard is carried to the GPU machine (64 MiB carry limit)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tokenize_file(tok: Tokenizer, src: Path, dst: Path, eot: int, batch: int = 512) -> dict:

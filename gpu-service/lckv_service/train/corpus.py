@@ -9,6 +9,7 @@ import hashlib
 import html
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # Strings the tokenizer treats as special tokens; source text must never contain them,
 # otherwise plain prose would be encoded as control tokens.
@@ -28,6 +29,15 @@ class Document:
 
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (manifests of packages, corpora and shards)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def normalize_whitespace(text: str) -> str:
