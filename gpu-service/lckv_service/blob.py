@@ -30,6 +30,9 @@ _CRC = struct.Struct("<I")
 # dtype code -> (torch dtype, little-endian numpy dtype of the same width holding the raw bits)
 _DTYPES = {1: (torch.float32, "<f4"), 2: (torch.bfloat16, "<i2"), 3: (torch.float16, "<f2")}
 _CODES = {t: c for c, (t, _) in _DTYPES.items()}
+# exponent bits per code: all ones means inf/nan. Checked on the raw bits with numpy because
+# torch.isfinite on CPU bf16 runs at ~150 MB/s and dominated a session resume.
+_EXP_MASK = {1: (np.uint32, 0x7F800000), 2: (np.uint16, 0x7F80), 3: (np.uint16, 0x7C00)}
 
 
 def _identity_bytes(identity: str) -> bytes:
@@ -106,10 +109,11 @@ def decode(data: bytes, cfg: ModelConfig, identity: str) -> CacheState:
     kv = []
     for _ in range(2):
         arr = np.frombuffer(data, dtype=np_dtype, count=elems, offset=off).astype(np_dtype[1:], copy=True)
+        bits, mask = _EXP_MASK[code]
+        if np.any(np.bitwise_and(arr.view(bits), mask) == mask):
+            raise BlobError("blob holds non-finite K/V values")
         t = torch.from_numpy(arr)
         t = (t.view(torch.int16).view(torch.bfloat16) if dtype == torch.bfloat16 else t).reshape(shape)
-        if not bool(torch.isfinite(t).all()):
-            raise BlobError("blob holds non-finite K/V values")
         kv.append(t)
         off += elems * esize
     return CacheState(k=kv[0], v=kv[1], token_ids=ids.tolist(), tokens_seen=seen)

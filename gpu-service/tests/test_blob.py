@@ -1,4 +1,5 @@
 """Cache blob codec: bit-exact round trip, every corruption class, fuzzing."""
+import dataclasses
 import struct
 import zlib
 
@@ -101,12 +102,28 @@ def test_corruptions_rejected_with_code(mutate, code):
     assert e.value.code == code and e.value.param == "blob"
 
 
-def test_non_finite_payload_rejected():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["k", "v"])
+def test_non_finite_payload_rejected(dtype, bad, where):
     s = _state()
-    s.k[0, 0, 0, 0] = float("nan")
+    s = dataclasses.replace(s, k=s.k.to(dtype), v=s.v.to(dtype))
+    getattr(s, where)[-1, -1, -1, -1] = bad
     with pytest.raises(BlobError) as e:
         blob.decode(blob.encode(s, CFG, IDENT), CFG, IDENT)
     assert e.value.code == "blob_invalid"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_extreme_finite_values_accepted(dtype):
+    # the largest finite value and subnormals share exponent bits with neither inf nor nan
+    s = _state()
+    info = torch.finfo(dtype)
+    k = s.k.to(dtype)
+    k[0, 0, 0, 0], k[0, 0, 0, 1], k[0, 0, 0, 2] = info.max, -info.max, info.tiny / 4
+    s = dataclasses.replace(s, k=k, v=s.v.to(dtype))
+    out = blob.decode(blob.encode(s, CFG, IDENT), CFG, IDENT)
+    assert torch.equal(out.k, k)
 
 
 def test_other_layout_is_a_model_mismatch():
