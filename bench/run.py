@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default 20, --tiny 3)")
     ap.add_argument("--graphs", choices=("on", "off"), default="on",
                     help="let our decoders replay CUDA graphs (off: the same kernels launched eagerly)")
+    ap.add_argument("--lckv-prefill", choices=("tokenwise", "iterative"), default="tokenwise",
+                    help="throughput suite, LCKV variants: prompts as batched decode steps (exact, 1x the "
+                         "FLOPs) or the paper's m+b parallel iterations")
     ap.add_argument("--hw-json", help="a previous run's hw row (JSON): reuse its ceilings instead of measuring")
     ap.add_argument("--quiet", action="store_true")
     # internal: how a parent hands a worker its share of the run
@@ -171,7 +174,7 @@ def _run_suite(name, secs, device, rec, args, shapes, settings, variants, hw_row
     ctx = Context(device=device, rec=rec, budget=Budget(secs), tiny=args.tiny,
                   shapes=("tiny",) if args.tiny else (shapes or DEFAULT_SHAPES[name]),
                   settings=settings, variants=variants, hw=hw_row, max_run_batch=args.max_run_batch,
-                  graphs=args.graphs == "on")
+                  graphs=args.graphs == "on", lckv_prefill=args.lckv_prefill)
     t = time.perf_counter()
     importlib.import_module(f"lckv_bench.suites.{name}").run(ctx)
     if not args.worker:   # a worker runs a share of a suite: its parent records the suite's end
@@ -188,7 +191,7 @@ def _parent(args, suites, device, run_id, settings, shapes, variants) -> int:
     common += ["--quiet"] if args.quiet else []
     common += ["--max-run-batch", str(args.max_run_batch)] if args.max_run_batch else []
     common += ["--settings", args.settings] if args.settings else []
-    common += ["--graphs", args.graphs]
+    common += ["--graphs", args.graphs, "--lckv-prefill", args.lckv_prefill]
     if args.hw_json:   # ceilings measured earlier on this machine: recorded again under this run_id
         hw_full = {"device": device.type, **json.loads(args.hw_json)}
         Recorder(out, base={"device": hw_full["device"], "run_id": run_id}).write(

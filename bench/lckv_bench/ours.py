@@ -44,6 +44,23 @@ def default_prefill_mode(cfg: ModelConfig) -> PrefillMode:
     return PrefillMode(kind="iterative")
 
 
+# Throughput prefill of LCKV models. "iterative": the paper's m+b parallel passes (~(m+b)x a standard
+# prefill's FLOPs in the middle block). "tokenwise": every prompt token goes through the decode step,
+# the whole batch at once: exact (Theorem 1 with one token per chunk), the FLOPs of a standard prefill,
+# and at a large batch as matmul-efficient as a parallel prefill (LCKV.md section 3). Standard models
+# always prefill in one parallel pass, which is already exact and 1x.
+THROUGHPUT_PREFILLS = ("tokenwise", "iterative")
+
+
+def prefill_tokenwise(step, slots: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """Feed `prompts` [B, P] through the decode `step` one position at a time (slots 0..B-1 start
+    empty); returns the greedy first generated token of each row [B]."""
+    logits = None
+    for t in range(prompts.shape[1]):
+        logits = step(slots, prompts[:, t])
+    return logits.argmax(-1)
+
+
 def make_decoder(kind: str, model: LCKVModel, cache: KVCache, bucket: int = 256):
     if kind == "model":
         return lambda slots, toks: model.decode(cache, slots, toks)
@@ -181,7 +198,7 @@ def prefill_all(model, cache, prompts: torch.Tensor, mode: PrefillMode, group: i
 
 def generate(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, device, dtype, *,
              decoder: str, mode: PrefillMode, group: int, deadline: float, bucket: int = 256,
-             mark_every: int = 64, seed: int = 0) -> GenResult:
+             mark_every: int = 64, seed: int = 0, tokenwise: bool = False) -> GenResult:
     """One FlexGen-protocol run. Decoding stops early at `deadline` (then the rest is extrapolated
     from the measured per-step times, which grow linearly with context)."""
     cache = KVCache(cfg, batch, prompt + gen, device, dtype)
@@ -192,10 +209,10 @@ def generate(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, device,
     capture_s = 0.0
     if decoder.startswith("fast-graph"):   # capture every bucket up front: replays only while timed
         t = time.perf_counter()
-        step.warm(list(range(batch)), [prompt + i for i in range(gen - 1)])
+        step.warm(list(range(batch)), ([*range(prompt)] if tokenwise else []) + [prompt + i for i in range(gen - 1)])
         capture_s = time.perf_counter() - t
     t0 = now(device)
-    tok = prefill_all(model, cache, prompts, mode, group)
+    tok = prefill_tokenwise(step, slots, prompts) if tokenwise else prefill_all(model, cache, prompts, mode, group)
     t1 = now(device)
     marks: list[tuple[int, float]] = []
     done = 0
@@ -216,31 +233,39 @@ def generate(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, device,
 
 
 def probe_max_batch(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, device, dtype, *, decoder: str,
-                    bucket: int, steps: int = 5) -> dict:
+                    bucket: int, steps: int = 5, tokenwise: bool = False) -> dict:
     """Decode step times at `batch` with every slot at the start, middle and end of generation
     (a few steps each, the pool allocated in full). Integrated over the gen-1 steps (piecewise
-    linear in context) this projects the decode time of a full run at that batch."""
+    linear in context) this projects the decode time of a full run at that batch; with `tokenwise`
+    also the prompt's steps (context 0..prompt-1), i.e. the prefill time."""
     cache = step = None
     try:
         cache = KVCache(cfg, batch, prompt + gen, device, dtype)
         step = make_decoder(decoder, model, cache, bucket)
         slots, tok = torch.arange(batch), torch.zeros(batch, dtype=torch.long, device=device)
+        ctxs = {prompt, prompt + (gen - 1) // 2, max(prompt, prompt + gen - 2 - steps)}
+        if tokenwise:
+            ctxs |= {0, prompt // 2}
         pts = []
-        for ctx in sorted({prompt, prompt + (gen - 1) // 2, prompt + gen - 2 - steps}):
-            ctx = max(prompt, ctx)
+        for ctx in sorted(ctxs):
             cache.commit(list(range(batch)), [ctx] * batch, [0] * batch)
             tok = step(slots, tok).argmax(-1)                      # warm-up / graph capture
             t0 = now(device)
             for _ in range(steps):
                 tok = step(slots, tok).argmax(-1)
             pts.append((ctx + 1 + steps / 2, (now(device) - t0) / steps))
-        total, n = 0.0, gen - 1
-        for i in range(n):   # piecewise-linear interpolation of step time in context
-            c = prompt + i
-            lo = max([p for p in pts if p[0] <= c] or [pts[0]])
-            hi = min([p for p in pts if p[0] >= c] or [pts[-1]])
-            total += lo[1] if hi[0] == lo[0] else lo[1] + (hi[1] - lo[1]) * (c - lo[0]) / (hi[0] - lo[0])
-        return {"probe_step_s": [(round(c, 1), t) for c, t in pts], "decode_s_projected": total}
+
+        def integrate(first: int, n: int) -> float:   # piecewise-linear in context, flat outside
+            total = 0.0
+            for c in range(first, first + n):
+                lo = max([p for p in pts if p[0] <= c] or [pts[0]])
+                hi = min([p for p in pts if p[0] >= c] or [pts[-1]])
+                total += lo[1] if hi[0] == lo[0] else lo[1] + (hi[1] - lo[1]) * (c - lo[0]) / (hi[0] - lo[0])
+            return total
+        out = {"probe_step_s": [(round(c, 1), t) for c, t in pts], "decode_s_projected": integrate(prompt, gen - 1)}
+        if tokenwise:
+            out["prefill_s_projected"] = integrate(0, prompt)
+        return out
     finally:
         del cache, step
         release(device)

@@ -154,3 +154,23 @@ def test_block_n_keeps_fp32_head_128_tiles_in_shared_memory():
     of shared memory (limit 232,448 B), so the fp32 check model rejected the kernel for Llama-2-7B."""
     assert pick_block_n(128, 4) == 32
     assert pick_block_n(128, 2) == 64 and pick_block_n(64, 4) == 64
+
+
+@pytest.mark.parametrize("name", ["lckv-w2", "lckv-w0", "lckv-nodiag-everywhere", "llama-gqa"])
+def test_tokenwise_prefill_is_exact(name):
+    """The throughput suite's tokenwise prefill (prompts through the decode step) equals the exact
+    prefill (chunks of c tokens with c passes, Theorem 1): same first tokens, same cache."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from lckv_bench.ours import prefill_tokenwise
+    from lckv_service.model import PrefillMode
+    cfg = tiny_cfg(**CFGS[name])
+    model = make_model(cfg)
+    B, P = 3, 13
+    prompts = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(3))
+    ref, got = (KVCache(cfg, B, 20, dtype=torch.float64) for _ in range(2))
+    logits = model.prefill(ref, list(range(B)), list(prompts), mode=PrefillMode(kind="exact", chunk=4))
+    first = prefill_tokenwise(FastDecode(model, got, bucket=8, compile_rope=False), torch.arange(B), prompts)
+    assert torch.equal(first, logits.argmax(-1))
+    _same_state(ref, got)

@@ -93,12 +93,16 @@ def _build(ctx, shape, variant, max_pos):
     return ours.build_model(make_config(shape, variant, max_pos), ctx.device, _dtype(ctx))
 
 
-def _estimate_s(ctx, cost, passes, batch, p, g, fast_bytes_factor) -> float:
+def _estimate_s(ctx, cost, passes, batch, p, g, fast_bytes_factor, tokenwise=False) -> float:
     """Rough wall time of one run at `batch` from the measured ceilings (derated)."""
     hw = ctx.hw or {}
     bw = hw.get("copy_gbps", 100.0) * 1e9 * 0.75
     fl = hw.get("matmul_tflops", 1.0) * 1e12 * 0.35
-    pre = batch * prefill_flops(cost, p, passes) / fl
+    if tokenwise:   # p decode-shaped steps: bound by bytes (weights + context) or by the batch's matmuls
+        pre = p * max(decode_step_bytes(cost, batch, p / 2) * fast_bytes_factor / bw,
+                      batch * prefill_flops(cost, 1, 1) / fl)
+    else:
+        pre = batch * prefill_flops(cost, p, passes) / fl
     dec = (g - 1) * decode_step_bytes(cost, batch, p + g / 2) * fast_bytes_factor / bw
     return pre + dec
 
@@ -111,6 +115,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
     base = dict(shape=shape, variant=variant, prompt_len=p, gen_len=g, kv_bytes_per_token=cost.kv_bytes_per_token,
                 weight_gib=round(cost.weight_bytes / GIB, 3))
     t_search = time.perf_counter()
+    tokenwise = False
     if variant == "hf-llama":
         search = hf.max_batch(model, cost, p, g, dev, reserve_bytes=RESERVE + PREFILL_BUDGET, limit=limit,
                               deadline=deadline)
@@ -125,7 +130,9 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         if "decoder" not in picked:
             picked["decoder"] = ours.pick_decoder(model, cfg, dev, dtype, ctx.preferred_decoder(), BUCKET)
         decoder, decoder_note = picked["decoder"]
-        mode_name = f"{mode.kind}" + (f"(m+b={cfg.forward_passes + cfg.backward_passes})" if cfg.is_cyclic else "")
+        tokenwise = cfg.is_cyclic and ctx.lckv_prefill == "tokenwise"
+        mode_name = "tokenwise (batched decode steps, exact)" if tokenwise else \
+            f"iterative(m+b={cfg.forward_passes + cfg.backward_passes})" if cfg.is_cyclic else "parallel (one pass, exact)"
         group = 2 if ctx.tiny else ours.prefill_group_size(cost, p, cfg.hidden_size, cfg.intermediate_size,
                                                            PREFILL_BUDGET)
         search = ours.max_batch(model, cfg, cost, p, g, dev, dtype, decoder=decoder, mode=mode, group=group,
@@ -135,14 +142,14 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         # sdpa path: +1 write +1 read of each source's keys per step; the Triton kernel reads K/V once
         rot = 1.0 if decoder.endswith("+triton") else 1 + len(cfg.kv_layers) / cfg.num_layers
         room = 0.85 * (deadline - time.perf_counter())
-        while batch > 1 and not ctx.tiny and _estimate_s(ctx, cost, passes, batch, p, g, rot) > room:
+        while batch > 1 and not ctx.tiny and _estimate_s(ctx, cost, passes, batch, p, g, rot, tokenwise) > room:
             batch = max(1, int(batch * 0.9))
             limited = "time_budget"
         if ctx.max_run_batch and batch > ctx.max_run_batch:
             batch, limited = ctx.max_run_batch, "max_run_batch option"
         if batch:   # warm-up (kernels, cuBLAS) outside the timed run
             ours.generate(model, cfg, min(2, batch), min(p, 16), 4, dev, dtype, decoder=decoder, mode=mode,
-                          group=group, deadline=float("inf"), mark_every=2, bucket=BUCKET)
+                          group=group, deadline=float("inf"), mark_every=2, bucket=BUCKET, tokenwise=tokenwise)
     search_s = time.perf_counter() - t_search
     picked["search"] = search   # for the error row, should the run fail
     if not batch:
@@ -157,7 +164,8 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
                 r = hf.generate(model, batch, p, g, dev, deadline=deadline, mark_every=8 if ctx.tiny else 64)
             else:
                 r = ours.generate(model, cfg, batch, p, g, dev, dtype, decoder=decoder, mode=mode, group=group,
-                                  deadline=deadline, bucket=BUCKET, mark_every=4 if ctx.tiny else 64)
+                                  deadline=deadline, bucket=BUCKET, mark_every=4 if ctx.tiny else 64,
+                                  tokenwise=tokenwise)
             break
         except Exception as e:  # noqa: BLE001
             if not is_oom(e) or attempt:
@@ -183,9 +191,12 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         # the time box ran a smaller batch: project the max batch from measured step times there
         # (prefill scales with the batch), clearly apart from the measured tokens_per_s
         try:
-            pr = ours.probe_max_batch(model, cfg, mb, p, g, dev, dtype, decoder=decoder, bucket=BUCKET)
-            total = r.prefill_s * mb / batch + pr["decode_s_projected"]
-            row.update(projected_at_max_batch=dict(pr, prefill_s_projected=r.prefill_s * mb / batch, total_s=total,
+            pr = ours.probe_max_batch(model, cfg, mb, p, g, dev, dtype, decoder=decoder, bucket=BUCKET,
+                                      tokenwise=tokenwise)
+            # tokenwise prefill is probed like decode; a parallel prefill scales with the batch
+            pre = pr.pop("prefill_s_projected", None) or r.prefill_s * mb / batch
+            total = pre + pr["decode_s_projected"]
+            row.update(projected_at_max_batch=dict(pr, prefill_s_projected=pre, total_s=total,
                                                    tokens_per_s=mb * g / total, batch=mb))
         except Exception as e:  # noqa: BLE001 - a projection is optional
             row.update(projected_at_max_batch={"error": repr(e)[:300]})

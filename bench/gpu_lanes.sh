@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One device call on a 4-GPU host, four independent lanes, one GPU each (CUDA_VISIBLE_DEVICES), so a
+# lane's timings never share a GPU with another lane. Ratios are still taken only inside one bench run.
+#   bash bench/gpu_lanes.sh            # carry: data/tokens, .gpu-wheels
+# lane 0: issue 5 training (three models concurrently, fixed equal token budget) + eval + report
+# lane 1: kernel tests on CUDA, then Llama-2-7B 512+1024 throughput: llama, lckv-w2, hf-llama (+ roofline)
+# lane 2: isolated training tokens/s of each model (probe), then Llama -> LCKV w=2 continued pretraining
+# lane 3: TinyLlama-1.1B throughput 512+1024 (all four variants), prefill, streaming, sessions
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:?set OUT}
+work=${WORK:-runs/lanes}; rm -rf "$work"; mkdir -p "$work"
+export PYTHONPATH="$PWD/gpu-service:$PWD/bench" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+py=$(command -v python3)
+"$py" -m pip install -q --no-index --find-links .gpu-wheels pytest hypothesis >/dev/null 2>&1
+nvidia-smi --query-gpu=index,name,memory.total --format=csv >"$work/gpus.txt" 2>&1
+run_id=$(date -u +%Y%m%dT%H%M%S)
+bench() { # $1 lane, $2 seconds, rest: run.py args
+  local lane=$1 secs=$2; shift 2
+  CUDA_VISIBLE_DEVICES=$lane timeout --signal=INT --kill-after=20 "$secs" "$py" bench/run.py "$@" \
+    --run-id "$run_id-g$lane" --out "$work/bench-g$lane.jsonl" >>"$work/bench-g$lane.log" 2>&1 \
+    || echo "run.py $* exited with $?" >>"$work/bench-g$lane.log"
+}
+lane0() {
+  CUDA_VISIBLE_DEVICES=0 TOKENS=${TOKENS:-24000000} MINUTES=${MINUTES:-5.8} EVAL_MINUTES=1.2 RUN_DIR=runs/gpu \
+    OUT="$work/train" bash gpu-service/scripts/train_gpu.sh all >"$work/train.log" 2>&1
+}
+lane1() {
+  (cd gpu-service && CUDA_VISIBLE_DEVICES=1 timeout 100 "$py" -m pytest -q -p no:cacheprovider --tb=short \
+    tests/test_bench_kernels.py tests/test_bench_triton.py -k "cuda or triton") >"$work/kernel-tests.log" 2>&1
+  echo "kernel tests exit $?" >>"$work/kernel-tests.log"
+  bench 1 385 --suite throughput:355,roofline:1 --shapes llama2-7b --settings 512+1024 --variants llama,lckv-w2,hf-llama
+}
+lane2() {
+  for v in llama w2 w6; do
+    CUDA_VISIBLE_DEVICES=2 timeout 90 "$py" -m lckv_service.train.train --config gpu-service/configs/lckv-tiny-$v.toml \
+      --out-dir "$work/probe-$v" --probe 40 >"$work/probe-$v.log" 2>&1
+  done
+  for _ in $(seq 120); do grep -qs '"type": "end"' runs/gpu/llama/log.jsonl && [ -f runs/gpu/llama/model/model.safetensors ] && break; sleep 3; done
+  CUDA_VISIBLE_DEVICES=2 MINUTES=2.2 CPT_TOKENS=${CPT_TOKENS:-8000000} RUN_DIR=runs/gpu OUT="$work/cpt" \
+    bash gpu-service/scripts/train_gpu.sh cpt >"$work/cpt.log" 2>&1
+}
+lane3() {
+  bench 3 230 --suite throughput:210,roofline:1 --shapes tinyllama-1.1b --settings 512+1024 --variants llama,lckv-w2,lckv-w10,hf-llama
+  bench 3 190 --suite prefill:95,streaming:75 --shapes tinyllama-1.1b --variants llama,lckv-w2
+  bench 3 80 --suite sessions:65 --shapes tinyllama-1.1b --variants llama,lckv-w2,lckv-w10
+}
+lane0 & lane1 & lane2 & lane3 &
+# hard deadline for the lanes (the call's limit is 600 s and $OUT must be written before it)
+while [ -n "$(jobs -rp)" ] && [ "$SECONDS" -lt "${LANES_S:-520}" ]; do sleep 2; done
+for p in $(jobs -rp); do pkill -INT -P "$p" 2>/dev/null; done; sleep 5
+for p in $(jobs -rp); do pkill -KILL -P "$p" 2>/dev/null; kill "$p" 2>/dev/null; done
+# w2-cpt is trained by lane 2 while lane 0 may already be evaluating: evaluate it here if that missed it
+if [ -d runs/gpu/w2-cpt/model ] && [ ! -f runs/gpu/w2-cpt/eval.json ]; then
+  CUDA_VISIBLE_DEVICES=2 timeout 50 "$py" -m lckv_service.train.evaluate --model runs/gpu/w2-cpt/model --name w2-cpt \
+    --data data/tokens/val.bin --methods exact,iterative --block-size 1024 --batch-size 32 --max-tokens 131072 \
+    --out runs/gpu/w2-cpt/eval.json >"$work/cpt-eval.log" 2>&1
+fi
+RUN_DIR=runs/gpu OUT="$work/train" bash gpu-service/scripts/train_gpu.sh report >>"$work/train.log" 2>&1
+# back: small results in one tarball; the LCKV models in <=15 MB parts
+tar czf "$out/lanes.tgz" --exclude='*/model' --exclude='probe-*/ckpt.pt' "$work" runs/gpu/*/eval*.json 2>/dev/null
+tar cf - runs/gpu/w6/model runs/gpu/w2/model runs/gpu/w2-cpt/model 2>/dev/null | split -b 15M - "$out/models.tar."
+ls -la "$out"; tail -3 "$work"/*.log
