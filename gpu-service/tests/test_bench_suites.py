@@ -64,7 +64,12 @@ def test_throughput_and_roofline_rows(tmp_path):
         assert r["batch"] == 2 and r["max_batch"] == 4 and r["batch_limited_by"] == "max_run_batch option"
         pr = r["projected_at_max_batch"]
         assert pr["batch"] == 4 and pr["tokens_per_s"] == pytest.approx(4 * 10 / pr["total_s"])
-        assert pr["prefill_s_projected"] == pytest.approx(2 * r["prefill_s"])
+        if r["prefill_mode"].startswith("tokenwise"):   # LCKV: prompt steps probed at the max batch
+            assert pr["prefill_s_projected"] > 0 and len(pr["probe_step_s"]) == 5
+        else:                                           # a parallel prefill scales with the batch
+            assert pr["prefill_s_projected"] == pytest.approx(2 * r["prefill_s"])
+    assert {r["variant"]: r["prefill_mode"].split(" ")[0] for r in ours_rows} == \
+        {"llama": "parallel", "lckv-w2": "tokenwise"}
     rl = _ok(rows, "roofline")
     assert {r["variant"] for r in rl} == {"llama", "lckv-w2"}
     for r in rl:
