@@ -293,3 +293,38 @@ def test_budget_does_not_wait_for_a_withdrawn_or_missing_peer(tmp_path):
     t0 = time.time()
     assert late.poll(block=True, wait_until=time.time() + 1) is not None   # peers never come: bounded wait
     assert time.time() - t0 < 5
+
+
+def test_samples_greedy_equals_full_recompute(tmp_path):
+    """samples.py generates with the serving computation (exact prefill + decode); every token must
+    be the argmax of a from-scratch forward over the whole text with T passes (exact by Theorem 1)."""
+    import shutil
+    from pathlib import Path
+    from conftest import tiny_cfg
+    from lckv_service.train import samples as S
+    shipped = Path(__file__).resolve().parents[1] / "models" / "lckv-tiny"
+    cfg = tiny_cfg(2, layers=4, vocab_size=8192)
+    torch.manual_seed(0)
+    save_model(LCKVModel(cfg), tmp_path / "m", dtype=torch.float32)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(shipped / f, tmp_path / "m" / f)
+    out = tmp_path / "s.json"
+    assert S.main(["--model", f"tiny={tmp_path / 'm'}", "--max-new", "5", "--out", str(out),
+                   "--md", str(tmp_path / "s.md")]) == 0
+    rows = json.loads(out.read_text())["tiny"]
+    assert [r["kind"] for r in rows] == ["prose"] * len(S.PROSE) + ["chat"] * len(S.CHAT)
+    assert "| prose |" in (tmp_path / "s.md").read_text()
+    model = load_model(tmp_path / "m", dtype=torch.float64).eval()
+    tok = S.ChatTokenizer.from_folder(tmp_path / "m")
+    ids = tok.encode(S.PROSE[0])
+    got = S.greedy(load_model(tmp_path / "m", dtype=torch.float32).eval(), ids, 5, frozenset({0}))
+    ref = []
+    with torch.no_grad():
+        for _ in range(len(got)):
+            x = torch.tensor([ids + ref])
+            ref.append(int(model(x, iterations=x.shape[1])[0][0, -1].argmax()))
+            if ref[-1] == 0:
+                break
+    assert got == ref
+    with pytest.raises(SystemExit):
+        S.main(["--model", "no-equals-sign", "--out", str(out)])
