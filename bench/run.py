@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default 20, --tiny 3)")
     ap.add_argument("--graphs", choices=("on", "off"), default="on",
                     help="let our decoders replay CUDA graphs (off: the same kernels launched eagerly)")
-    ap.add_argument("--lckv-prefill", choices=("tokenwise", "iterative"), default="tokenwise",
+    ap.add_argument("--lckv-prefill", choices=("auto", "tokenwise", "iterative"), default="auto",
                     help="throughput suite, LCKV variants: prompts as batched decode steps (exact, 1x the "
-                         "FLOPs) or the paper's m+b parallel iterations")
+                         "FLOPs), the paper's m+b parallel iterations, or auto: both measured at the run's "
+                         "batch, the cheaper runs")
     ap.add_argument("--hw-json", help="a previous run's hw row (JSON): reuse its ceilings instead of measuring")
     ap.add_argument("--quiet", action="store_true")
     # internal: how a parent hands a worker its share of the run

@@ -106,7 +106,7 @@ class Context:
     hw: dict[str, float] | None = None                    # measured copy GB/s and matmul TFLOP/s
     max_run_batch: int | None = None                      # cap on the batch a throughput run uses
     graphs: bool = True                                   # let decoders replay CUDA graphs
-    lckv_prefill: str = "tokenwise"                       # throughput prefill of LCKV: tokenwise | iterative
+    lckv_prefill: str = "auto"                            # throughput prefill of LCKV: auto | tokenwise | iterative
 
     def preferred_decoder(self) -> str:
         """The decoder pick_decoder tries first here (it falls back from it step by step)."""

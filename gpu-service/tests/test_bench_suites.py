@@ -68,8 +68,13 @@ def test_throughput_and_roofline_rows(tmp_path):
             assert pr["prefill_s_projected"] > 0 and len(pr["probe_step_s"]) == 5
         else:                                           # a parallel prefill scales with the batch
             assert pr["prefill_s_projected"] == pytest.approx(2 * r["prefill_s"])
-    assert {r["variant"]: r["prefill_mode"].split(" ")[0] for r in ours_rows} == \
-        {"llama": "parallel", "lckv-w2": "tokenwise"}
+    modes = {r["variant"]: r["prefill_mode"].split("(")[0].strip() for r in ours_rows}
+    assert modes["llama"] == "parallel" and next(r for r in ours_rows if r["variant"] == "llama").get("prefill_choice_s") is None
+    # LCKV, --lckv-prefill auto: both ways measured at the run's batch, the cheaper one ran
+    w2 = next(r for r in ours_rows if r["variant"] == "lckv-w2")
+    est = w2["prefill_choice_s"]
+    assert set(est) == {"iterative", "tokenwise"} and all(v > 0 for v in est.values())
+    assert modes["lckv-w2"] == min(est, key=est.get)
     rl = _ok(rows, "roofline")
     assert {r["variant"] for r in rl} == {"llama", "lckv-w2"}
     for r in rl:

@@ -115,7 +115,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
     base = dict(shape=shape, variant=variant, prompt_len=p, gen_len=g, kv_bytes_per_token=cost.kv_bytes_per_token,
                 weight_gib=round(cost.weight_bytes / GIB, 3))
     t_search = time.perf_counter()
-    tokenwise = False
+    tokenwise, prefill_est = False, None
     if variant == "hf-llama":
         search = hf.max_batch(model, cost, p, g, dev, reserve_bytes=RESERVE + PREFILL_BUDGET, limit=limit,
                               deadline=deadline)
@@ -130,9 +130,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         if "decoder" not in picked:
             picked["decoder"] = ours.pick_decoder(model, cfg, dev, dtype, ctx.preferred_decoder(), BUCKET)
         decoder, decoder_note = picked["decoder"]
-        tokenwise = cfg.is_cyclic and ctx.lckv_prefill == "tokenwise"
-        mode_name = "tokenwise (batched decode steps, exact)" if tokenwise else \
-            f"iterative(m+b={cfg.forward_passes + cfg.backward_passes})" if cfg.is_cyclic else "parallel (one pass, exact)"
+        choice = ctx.lckv_prefill if cfg.is_cyclic else "iterative"   # a standard model: one exact pass
         group = 2 if ctx.tiny else ours.prefill_group_size(cost, p, cfg.hidden_size, cfg.intermediate_size,
                                                            PREFILL_BUDGET)
         search = ours.max_batch(model, cfg, cost, p, g, dev, dtype, decoder=decoder, mode=mode, group=group,
@@ -142,11 +140,22 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         # sdpa path: +1 write +1 read of each source's keys per step; the Triton kernel reads K/V once
         rot = 1.0 if decoder.endswith("+triton") else 1 + len(cfg.kv_layers) / cfg.num_layers
         room = 0.85 * (deadline - time.perf_counter())
-        while batch > 1 and not ctx.tiny and _estimate_s(ctx, cost, passes, batch, p, g, rot, tokenwise) > room:
+        def est(b):   # "auto" is sized by the cheaper estimate; the measurement below decides
+            return min(_estimate_s(ctx, cost, passes, b, p, g, rot, tw) for tw in
+                       ((False, True) if choice == "auto" else (choice == "tokenwise",)))
+        while batch > 1 and not ctx.tiny and est(batch) > room:
             batch = max(1, int(batch * 0.9))
             limited = "time_budget"
         if ctx.max_run_batch and batch > ctx.max_run_batch:
             batch, limited = ctx.max_run_batch, "max_run_batch option"
+        prefill_est = None
+        if choice == "auto" and batch:
+            prefill_est = ours.measure_prefills(model, cfg, batch, p, dev, dtype, decoder=decoder, bucket=BUCKET,
+                                                mode=mode, group=group)
+            choice = min(prefill_est, key=prefill_est.get)
+        tokenwise = choice == "tokenwise"
+        mode_name = "tokenwise (batched decode steps, exact)" if tokenwise else \
+            f"iterative(m+b={passes})" if cfg.is_cyclic else "parallel (one pass, exact)"
         if batch:   # warm-up (kernels, cuBLAS) outside the timed run
             ours.generate(model, cfg, min(2, batch), min(p, 16), 4, dev, dtype, decoder=decoder, mode=mode,
                           group=group, deadline=float("inf"), mark_every=2, bucket=BUCKET, tokenwise=tokenwise)
@@ -178,6 +187,8 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         tokens_per_s=batch * g / r.total_s, total_s=r.total_s, prefill_s=r.prefill_s, decode_s=r.decode_s,
         steps_done=r.steps_done, steps_total=r.steps_total, extrapolated=r.extrapolated,
         peak_mem_gib=peak_mem_gib(dev), decoder=decoder, decoder_note=decoder_note, prefill_mode=mode_name,
+        prefill_choice_s=None if variant == "hf-llama" or prefill_est is None else
+        {k: round(v, 4) for k, v in prefill_est.items()},
         search=search, search_s=round(search_s, 2), capture_s=round(r.capture_s, 2),
         decode_gbps=bytes_ / r.decode_s / 1e9 if r.decode_s else None,
         decode_tflops=flops / r.decode_s / 1e12 if r.decode_s else None,

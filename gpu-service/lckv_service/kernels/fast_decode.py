@@ -185,7 +185,10 @@ class FastDecode:
             self._step(static_tokens, slot_idx, first, S)
         torch.cuda.current_stream(cache.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # capture on that same stream too: without `stream=` every capture gets a new internal side
+        # stream, and blocks freed in one capture cannot serve the next, so each graph kept its own
+        # step transients (measured on an H100: 30-60 GiB beyond pool + weights at batch 1-2k)
+        with torch.cuda.graph(graph, pool=self._pool, stream=stream):
             out = self._step(static_tokens, slot_idx, first, S)
         if self._pool is None:
             self._pool = graph.pool()
