@@ -38,7 +38,8 @@ CHAT = (
 
 @torch.no_grad()
 def greedy(model, ids: list[int], max_new: int, stop_ids: frozenset[int]) -> list[int]:
-    cache = KVCache(model.cfg, 1, len(ids) + max_new, dtype=next(model.parameters()).dtype)
+    w = next(model.parameters())
+    cache = KVCache(model.cfg, 1, len(ids) + max_new, device=w.device, dtype=w.dtype)
     logits = model.prefill(cache, [0], [torch.tensor(ids)], mode=PrefillMode(kind="exact"))
     out: list[int] = []
     while len(out) < max_new:
@@ -50,8 +51,8 @@ def greedy(model, ids: list[int], max_new: int, stop_ids: frozenset[int]) -> lis
     return out
 
 
-def samples(folder: Path, max_new: int) -> list[dict]:
-    model = load_model(folder, dtype=torch.float32).eval()
+def samples(folder: Path, max_new: int, device: str = "cpu") -> list[dict]:
+    model = load_model(folder, device=device, dtype=torch.float32).eval()
     tok = ChatTokenizer.from_folder(folder)
     rows = []
     for p in PROSE:
@@ -85,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new", type=int, default=40, help="tokens generated per prompt (default 40)")
     ap.add_argument("--out", type=Path, required=True, help="JSON: {name: [{kind, prompt, output}]}")
     ap.add_argument("--md", type=Path, help="also write a markdown table")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if present")
     args = ap.parse_args(argv)
     if args.max_new < 1:
         ap.error("--max-new must be >= 1")
     try:
-        results = {name: samples(folder, args.max_new) for name, folder in args.model}
+        results = {name: samples(folder, args.max_new, args.device) for name, folder in args.model}
     except (LCKVError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
