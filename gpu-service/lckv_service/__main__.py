@@ -57,6 +57,9 @@ def serve(argv: list[str]) -> int:
     ap.add_argument("--evict-step", type=int, default=0, help="tokens dropped per eviction (0: window/8)")
     ap.add_argument("--prefill-mode", default="exact", choices=["exact", "iterative", "adaptive"])
     ap.add_argument("--prefill-chunk", type=int, default=16, help="exact mode: tokens per chunk")
+    ap.add_argument("--decode", default=os.environ.get("LCKV_DECODE", "fast"), choices=["fast", "reference"],
+                    help="decode step: fast (FastDecode; Triton kernel on CUDA) or reference (model.decode)")
+    ap.add_argument("--decode-graphs", action="store_true", help="CUDA: graphs for contiguous decode batches")
     ap.add_argument("--max-batched-tokens", type=int, default=512)
     ap.add_argument("--max-waiting", type=int, default=64, help="admission queue bound (beyond: 503)")
     ap.add_argument("--max-prompt-tokens", type=int, default=None)
@@ -78,6 +81,7 @@ def serve(argv: list[str]) -> int:
                           host=a.host, port=a.port, device=a.device, dtype=a.dtype, max_slots=a.max_slots,
                           mem_fraction=a.mem_fraction, sinks=a.sinks, window=a.window, evict_step=a.evict_step,
                           prefill_mode=a.prefill_mode, prefill_chunk=a.prefill_chunk,
+                          decode=a.decode, decode_graphs=a.decode_graphs,
                           max_batched_tokens=a.max_batched_tokens, max_waiting=a.max_waiting,
                           max_prompt_tokens=a.max_prompt_tokens, max_tokens=a.max_tokens,
                           max_request_bytes=a.max_request_bytes)

@@ -1,10 +1,18 @@
-"""Per-request sampling: validated SamplingParams and logits -> next token.
+"""Per-request sampling: validated SamplingParams and logits -> next token, for a whole batch at once.
 
-Greedy at temperature 0; otherwise temperature + nucleus (top_p) sampling drawn from the request's own
-torch.Generator, so a seeded request yields the same tokens whatever else shares its batch.
+Greedy rows (temperature 0) take the argmax; the others draw by inverse CDF over their top_p-truncated
+softmax(logits / temperature) (see `sample`). Randomness is counter-based: a request keeps
+(seed, counter), and draw number `counter` is the uniform made from output number `counter` of
+SplitMix64 seeded with `seed` (see `splitmix64`). That is a pure function of the request's own state,
+so a seeded request yields the same tokens whatever else shares its batch and at any batch position,
+and the integer arithmetic gives the same bits on CPU and CUDA.
+
+Why inverse CDF and not Gumbel-max: it needs one hashed uniform per row and step instead of one per
+vocabulary entry (8k-150k integer hashes per row and step).
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,33 +83,156 @@ class SamplingParams:
         return cls(max_tokens=mt, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop))
 
 
-def make_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
-    """The request's private random stream (None for greedy, which needs none)."""
+@dataclass(slots=True)
+class SampleStream:
+    """A sampled request's random stream: draw n uses SplitMix64 output n of `seed`."""
+    seed: int                 # [0, 2^64)
+    counter: int = 0          # draws taken so far
+
+    def __repr__(self) -> str:   # unseeded requests get a secret random seed: keep it out of logs
+        return f"SampleStream(counter={self.counter})"
+
+
+def make_stream(params: SamplingParams) -> SampleStream | None:
+    """The request's private random stream (None for greedy, which needs none). Unseeded requests get
+    a fresh random 63-bit seed from the OS (like the wire's seed range)."""
     if params.greedy:
         return None
-    g = torch.Generator(device=device)
-    if params.seed is None:
-        g.seed()
-    else:
-        g.manual_seed(params.seed)
-    return g
+    return SampleStream(secrets.randbits(63) if params.seed is None else params.seed)
+
+
+# ---- SplitMix64 on int64 tensors, without signed overflow ------------------------------------------
+# A 64-bit word is held as two int64 tensors (hi, lo), each in [0, 2^32). Products are formed from
+# 16-bit limbs, so every intermediate stays below 2^50: no signed overflow (undefined in C++, so not
+# something to lean on in torch kernels), no arithmetic-shift sign extension, and bit-identical results
+# on every device. Reference (Steele, Lea, Flood 2014; Vigna's splitmix64.c), all mod 2^64:
+#     z = seed + (n + 1) * 0x9E3779B97F4A7C15
+#     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+#     z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+#     out = z ^ (z >> 31)
+# i.e. output n (0-based) of the sequential generator `splitmix64.c` started from state `seed`.
+# The uniform is u = (out >> 11) * 2^-53, in [0, 1) with 53 bits.
+_M32 = 0xFFFFFFFF
+_M16 = 0xFFFF
+GOLDEN = 0x9E3779B97F4A7C15
+MIX1 = 0xBF58476D1CE4E5B9
+MIX2 = 0x94D049BB133111EB
+
+
+def _mul32_lo(a: torch.Tensor, c: int) -> torch.Tensor:
+    """(a * c) mod 2^32 for a in [0, 2^32) and a 32-bit constant c."""
+    return (a * (c & _M16) + (((a * (c >> 16)) & _M16) << 16)) & _M32
+
+
+def _mul32_wide(a: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """a * c as (hi, lo) 32-bit words, for a in [0, 2^32) and a 32-bit constant c."""
+    a0, a1, c0, c1 = a & _M16, a >> 16, c & _M16, c >> 16
+    mid = a1 * c0 + a0 * c1                           # < 2^33
+    t = a0 * c0 + ((mid & _M16) << 16)                # < 2^33
+    return (a1 * c1 + (mid >> 16) + (t >> 32)) & _M32, t & _M32
+
+
+def _mul64(hi: torch.Tensor, lo: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi:lo) * c mod 2^64 for a 64-bit constant c."""
+    c_hi, c_lo = c >> 32, c & _M32
+    p_hi, p_lo = _mul32_wide(lo, c_lo)
+    return (p_hi + _mul32_lo(hi, c_lo) + _mul32_lo(lo, c_hi)) & _M32, p_lo
+
+
+def _add64(a_hi, a_lo, b_hi, b_lo):
+    lo = a_lo + b_lo
+    return (a_hi + b_hi + (lo >> 32)) & _M32, lo & _M32
+
+
+def _xorshr(hi: torch.Tensor, lo: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """z ^ (z >> r) for 0 < r < 32."""
+    return hi ^ (hi >> r), lo ^ (((lo >> r) | (hi << (32 - r))) & _M32)
+
+
+def splitmix64(seed_hi: torch.Tensor, seed_lo: torch.Tensor, n_hi: torch.Tensor, n_lo: torch.Tensor):
+    """SplitMix64 output number n of `seed`, elementwise; every argument and result a 32-bit word."""
+    n_lo = n_lo + 1                                   # (n + 1), carried into the high word
+    n_hi, n_lo = (n_hi + (n_lo >> 32)) & _M32, n_lo & _M32
+    hi, lo = _add64(seed_hi, seed_lo, *_mul64(n_hi, n_lo, GOLDEN))
+    hi, lo = _mul64(*_xorshr(hi, lo, 30), MIX1)
+    hi, lo = _mul64(*_xorshr(hi, lo, 27), MIX2)
+    return _xorshr(hi, lo, 31)
+
+
+def uniforms(seeds: list[int], counters: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
+    """u[i] in [0, 1) (float64, 53 bits) for stream seeds[i] at draw counters[i]."""
+    words = torch.tensor([[s >> 32, s & _M32, c >> 32, c & _M32] for s, c in zip(seeds, counters)],
+                         dtype=torch.int64).view(-1, 4).to(device)   # one host->device copy
+    hi, lo = splitmix64(*words.unbind(1))
+    top53 = (hi << 21) | (lo >> 11)                   # out >> 11: < 2^53, exact in float64
+    return top53.to(torch.float64) * 2.0 ** -53
+
+
+NUCLEUS_TOPK = (64, 1024)   # nucleus search: top-k stages before a full sort of the vocabulary
+
+
+def nucleus_floor(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """probs [R, V], top_p [R] -> the smallest kept probability [R, 1] of each row's nucleus: the
+    smallest prefix of the descending probabilities whose mass reaches top_p (a token is in it when
+    the mass before it is < top_p, so the top token always is). Only sorted *values* are used, which
+    do not depend on how ties are ordered. Rows whose nucleus outgrows a top-k stage go on to the
+    next stage, then to a full sort (on CPU an 8k-vocabulary sort costs ~15x a top-64 and ~4x a
+    top-1024); which stage finishes a row depends on that row alone."""
+    def floor(vals, tp):  # vals: the largest probabilities, descending
+        cum = vals.cumsum(-1)
+        kept = (cum - vals < tp[:, None]).sum(-1, keepdim=True)              # >= 1
+        return vals.gather(1, kept - 1), cum[:, -1] >= tp                   # complete: the next one is out
+
+    V = probs.shape[-1]
+    out = probs.new_empty(probs.shape[0], 1)
+    todo = torch.arange(probs.shape[0], device=probs.device)
+    for k in NUCLEUS_TOPK + (V,):
+        k = min(k, V)
+        p = probs[todo]
+        vals = p.sort(dim=-1, descending=True).values if k == V else p.topk(k, dim=-1).values
+        f, complete = floor(vals, top_p[todo])
+        if k == V:
+            complete = torch.ones_like(complete)
+        out[todo[complete]] = f[complete]
+        todo = todo[~complete]
+        if todo.numel() == 0:     # a host sync per stage; the caller syncs on the tokens anyway
+            break
+    return out
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams],
-           generators: list[torch.Generator | None]) -> torch.Tensor:
-    """logits [B, V] -> token ids [B] (on logits' device). Rows are independent of each other."""
+           streams: list[SampleStream | None]) -> torch.Tensor:
+    """logits [B, V] -> token ids [B] (on logits' device). Each sampled row takes one draw from its
+    stream (advancing its counter); rows are independent of each other.
+
+    A sampled row keeps the tokens of probability >= its nucleus floor (all tokens at top_p = 1; ties
+    at the floor all stay) and picks by inverse CDF in vocabulary order: the first token whose
+    cumulative kept probability exceeds u * (kept mass). Any fixed order gives the same distribution;
+    vocabulary order needs no sort."""
     out = logits.argmax(dim=-1)
-    for i, p in enumerate(params):
-        if p.greedy:
-            continue
-        probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            sorted_p, idx = probs.sort(descending=True)
-            # keep the smallest prefix whose mass reaches top_p (the top token always survives)
-            drop = sorted_p.cumsum(0) - sorted_p >= p.top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            choice = torch.multinomial(sorted_p, 1, generator=generators[i])
-            out[i] = idx[choice[0]]
-        else:
-            out[i] = torch.multinomial(probs, 1, generator=generators[i])[0]
+    rows = [i for i, p in enumerate(params) if not p.greedy]
+    if not rows:
+        return out
+    dev = logits.device
+    for i in rows:
+        if streams[i] is None:
+            raise ValueError(f"row {i} samples (temperature {params[i].temperature}) but has no stream")
+    u = uniforms([streams[i].seed for i in rows], [streams[i].counter for i in rows], dev)
+    for i in rows:
+        streams[i].counter += 1
+    temp = torch.tensor([params[i].temperature for i in rows], dtype=torch.float64).to(dev)
+    row_t = torch.tensor(rows, device=dev)
+    # float64: the inverse CDF then resolves every token whose probability exceeds ~1e-16
+    probs = torch.softmax(logits[row_t].double() / temp[:, None], dim=-1)
+    nucleus = [j for j, i in enumerate(rows) if params[i].top_p < 1.0]
+    if nucleus:
+        sub = torch.tensor(nucleus, device=dev)
+        top_p = torch.tensor([params[rows[j]].top_p for j in nucleus], dtype=torch.float64).to(dev)
+        floor = nucleus_floor(probs[sub], top_p)
+        probs[sub] = probs[sub].masked_fill(probs[sub] < floor, 0.0)
+    cdf = probs.cumsum(-1)
+    j = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)   # never a zero-probability token
+    # u * total can round up to total (no cdf exceeds it): take the last token of nonzero probability
+    last = torch.where(probs > 0, torch.arange(probs.shape[-1], device=dev), 0).amax(-1, keepdim=True)
+    out[row_t] = torch.minimum(j, last).squeeze(1)
     return out

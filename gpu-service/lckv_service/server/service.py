@@ -21,7 +21,7 @@ from ..checkpoint import load_model, model_identity
 from ..errors import BlobError, ConfigError, ModelNotFoundError, RequestError
 from ..engine.engine import AsyncEngine, Engine
 from ..engine.request import Request
-from ..engine.runner import ModelRunner, plan_slots
+from ..engine.runner import DECODERS, ModelRunner, plan_slots
 from ..engine.scheduler import Scheduler, SchedulerConfig
 from ..model import PrefillMode
 from ..sampling import SamplingParams
@@ -49,6 +49,8 @@ class ServeConfig:
     evict_step: int = 0                     # 0 = window // 8
     prefill_mode: str = "exact"             # exact | iterative | adaptive
     prefill_chunk: int = 16
+    decode: str = "fast"                    # fast (kernels.FastDecode) | reference (model.decode, for debugging)
+    decode_graphs: bool = False             # CUDA graphs for the fast decode step (contiguous batches only)
     max_batched_tokens: int = 512
     max_waiting: int = 64
     max_prompt_tokens: int | None = None    # default: sinks + window
@@ -65,6 +67,8 @@ class ServeConfig:
                 raise ConfigError(f"{name} must be >= 1", param=name)
         if not 0 < self.mem_fraction <= 1:
             raise ConfigError("mem_fraction must be in (0, 1]", param="mem_fraction")
+        if self.decode not in DECODERS:
+            raise ConfigError(f"decode must be one of {', '.join(DECODERS)}", param="decode")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,7 +112,8 @@ class ModelService:
                                          max_waiting=cfg.max_waiting)
         self.max_prompt_tokens = cfg.max_prompt_tokens or capacity
         mode = PrefillMode(kind=cfg.prefill_mode, chunk=cfg.prefill_chunk)
-        runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype)
+        runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
+                             decode=cfg.decode, decode_graphs=cfg.decode_graphs)
         self.engine = Engine(Scheduler(self.sched_cfg), runner, self.tokenizer, metrics)
         self.async_engine = AsyncEngine(self.engine)
         log.info("model loaded: id=%s device=%s dtype=%s slots=%d capacity=%d kv_layers=%d",
