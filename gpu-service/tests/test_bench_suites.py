@@ -102,6 +102,13 @@ def test_other_suites_write_rows(tmp_path, suite):
         r = by[("lckv-w2", 16)]
         assert r["blob_bytes"] > KVCache.bytes_for(cfg, 1, 16, torch.float32)   # K/V plus header and ids
         assert r["resume_ttft_s"] > 0 and r["speedup"] == pytest.approx(r["reprefill_ttft_s"] / r["resume_ttft_s"])
+        for r in got:   # the turn runs through FastPrefill, checked against model.prefill on the device
+            assert r["turn_prefill_path"].startswith("fast") and r["fast_vs_model_argmax_agree"] is True
+            assert r["fast_vs_model_max_abs_diff_rel"] < 1e-4 and r["reprefill_path"]
+    if suite == "prefill":
+        fast = [r for r in got if r.get("path", "").startswith("fast")]
+        assert {r["variant"] for r in fast} == {"llama", "lckv-w2"}
+        assert all(r["vs_model_max_abs_diff_rel"] < 1e-4 for r in fast)
 
 
 def test_cost_model_matches_real_sizes():
