@@ -14,7 +14,8 @@
 #   bash bench/gpu_lanes.sh c    # after the graph-stream fix, kernel autotune, FastPrefill, auto LCKV prefill
 #     lane 0: CUDA tests (Triton kernel, FastDecode, FastPrefill), kernel sweep, sessions, prefill, streaming
 #     lane 1: Llama-2-7B 512+1024   lane 2: Llama-2-7B 2048+2048   (llama, lckv-w2, lckv-w10, hf-llama)
-#     lane 3: the issue-5 Llama retrained alone for its samples; TinyLlama-1.1B 512+1024, 2048+2048, 5+2043
+#     lane 3: the issue-5 Llama retrained alone for its samples; the GPU-service suite on CUDA (engine with
+#             FastDecode+Triton, load runs fast vs reference decode); TinyLlama-1.1B 512+1024
 plan=${1:?usage: bash bench/gpu_lanes.sh a|b|c}
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,8 +86,10 @@ c_lane3() {
     --out-dir runs/llama24 --tokens 24000000 >"$work/llama24-train.log" 2>&1
   CUDA_VISIBLE_DEVICES=3 timeout 100 "$py" -m lckv_service.train.samples --model llama=runs/llama24/model \
     --max-new 32 --out "$work/llama24-samples.json" >"$work/llama24-samples.log" 2>&1
+  CUDA_VISIBLE_DEVICES=3 OUT="$work/service-suite" timeout 230 bash gpu-service/scripts/gpu_service_suite.sh \
+    >"$work/service-suite.log" 2>&1
   bench 3 $((530 - SECONDS)) --suite throughput:$((500 - SECONDS)),roofline:1 --shapes tinyllama-1.1b \
-    --settings 512+1024,2048+2048,5+2043 --variants $ALL
+    --settings 512+1024 --variants $ALL
 }
 case "$plan" in
   a) lane0 & lane1 & lane2 & lane3 & ;;

@@ -5,6 +5,7 @@
 #   pytest.txt, junit.xml the test run (LCKV_TEST_DEVICE=cuda|cpu)
 #   load-tiny.json        64 streams on the tiny test model (tokens/s, TTFT, nothing lost)
 #   load-1.1b.json        cuda only: 128 streams on a random TinyLlama-1.1B-shaped LCKV model (bf16)
+#   load-1.1b-reference.json  the same with the engine's reference decode step (model.decode): the ratio
 # Usage (from the repository root): bash gpu-service/scripts/gpu_service_suite.sh
 # Needs torch plus the packages in gpu-service/pyproject.toml (+ test extras). On a machine without
 # network, point WHEELHOUSE at a folder of wheels made elsewhere with
@@ -42,6 +43,7 @@ if "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
 
 LCKV_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT/junit.xml" \
   tests/test_tokenizer.py tests/test_sampling.py tests/test_scheduler.py tests/test_engine.py tests/test_server*.py \
+  tests/test_runner_decode.py \
   2>&1 | tee "$OUT/pytest.txt"
 rc=${PIPESTATUS[0]}
 
@@ -50,10 +52,13 @@ rc=${PIPESTATUS[0]}
 [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 
 if [ $device = cuda ]; then
-  "$PY" tests/load_run.py --device cuda --dtype bfloat16 --preset tinyllama-1.1b --streams 128 \
-    --max-tokens 128 --prompt-words 120 --max-slots 128 --window 1020 --prefill-mode iterative \
-    --out "$OUT/load-1.1b.json" 2>&1 | tail -5 | tee "$OUT/load-1.1b.txt"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  for dec in fast reference; do
+    sfx=$([ $dec = fast ] && echo "" || echo "-$dec")
+    "$PY" tests/load_run.py --device cuda --dtype bfloat16 --preset tinyllama-1.1b --streams 128 \
+      --max-tokens 128 --prompt-words 120 --max-slots 128 --window 1020 --prefill-mode iterative --decode $dec \
+      --out "$OUT/load-1.1b$sfx.json" 2>&1 | tail -5 | tee "$OUT/load-1.1b$sfx.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+  done
 fi
 echo "gpu_service_suite: device=$device rc=$rc (results in $OUT)"
 exit $rc

@@ -61,6 +61,8 @@ def main() -> int:
     ap.add_argument("--max-slots", type=int, default=64)
     ap.add_argument("--window", type=int, default=None)
     ap.add_argument("--prefill-mode", default="exact")
+    ap.add_argument("--decode", choices=("fast", "reference"), default="fast",
+                    help="the engine's decode step: FastDecode (Triton on CUDA) or model.decode")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -77,7 +79,8 @@ def main() -> int:
                                             request_id=f"load-{i}", return_blob=i % 2 == 0)))
         cfg = serve_config(folder, device=a.device, dtype=a.dtype, max_slots=a.max_slots,
                            max_waiting=max(64, a.streams), window=a.window, prefill_mode=a.prefill_mode,
-                           max_tokens=max(512, a.max_tokens), max_prompt_tokens=None, max_batched_tokens=2048)
+                           max_tokens=max(512, a.max_tokens), max_prompt_tokens=None, max_batched_tokens=2048,
+                           decode=a.decode)
         with ServerThread(cfg) as srv:
             asyncio.run(run(srv.url, bodies[:4]))   # warm up the prefill and decode paths
             t0 = time.monotonic()
@@ -91,7 +94,7 @@ def main() -> int:
     gen = sum(r["done"]["usage"]["completion_tokens"] for r in ok)
     ttfts = sorted(r["ttft"] for r in ok if r["ttft"] is not None)
     report = {"preset": a.preset, "device": a.device, "dtype": a.dtype, "streams": a.streams, "slots": slots,
-              "max_tokens": a.max_tokens, "prefill_mode": a.prefill_mode, "model_build_s": round(build_s, 2),
+              "max_tokens": a.max_tokens, "prefill_mode": a.prefill_mode, "decode": a.decode, "model_build_s": round(build_s, 2),
               "completed": len(ok), "all_tokens_delivered_once": exact, "generated_tokens": gen,
               "wall_s": round(wall, 3), "tokens_per_s": round(gen / wall, 1),
               "ttft_p50_s": round(statistics.median(ttfts), 4) if ttfts else None,
