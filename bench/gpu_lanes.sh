@@ -24,7 +24,7 @@ work=${WORK:-runs/lanes}; rm -rf "$work"; mkdir -p "$work"
 export PYTHONPATH="$PWD/gpu-service:$PWD/bench" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 py=$(command -v python3)
-"$py" -m pip install -q --no-index --find-links .gpu-wheels pytest hypothesis >/dev/null 2>&1
+"$py" -m pip install -q --no-index --find-links .gpu-wheels pytest hypothesis prometheus-client tqdm jinja2 >/dev/null 2>&1
 nvidia-smi --query-gpu=index,name,memory.total --format=csv >"$work/gpus.txt" 2>&1
 run_id=$(date -u +%Y%m%dT%H%M%S)
 bench() { # $1 lane, $2 seconds, rest: run.py args
