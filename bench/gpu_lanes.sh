@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call on a 4-GPU host, four independent lanes, one GPU each (CUDA_VISIBLE_DEVICES), so a
 # lane's timings never share a GPU with another lane. Ratios are still taken only inside one bench run
-# (one lane's run.py call). carry: data/tokens, .gpu-wheels
+# (one lane's run.py call). carry: data/tokens, .gpu-wheels (plan c also runs/baseline_triton_decode.py)
 #   bash bench/gpu_lanes.sh a    # (ran 2026-11-26 08:25)
 #     lane 0: issue 5 training (three models concurrently, fixed equal token budget) + eval + report
 #     lane 1: kernel tests on CUDA, then Llama-2-7B 512+1024 throughput: llama, lckv-w2, hf-llama (+ roofline)
@@ -73,12 +73,16 @@ b_lane2() {
 }
 b_lane3() { bench 3 530 --suite throughput:500,roofline:1 --shapes tinyllama-1.1b --settings 512+1024,2048+2048,5+2043 --variants $ALL; }
 c_lane0() {
-  (cd gpu-service && CUDA_VISIBLE_DEVICES=0 timeout 150 "$py" -m pytest -q -p no:cacheprovider --tb=short \
+  (cd gpu-service && CUDA_VISIBLE_DEVICES=0 timeout 170 "$py" -m pytest -q -p no:cacheprovider --tb=short \
     tests/test_bench_kernels.py tests/test_bench_triton.py tests/test_fast_prefill.py tests/test_runner_decode.py \
     -k "cuda or triton or graph") >"$work/kernel-tests.log" 2>&1
   echo "kernel tests exit $?" >>"$work/kernel-tests.log"
-  CUDA_VISIBLE_DEVICES=0 timeout 100 "$py" bench/kernel_sweep.py --out "$work/kernel-sweep.jsonl" >"$work/kernel-sweep.log" 2>&1
-  bench 0 $((530 - SECONDS)) --suite sessions:80,prefill:90,streaming:$((400 - SECONDS > 60 ? 400 - SECONDS : 60)) \
+  # the kernel before the autotune rewrite (git show <commit>:…/triton_decode.py > runs/baseline_triton_decode.py)
+  base=(); [ -f runs/baseline_triton_decode.py ] && base=(--baseline runs/baseline_triton_decode.py)
+  CUDA_VISIBLE_DEVICES=0 timeout 110 "$py" bench/kernel_sweep.py "${base[@]}" --out "$work/kernel-sweep.jsonl" \
+    >"$work/kernel-sweep.log" 2>&1
+  left=$((525 - SECONDS))
+  bench 0 $left --suite sessions:$((left * 3 / 10)),prefill:$((left * 3 / 10)),streaming:$((left * 3 / 10)) \
     --shapes tinyllama-1.1b --variants llama,lckv-w2,lckv-w10
 }
 c_lane3() {
