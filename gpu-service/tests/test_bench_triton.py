@@ -104,6 +104,8 @@ def test_every_autotune_config_matches_reference(g, sms, i):
     if i >= len(cfgs):
         pytest.skip(f"{len(cfgs)} configs for g={g}")
     args, want = _case(2, 2 * g, 64, torch.float32, seed=i)
+    if not triton_decode._fits([cfgs[i]], {"K": args[1]}, HALF=32) == [cfgs[i]]:
+        pytest.skip("the autotuner prunes this config for fp32 (shared memory)")   # an H100 refused two
     got = triton_decode.decode_attention(*args, keys=300, sms=sms, config=cfgs[i])
     _check(got, want, torch.float32, args[0])
 
