@@ -15,7 +15,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT="${OUT:-$PWD/gpu-suite-out}"
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT="$(cd "$OUT" && pwd)"   # absolute: the script changes directory below
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$root/gpu-service${PYTHONPATH:+:$PYTHONPATH}"
 cd "$root/gpu-service"
