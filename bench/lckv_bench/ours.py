@@ -344,6 +344,11 @@ def fits(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, device, dty
         full = prompt + gen - 3
         cache.commit(list(range(batch)), [full] * batch, [0] * batch)
         step = make_decoder(decoder, model, cache, bucket)
+        if decoder.startswith("fast-graph"):
+            # every graph a run may replay (prompt steps included), captured now: their memory pool
+            # holds a step's intermediates per graph (measured 5-8 MiB per sequence and graph at 7B),
+            # which a single-graph check missed (the runs that hit OOM after a passing search)
+            step.warm(list(range(batch)), list(range(0, prompt + gen - 1, bucket)) + [prompt + gen - 2])
         tok = torch.zeros(batch, dtype=torch.long, device=device)
         for _ in range(2):
             tok = step(torch.arange(batch), tok).argmax(-1)

@@ -24,6 +24,10 @@ TINY_SETTINGS = ((16, 16), (8, 24), (2, 14))
 PREFILL_BUDGET = 4 * GIB       # transient memory allowed to one prefill call
 RESERVE = int(1.5 * GIB)       # allocator slack, cuBLAS workspaces, graph pools
 BUCKET = 128
+# Key bucket of the graph-captured Triton decoder: the kernel reads each row's keys only up to its own
+# length whatever the bucket, so a coarse bucket costs no bytes and means 4x fewer CUDA graphs (each
+# holds its own copy of a step's intermediates); the SDPA path reads the whole bucket, so it keeps 128.
+TRITON_BUCKET = 512
 
 
 # Time shares: the headline variants get more; a setting's share grows with its decode work.
@@ -115,7 +119,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
     base = dict(shape=shape, variant=variant, prompt_len=p, gen_len=g, kv_bytes_per_token=cost.kv_bytes_per_token,
                 weight_gib=round(cost.weight_bytes / GIB, 3))
     t_search = time.perf_counter()
-    tokenwise, prefill_est = False, None
+    tokenwise, prefill_est, bucket = False, None, None
     if variant == "hf-llama":
         search = hf.max_batch(model, cost, p, g, dev, reserve_bytes=RESERVE + PREFILL_BUDGET, limit=limit,
                               deadline=deadline)
@@ -130,11 +134,12 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         if "decoder" not in picked:
             picked["decoder"] = ours.pick_decoder(model, cfg, dev, dtype, ctx.preferred_decoder(), BUCKET)
         decoder, decoder_note = picked["decoder"]
+        bucket = TRITON_BUCKET if decoder.endswith("+triton") else BUCKET
         choice = ctx.lckv_prefill if cfg.is_cyclic else "iterative"   # a standard model: one exact pass
         group = 2 if ctx.tiny else ours.prefill_group_size(cost, p, cfg.hidden_size, cfg.intermediate_size,
                                                            PREFILL_BUDGET)
         search = ours.max_batch(model, cfg, cost, p, g, dev, dtype, decoder=decoder, mode=mode, group=group,
-                                bucket=BUCKET, reserve_bytes=RESERVE + PREFILL_BUDGET, limit=limit, deadline=deadline)
+                                bucket=bucket, reserve_bytes=RESERVE + PREFILL_BUDGET, limit=limit, deadline=deadline)
         batch, limited = search["max_batch"], "memory"
         passes = cfg.forward_passes + cfg.backward_passes if cfg.is_cyclic else 1
         # sdpa path: +1 write +1 read of each source's keys per step; the Triton kernel reads K/V once
@@ -150,7 +155,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
             batch, limited = ctx.max_run_batch, "max_run_batch option"
         prefill_est = None
         if choice == "auto" and batch:
-            prefill_est = ours.measure_prefills(model, cfg, batch, p, dev, dtype, decoder=decoder, bucket=BUCKET,
+            prefill_est = ours.measure_prefills(model, cfg, batch, p, dev, dtype, decoder=decoder, bucket=bucket,
                                                 mode=mode, group=group)
             choice = min(prefill_est, key=prefill_est.get)
         tokenwise = choice == "tokenwise"
@@ -158,7 +163,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
             f"iterative(m+b={passes})" if cfg.is_cyclic else "parallel (one pass, exact)"
         if batch:   # warm-up (kernels, cuBLAS) outside the timed run
             ours.generate(model, cfg, min(2, batch), min(p, 16), 4, dev, dtype, decoder=decoder, mode=mode,
-                          group=group, deadline=float("inf"), mark_every=2, bucket=BUCKET, tokenwise=tokenwise)
+                          group=group, deadline=float("inf"), mark_every=2, bucket=bucket, tokenwise=tokenwise)
     search_s = time.perf_counter() - t_search
     picked["search"] = search   # for the error row, should the run fail
     if not batch:
@@ -173,7 +178,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
                 r = hf.generate(model, batch, p, g, dev, deadline=deadline, mark_every=8 if ctx.tiny else 64)
             else:
                 r = ours.generate(model, cfg, batch, p, g, dev, dtype, decoder=decoder, mode=mode, group=group,
-                                  deadline=deadline, bucket=BUCKET, mark_every=4 if ctx.tiny else 64,
+                                  deadline=deadline, bucket=bucket, mark_every=4 if ctx.tiny else 64,
                                   tokenwise=tokenwise)
             break
         except Exception as e:  # noqa: BLE001
@@ -187,7 +192,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         tokens_per_s=batch * g / r.total_s, total_s=r.total_s, prefill_s=r.prefill_s, decode_s=r.decode_s,
         steps_done=r.steps_done, steps_total=r.steps_total, extrapolated=r.extrapolated,
         peak_mem_gib=peak_mem_gib(dev), decoder=decoder, decoder_note=decoder_note, prefill_mode=mode_name,
-        prefill_choice_s=None if variant == "hf-llama" or prefill_est is None else
+        key_bucket=bucket, prefill_choice_s=None if variant == "hf-llama" or prefill_est is None else
         {k: round(v, 4) for k, v in prefill_est.items()},
         search=search, search_s=round(search_s, 2), capture_s=round(r.capture_s, 2),
         decode_gbps=bytes_ / r.decode_s / 1e9 if r.decode_s else None,
@@ -202,7 +207,7 @@ def _case(ctx: Context, model, shape, variant, p, g, deadline, picked: dict):
         # the time box ran a smaller batch: project the max batch from measured step times there
         # (prefill scales with the batch), clearly apart from the measured tokens_per_s
         try:
-            pr = ours.probe_max_batch(model, cfg, mb, p, g, dev, dtype, decoder=decoder, bucket=BUCKET,
+            pr = ours.probe_max_batch(model, cfg, mb, p, g, dev, dtype, decoder=decoder, bucket=bucket,
                                       tokenwise=tokenwise)
             # tokenwise prefill is probed like decode; a parallel prefill scales with the batch
             pre = pr.pop("prefill_s_projected", None) or r.prefill_s * mb / batch
