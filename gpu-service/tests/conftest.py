@@ -38,6 +38,27 @@ def make_model(cfg: ModelConfig, dtype=torch.float64, seed: int = 0, std: float 
     return model.to(device=device, dtype=dtype).eval()
 
 
+def cache_pair(cfg: ModelConfig, model: LCKVModel, lens: list[int], capacity: int = 40, seed: int = 1,
+               junk: bool = False):
+    """Two float64 caches with identical contents: slot s prefilled with lens[s] random tokens. With
+    `junk`, stale finite values fill each slot beyond its length first (a freed slot's leftovers),
+    so a kernel that reads or writes past a row's length shows up."""
+    from lckv_service.cache import KVCache
+    g = torch.Generator().manual_seed(seed)
+    caches = [KVCache(cfg, len(lens), capacity, dtype=torch.float64) for _ in range(2)]
+    if junk:
+        stale = torch.randn(caches[0].k.shape, generator=g, dtype=torch.float64)
+        for c in caches:
+            c.k.copy_(stale)
+            c.v.copy_(stale.flip(0))
+    for s, n in enumerate(lens):
+        if n:
+            t = torch.randint(0, cfg.vocab_size, (n,), generator=g)
+            for c in caches:
+                model.prefill(c, [s], [t])
+    return caches
+
+
 def replace(cfg: ModelConfig, **kw) -> ModelConfig:
     return dataclasses.replace(cfg, **kw)
 

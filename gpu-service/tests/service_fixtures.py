@@ -22,13 +22,32 @@ from aiohttp import web
 from lckv_service.server import protocol as P
 from lckv_service.server.app import METRICS, STATE, create_app
 from lckv_service.server.service import ServeConfig
-from lckv_service.testmodel import make_test_model
+from lckv_service.testmodel import make_test_model, train_tokenizer, write_tokenizer_files
+from lckv_service.tokenizer import ChatTokenizer
 
 DEVICE = os.environ.get("LCKV_TEST_DEVICE", "cpu")   # scripts/gpu_service_suite.sh sets cuda
 SECRET = "test-secret-123"
 MODEL_ID = "lckv-tiny"
 
 _folders: dict[tuple, Path] = {}
+
+
+# chat prompts for the engine tests (short, long, with a system turn, digits)
+ENGINE_PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hello there, little fox!"}],
+    [{"role": "system", "content": "Be kind and brief."}, {"role": "user", "content": "Tell me about the river."}],
+    [{"role": "user", "content": "Once upon a time there was a little fox who lived at the edge of a forest."}],
+    [{"role": "user", "content": "2 + 2 = ?"}],
+]
+
+
+@pytest.fixture(scope="module", name="tok")
+def tok_fixture(tmp_path_factory) -> ChatTokenizer:
+    """A small BPE trained on the test corpus, with the chat template (one per test module)."""
+    d = tmp_path_factory.mktemp("tok")
+    write_tokenizer_files(train_tokenizer(), d)
+    return ChatTokenizer.from_folder(d)
 
 
 @pytest.fixture(scope="module")

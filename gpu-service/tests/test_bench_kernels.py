@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_model, tiny_cfg
+from conftest import cache_pair, make_model, tiny_cfg
 from lckv_service.cache import KVCache
 from lckv_service.kernels import FastDecode
 from lckv_service.kernels.triton_decode import pick_block_n
@@ -17,18 +17,6 @@ CFGS = {
     "lckv-w0": dict(w=0),
     "lckv-nodiag-everywhere": dict(w=2, nodiag=True, layers=6),
 }
-
-
-def _pair(cfg, model, lens, capacity=40, seed=1):
-    """Two caches with identical contents: slot s prefilled with lens[s] random tokens."""
-    g = torch.Generator().manual_seed(seed)
-    caches = [KVCache(cfg, len(lens), capacity, dtype=torch.float64) for _ in range(2)]
-    for s, n in enumerate(lens):
-        if n:
-            t = torch.randint(0, cfg.vocab_size, (n,), generator=g)
-            for c in caches:
-                model.prefill(c, [s], [t])
-    return caches
 
 
 def _same_state(a: KVCache, b: KVCache):
@@ -48,7 +36,7 @@ def test_fast_decode_matches_model_decode(name, bucket):
     kw = dict(CFGS[name])
     cfg = tiny_cfg(kw.pop("w"), **kw)
     model = make_model(cfg)
-    ref, fast = _pair(cfg, model, lens=[0, 3, 9, 1, 17])   # slot 0 empty: LCKV's zero-attention row
+    ref, fast = cache_pair(cfg, model, lens=[0, 3, 9, 1, 17])   # slot 0 empty: LCKV's zero-attention row
     fd = FastDecode(model, fast, bucket=bucket)
     g = torch.Generator().manual_seed(2)
     for slots in ([0, 1, 2, 3, 4], [4, 1, 3], [1, 2, 3], [2]):   # contiguous and gathered slots
@@ -63,7 +51,7 @@ def test_fast_decode_matches_model_decode(name, bucket):
 def test_fast_decode_after_streaming_eviction():
     cfg = tiny_cfg(2, layers=6)
     model = make_model(cfg)
-    ref, fast = _pair(cfg, model, lens=[12, 12], capacity=16)
+    ref, fast = cache_pair(cfg, model, lens=[12, 12], capacity=16)
     fd = FastDecode(model, fast, bucket=4)
     tok = torch.tensor([5, 7])
     for step in range(10):
@@ -146,6 +134,7 @@ def test_fast_decode_graphs_match_eager_on_cuda(attention):
         torch.cuda.synchronize()
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
         tok = a.argmax(-1)
+        del junk   # held through the replay above, released before the next fill
     assert torch.equal(caches[0].lengths, caches[1].lengths)
 
 

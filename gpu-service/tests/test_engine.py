@@ -19,28 +19,13 @@ from lckv_service.engine.scheduler import Scheduler, SchedulerConfig
 from lckv_service.model import LCKVModel, PrefillMode
 from lckv_service.reference import ReferenceLCKV
 from lckv_service.sampling import SamplingParams
-from lckv_service.testmodel import train_tokenizer, write_tokenizer_files
-from lckv_service.tokenizer import ChatTokenizer
 
-from service_fixtures import DEVICE, single_torch_thread  # noqa: F401 (fixture)
+from service_fixtures import DEVICE, ENGINE_PROMPTS, single_torch_thread, tok_fixture  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-HELLO = [{"role": "user", "content": "Hello there, little fox!"}]
-PROMPTS = [
-    [{"role": "user", "content": "Hi"}],
-    HELLO,
-    [{"role": "system", "content": "Be kind and brief."}, {"role": "user", "content": "Tell me about the river."}],
-    [{"role": "user", "content": "Once upon a time there was a little fox who lived at the edge of a forest."}],
-    [{"role": "user", "content": "2 + 2 = ?"}],
-]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("engine-tok")
-    write_tokenizer_files(train_tokenizer(), d)
-    return ChatTokenizer.from_folder(d)
+PROMPTS = ENGINE_PROMPTS
+HELLO = PROMPTS[1]
 
 
 @pytest.fixture(scope="module")

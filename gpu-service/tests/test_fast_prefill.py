@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_model, tiny_cfg
+from conftest import cache_pair, make_model, tiny_cfg
 from lckv_service.cache import KVCache
 from lckv_service.kernels.fast_prefill import FastPrefill, PrefillInputError
 from lckv_service.model import PrefillMode
@@ -27,20 +27,7 @@ def _cfg(name):
 
 
 def _pair(cfg, model, lens, capacity=40, seed=1):
-    """Two caches with identical contents: slot s prefilled with lens[s] random tokens, and stale
-    finite junk beyond each length (a freed slot's leftovers: pass 1 must not read them)."""
-    g = torch.Generator().manual_seed(seed)
-    caches = [KVCache(cfg, len(lens), capacity, dtype=torch.float64) for _ in range(2)]
-    junk = torch.randn(caches[0].k.shape, generator=g, dtype=torch.float64)
-    for c in caches:
-        c.k.copy_(junk)
-        c.v.copy_(junk.flip(0))
-    for s, n in enumerate(lens):
-        if n:
-            t = torch.randint(0, cfg.vocab_size, (n,), generator=g)
-            for c in caches:
-                model.prefill(c, [s], [t])
-    return caches
+    return cache_pair(cfg, model, lens, capacity, seed, junk=True)
 
 
 def _same_state(a: KVCache, b: KVCache):

@@ -25,28 +25,12 @@ from lckv_service.model import LCKVModel, PrefillMode
 from lckv_service.sampling import SamplingParams
 from lckv_service.server.protocol import GenerateRequest
 from lckv_service.server.service import ModelService, ServeConfig, describe_config
-from lckv_service.testmodel import train_tokenizer, write_tokenizer_files
-from lckv_service.tokenizer import ChatTokenizer
 
-from service_fixtures import model_folder, serve_config, single_torch_thread  # noqa: F401 (fixture)
+from service_fixtures import ENGINE_PROMPTS, model_folder, serve_config, single_torch_thread, tok_fixture  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
-PROMPTS = [
-    [{"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "Hello there, little fox!"}],
-    [{"role": "system", "content": "Be kind and brief."}, {"role": "user", "content": "Tell me about the river."}],
-    [{"role": "user", "content": "Once upon a time there was a little fox who lived at the edge of a forest."}],
-    [{"role": "user", "content": "2 + 2 = ?"}],
-    [{"role": "user", "content": "Name three colours of the sea at dawn."}],
-]
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    d = tmp_path_factory.mktemp("runner-tok")
-    write_tokenizer_files(train_tokenizer(), d)
-    return ChatTokenizer.from_folder(d)
+PROMPTS = ENGINE_PROMPTS + [[{"role": "user", "content": "Name three colours of the sea at dawn."}]]
 
 
 def random_model(tok, device="cpu", dtype=torch.float64, **shape) -> LCKVModel:
