@@ -38,6 +38,17 @@ def make_model(cfg: ModelConfig, dtype=torch.float64, seed: int = 0, std: float 
     return model.to(device=device, dtype=dtype).eval()
 
 
+# the cache layouts the kernel tests cover: Llama (GQA, MHA), LCKV sandwiches, w=0, no-diagonal everywhere
+LAYOUTS = {
+    "llama-gqa": dict(w=None),
+    "llama-mha": dict(w=None, gqa=False),
+    "lckv-w2": dict(w=2, layers=6),
+    "lckv-w4-mha": dict(w=4, layers=8, gqa=False),
+    "lckv-w0": dict(w=0),
+    "lckv-nodiag-everywhere": dict(w=2, nodiag=True, layers=6),
+}
+
+
 def cache_pair(cfg: ModelConfig, model: LCKVModel, lens: list[int], capacity: int = 40, seed: int = 1,
                junk: bool = False):
     """Two float64 caches with identical contents: slot s prefilled with lens[s] random tokens. With

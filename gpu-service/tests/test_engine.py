@@ -20,7 +20,7 @@ from lckv_service.model import LCKVModel, PrefillMode
 from lckv_service.reference import ReferenceLCKV
 from lckv_service.sampling import SamplingParams
 
-from service_fixtures import DEVICE, ENGINE_PROMPTS, single_torch_thread, tok_fixture  # noqa: F401 (fixtures)
+from service_fixtures import DEVICE, ENGINE_PROMPTS, chat_request, single_torch_thread, tok_fixture  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -47,15 +47,6 @@ def make_engine(model, tok, num_slots=4, sinks=4, window=200, evict_step=0, budg
     return Engine(Scheduler(sc), runner, tok)
 
 
-def chat_request(tok, rid, messages, max_tokens=12, return_blob=False, state=None, **sampling) -> Request:
-    def canonical(reply: str) -> list[int]:
-        return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False)
-    req = Request(rid, tok.encode_chat(messages, True), SamplingParams(max_tokens=max_tokens, **sampling),
-                  restore_state=state, restored_tokens=len(state.token_ids) if state else 0,
-                  cached_tokens=state.tokens_seen if state else 0, return_blob=return_blob, canonical=canonical)
-    req.events = []
-    req.emit = req.events.append
-    return req
 
 
 def run(engine: Engine, reqs: list[Request], max_steps: int = 5000) -> list[Request]:

@@ -5,19 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import cache_pair, make_model, tiny_cfg
+from conftest import LAYOUTS, cache_pair, make_model, tiny_cfg
 from lckv_service.cache import KVCache
 from lckv_service.kernels.fast_prefill import FastPrefill, PrefillInputError
 from lckv_service.model import PrefillMode
 
-CFGS = {
-    "llama-gqa": dict(w=None),
-    "llama-mha": dict(w=None, gqa=False),
-    "lckv-w2": dict(w=2, layers=6),
-    "lckv-w4-mha": dict(w=4, layers=8, gqa=False),
-    "lckv-w0": dict(w=0),
-    "lckv-nodiag-everywhere": dict(w=2, nodiag=True, layers=6),
-}
+CFGS = LAYOUTS
 ITERATIVE = PrefillMode(kind="iterative")
 
 

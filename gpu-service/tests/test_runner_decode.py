@@ -26,7 +26,7 @@ from lckv_service.sampling import SamplingParams
 from lckv_service.server.protocol import GenerateRequest
 from lckv_service.server.service import ModelService, ServeConfig, describe_config
 
-from service_fixtures import ENGINE_PROMPTS, model_folder, serve_config, single_torch_thread, tok_fixture  # noqa: F401
+from service_fixtures import ENGINE_PROMPTS, chat_request, model_folder, serve_config, single_torch_thread, tok_fixture  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -69,15 +69,6 @@ def make_engine(model, tok, decode, num_slots=3, sinks=4, window=24, evict_step=
     return Engine(Scheduler(sc), runner, tok)
 
 
-def chat_request(tok, rid, messages, max_tokens, state=None, return_blob=False, **sampling) -> Request:
-    def canonical(reply: str) -> list[int]:
-        return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False)
-    req = Request(rid, tok.encode_chat(messages, True), SamplingParams(max_tokens=max_tokens, **sampling),
-                  restore_state=state, restored_tokens=len(state.token_ids) if state else 0,
-                  cached_tokens=state.tokens_seen if state else 0, return_blob=return_blob, canonical=canonical)
-    req.events = []
-    req.emit = req.events.append
-    return req
 
 
 def drive(engine: Engine, arrivals: dict[int, list[Request]], max_steps: int = 5000) -> list[Request]:
