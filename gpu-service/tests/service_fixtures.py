@@ -58,6 +58,21 @@ def chat_request(tok, rid, messages, max_tokens=12, return_blob=False, state=Non
     return req
 
 
+def random_chat_model(tok, device="cpu", dtype=torch.float64, **shape):
+    """The tiny-test LCKV shape over `tok`'s vocabulary with a wide init (varied greedy outputs)."""
+    import dataclasses
+    from lckv_service.config import ModelConfig
+    from lckv_service.model import LCKVModel
+    cfg = dataclasses.replace(ModelConfig.preset("tiny-test"), vocab_size=tok.vocab_size, **shape)
+    torch.manual_seed(0)
+    m = LCKVModel(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.1)
+    return m.to(device=device, dtype=dtype).eval()
+
+
 @pytest.fixture(scope="module", name="tok")
 def tok_fixture(tmp_path_factory) -> ChatTokenizer:
     """A small BPE trained on the test corpus, with the chat template (one per test module)."""

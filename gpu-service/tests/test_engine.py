@@ -6,21 +6,19 @@ keep_recent exactly when the cache is full).
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
-from lckv_service.config import ModelConfig
 from lckv_service.engine.engine import Engine
 from lckv_service.engine.request import Request, RequestStatus
 from lckv_service.engine.runner import ModelRunner
 from lckv_service.engine.scheduler import Scheduler, SchedulerConfig
-from lckv_service.model import LCKVModel, PrefillMode
+from lckv_service.model import PrefillMode
 from lckv_service.reference import ReferenceLCKV
 from lckv_service.sampling import SamplingParams
 
-from service_fixtures import DEVICE, ENGINE_PROMPTS, chat_request, single_torch_thread, tok_fixture  # noqa: F401 (fixtures)
+from service_fixtures import DEVICE, ENGINE_PROMPTS, chat_request, random_chat_model, single_torch_thread, tok_fixture  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -30,14 +28,7 @@ HELLO = PROMPTS[1]
 
 @pytest.fixture(scope="module")
 def model(tok):
-    cfg = dataclasses.replace(ModelConfig.preset("tiny-test"), vocab_size=tok.vocab_size)
-    torch.manual_seed(0)
-    m = LCKVModel(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.1)
-    return m.to(device=DEVICE, dtype=torch.float64).eval()
+    return random_chat_model(tok, device=DEVICE)
 
 
 def make_engine(model, tok, num_slots=4, sinks=4, window=200, evict_step=0, budget=64, chunk=8):

@@ -9,39 +9,29 @@ state. (test_engine.py checks the default, fast, engine against the sequential r
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
 
-from lckv_service.config import ModelConfig
 from lckv_service.engine.engine import Engine
 from lckv_service.engine.request import Request
 from lckv_service.engine.runner import ModelRunner
 from lckv_service.engine.scheduler import Scheduler, SchedulerConfig
 from lckv_service.errors import ConfigError
 from lckv_service.kernels import FastDecode, triton_decode
-from lckv_service.model import LCKVModel, PrefillMode
+from lckv_service.model import PrefillMode
 from lckv_service.sampling import SamplingParams
 from lckv_service.server.protocol import GenerateRequest
 from lckv_service.server.service import ModelService, ServeConfig, describe_config
 
-from service_fixtures import ENGINE_PROMPTS, chat_request, model_folder, serve_config, single_torch_thread, tok_fixture  # noqa: F401
+from service_fixtures import ENGINE_PROMPTS, chat_request, random_chat_model, model_folder, serve_config, single_torch_thread, tok_fixture  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 PROMPTS = ENGINE_PROMPTS + [[{"role": "user", "content": "Name three colours of the sea at dawn."}]]
 
 
-def random_model(tok, device="cpu", dtype=torch.float64, **shape) -> LCKVModel:
-    cfg = dataclasses.replace(ModelConfig.preset("tiny-test"), vocab_size=tok.vocab_size, **shape)
-    torch.manual_seed(0)
-    m = LCKVModel(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.1)
-    return m.to(device=device, dtype=dtype).eval()
+random_model = random_chat_model
 
 
 @pytest.fixture(scope="module")
