@@ -13,7 +13,7 @@
 #     lane 3: TinyLlama-1.1B 512+1024, 2048+2048, 5+2043
 #   bash bench/gpu_lanes.sh c    # after the graph-stream fix, kernel autotune, FastPrefill, auto LCKV prefill
 #     lane 0: CUDA tests (Triton kernel, FastDecode, FastPrefill), kernel sweep, sessions, prefill, streaming
-#     lane 1: Llama-2-7B 512+1024   lane 2: Llama-2-7B 2048+2048   (llama, lckv-w2, lckv-w10, hf-llama)
+#     lane 1: Llama-2-7B 2048+2048   lane 2: Llama-2-7B 512+1024   (llama, lckv-w2, lckv-w10, hf-llama)
 #     lane 3: the issue-5 Llama retrained alone for its samples; the GPU-service suite on CUDA (engine with
 #             FastDecode+Triton, load runs fast vs reference decode); TinyLlama-1.1B 512+1024
 plan=${1:?usage: bash bench/gpu_lanes.sh a|b|c}
@@ -85,6 +85,7 @@ c_lane0() {
   bench 0 $left --suite sessions:$((left * 3 / 10)),prefill:$((left * 3 / 10)),streaming:$((left * 3 / 10)) \
     --shapes tinyllama-1.1b --variants llama,lckv-w2,lckv-w10
 }
+c_lane2() { bench 2 530 --suite throughput:500,roofline:1 --shapes llama2-7b --settings 512+1024 --variants $ALL; }
 c_lane3() {
   CUDA_VISIBLE_DEVICES=3 timeout 150 "$py" -m lckv_service.train.train --config gpu-service/configs/lckv-tiny-llama.toml \
     --out-dir runs/llama24 --tokens 24000000 >"$work/llama24-train.log" 2>&1
@@ -98,7 +99,8 @@ c_lane3() {
 case "$plan" in
   a) lane0 & lane1 & lane2 & lane3 & ;;
   b) b_lane0 & b_lane1 & b_lane2 & b_lane3 & ;;
-  c) c_lane0 & b_lane0 & b_lane1 & c_lane3 & ;;
+  # (the 2026-11-26 run used b_lane0 here, on GPU 0 beside c_lane0: a shared GPU. Each lane its own GPU now.)
+  c) c_lane0 & b_lane1 & c_lane2 & c_lane3 & ;;
   *) echo "unknown plan $plan" >&2; exit 2 ;;
 esac
 # hard deadline for the lanes (the call's limit is 600 s and $OUT must be written before it)
