@@ -84,8 +84,8 @@ def decode_transient_bytes(cfg: ModelConfig, batch: int, ctx: int, decoder: str,
     logits = batch * cfg.vocab_size * 6
     if decoder == "model":   # keeps every source's rotated K and copied V until the step ends
         return 3 * len(cfg.kv_layers) * per_src + logits
-    if decoder.endswith("+triton"):   # split partials only
-        return batch * cfg.num_heads * 16 * cfg.head_dim * 4 * 4 + logits
+    if decoder.endswith("+triton"):   # one split's fp32 partial (g real rows) + the output; no K/V copies
+        return batch * cfg.num_heads * cfg.head_dim * 4 * 2 + logits
     return 2 * per_src + logits
 
 
