@@ -328,3 +328,8 @@ def test_samples_greedy_equals_full_recompute(tmp_path):
     assert got == ref
     with pytest.raises(SystemExit):
         S.main(["--model", "no-equals-sign", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        S.main(["--model", f"tiny={tmp_path / 'm'}", "--max-new", "0", "--out", str(out)])
+    missing = tmp_path / "missing.json"   # a bad folder: exit 2 with a message, nothing written
+    assert S.main(["--model", f"x={tmp_path / 'nope'}", "--out", str(missing)]) == 2
+    assert not missing.exists()
