@@ -407,6 +407,9 @@ def test_queue_full_is_503_with_retry_after(folder):
         async def go():
             async with aiohttp.ClientSession() as sess:
                 first = await _open_stream(sess, s.url, chat(HELLO, max_tokens=512))
+                # the first must hold the slot before the second queues: its response starts at admission
+                # to the queue, and a waiting==1 seen while the *first* still waits let the third in
+                await asyncio.to_thread(wait_until, lambda: engine.stats()["running"] == 1)
                 second = asyncio.create_task(post(sess, s.url, request_body(chat(HELLO, max_tokens=2))))
                 await asyncio.to_thread(wait_until, lambda: engine.stats()["waiting"] == 1)
                 third = await post(sess, s.url, request_body(chat(HELLO, max_tokens=2)))
