@@ -145,18 +145,24 @@ def _check_decoder(kind, model, cfg, device, dtype, bucket) -> str | None:
         return f"{kind} failed: {e!r}"[:300]
 
 
+def step_seconds(step, slots: torch.Tensor, tok: torch.Tensor, steps: int, device, warm: int = 1):
+    """Seconds per call of the decode `step` (greedy tokens fed back): `warm` untimed calls first
+    (kernels, autotune, graph capture), then `steps` timed ones. Returns (seconds, last tokens)."""
+    for _ in range(warm):
+        tok = step(slots, tok).argmax(-1)
+    t0 = now(device)
+    for _ in range(steps):
+        tok = step(slots, tok).argmax(-1)
+    return (now(device) - t0) / steps, tok
+
+
 def _time_decoder(kind, model, cfg, device, dtype, bucket, batch: int = 16, ctx: int = 2000) -> float:
     """Seconds per decode step of the real model at (batch, context)."""
     cache = KVCache(cfg, batch, ctx + 64, device, dtype)
     cache.commit(list(range(batch)), [ctx] * batch, [ctx] * batch)
     step = make_decoder(kind, model, cache, bucket)
     tok, slots = torch.zeros(batch, dtype=torch.long, device=device), torch.arange(batch)
-    for _ in range(3):
-        tok = step(slots, tok).argmax(-1)
-    t0 = now(device)
-    for _ in range(10):
-        tok = step(slots, tok).argmax(-1)
-    dt = (now(device) - t0) / 10
+    dt, _ = step_seconds(step, slots, tok, 10, device, warm=3)
     del cache, step
     release(device)
     return dt
@@ -254,11 +260,7 @@ def measure_prefills(model, cfg: ModelConfig, batch: int, prompt: int, device, d
         step = make_decoder(decoder, model, cache, bucket)
         slots, tok = torch.arange(batch), torch.zeros(batch, dtype=torch.long, device=device)
         cache.commit(list(range(batch)), [prompt // 2] * batch, [0] * batch)
-        tok = step(slots, tok).argmax(-1)                                     # warm-up / graph capture
-        t0 = now(device)
-        for _ in range(steps):
-            tok = step(slots, tok).argmax(-1)
-        out["tokenwise"] = (now(device) - t0) / steps * prompt
+        out["tokenwise"] = step_seconds(step, slots, tok, steps, device)[0] * prompt
     finally:
         del cache, step
         release(device)
@@ -282,11 +284,8 @@ def probe_max_batch(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, 
         pts = []
         for ctx in sorted(ctxs):
             cache.commit(list(range(batch)), [ctx] * batch, [0] * batch)
-            tok = step(slots, tok).argmax(-1)                      # warm-up / graph capture
-            t0 = now(device)
-            for _ in range(steps):
-                tok = step(slots, tok).argmax(-1)
-            pts.append((ctx + 1 + steps / 2, (now(device) - t0) / steps))
+            dt, tok = step_seconds(step, slots, tok, steps, device)
+            pts.append((ctx + 1 + steps / 2, dt))
 
         def integrate(first: int, n: int) -> float:   # piecewise-linear in context, flat outside
             total = 0.0
