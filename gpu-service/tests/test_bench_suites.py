@@ -144,6 +144,11 @@ def test_bad_arguments_are_refused_and_write_nothing(tmp_path, capsys):
     assert not out.exists()
     err = capsys.readouterr().err
     assert "param: suite" in err and "param: settings" in err and "param: variant" in err and "param: shape" in err
+    for args in (["--lckv-prefill", "fast"], ["--graphs", "maybe"]):   # argparse choices: usage error, exit 2
+        with pytest.raises(SystemExit) as e:
+            bench_run.main(["--tiny", "--device", "cpu", "--out", str(out), *args])
+        assert e.value.code == 2
+    assert not out.exists() and "--lckv-prefill" in capsys.readouterr().err
 
 
 def test_plot_renders_pngs_and_keeps_readme_text(tmp_path):
