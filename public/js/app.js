@@ -90,8 +90,10 @@ async function ensureLocalEngine() {
   if (state.local) return state.local;
   state.localLoading ??= (async () => {
     const { LocalEngine, pickBackend } = await import("./local/engine.js");
+    const onStatus = (s) => ($("local-status").textContent = `${s}…`);
+    onStatus("looking for a WebGPU adapter");
     const backend = await pickBackend();
-    const engine = await LocalEngine.load({ backend, onStatus: (s) => ($("local-status").textContent = `${s}…`) });
+    const engine = await LocalEngine.load({ backend, onStatus });
     state.local = engine;
     $("local-status").textContent = `Ready: ${engine.manifest.model_id} on ${engine.backend === "webgpu" ? "WebGPU" : "WebAssembly (CPU)"}.`;
     $("local-status").dataset.backend = engine.backend;

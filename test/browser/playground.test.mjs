@@ -34,13 +34,15 @@ before(async () => {
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
+    // --disable-dev-shm-usage: containers often give /dev/shm 64 MiB, less than the model's 51 MiB
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-      "--disable-component-update", "--disable-sync"],
+      "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"],
     viewport: { width: 1280, height: 860 },
   });
   page = context.pages()[0] ?? (await context.newPage());
   page.on("console", (m) => m.type() === "error" && consoleErrors.push(m.text()));
   page.on("pageerror", (e) => consoleErrors.push(String(e)));
+  page.on("crash", () => consoleErrors.push("the page crashed"));
   await page.goto(URL_, { waitUntil: "load" });
   await page.waitForSelector("#composer");
 });
@@ -143,8 +145,27 @@ describe("playground against the API", { skip: !PARTS.has("api") && "PLAYGROUND_
 
 /** Switches `p` to the in-browser engine with the test's window and greedy settings. */
 async function useLocalEngine(p) {
+  // every status line the page shows while loading, timed, for the failure message
+  await p.evaluate(() => {
+    const el = document.getElementById("local-status");
+    const t0 = performance.now();
+    window.__statusLog = [];
+    const note = () => window.__statusLog.push(`${((performance.now() - t0) / 1000).toFixed(1)} s: ${el.textContent}`);
+    new MutationObserver(note).observe(el, { subtree: true, childList: true, characterData: true });
+  });
   await p.check("#local-switch");
-  await p.waitForSelector("#local-status[data-ready]", { timeout: TURN_TIMEOUT });
+  // ready, or the page gave up (status "Off: ..." and a notice): fail at once with its words
+  const crashed = new Promise((resolve) => p.once("crash", () => resolve(new Error("the page crashed"))));
+  const settled = await Promise.race([crashed, p.waitForFunction(() => {
+    const el = document.getElementById("local-status");
+    return el.dataset.ready === "true" || el.textContent.startsWith("Off: the on-device") || !document.getElementById("notice").hidden;
+  }, null, { timeout: TURN_TIMEOUT }).then(() => null, (e) => e)]);
+  if (settled?.message === "the page crashed") throw new Error(`the page crashed while loading the in-browser engine (console errors: ${consoleErrors.join(" | ")})`);
+  const statusLog = (await p.evaluate(() => window.__statusLog)).join("; ");
+  const why = `status: ${statusLog}; notice: ${await p.locator("#notice").textContent()}; console errors: ${consoleErrors.join(" | ")}`;
+  if (settled) throw new Error(`the in-browser engine did not load in ${TURN_TIMEOUT / 1000} s (${why})`);
+  assert.equal(await p.locator("#local-status").getAttribute("data-ready"), "true", `the in-browser engine failed to load (${why})`);
+  console.error(`[browser] in-browser engine loaded: ${statusLog}`);
   await p.fill("#local-window", String(LOCAL_CASE.window));
   await p.dispatchEvent("#local-window", "change");
   for (const [id, v] of [["max-tokens", LOCAL_CASE.maxTokens], ["temperature", 0]]) {
@@ -185,6 +206,7 @@ describe("in-browser engine", { skip: !PARTS.has("local") && "PLAYGROUND_PARTS e
   });
 
   test("Stop mid-reply leaves the on-device cache as it was before the turn", async () => {
+    assert.equal(await page.locator("#local-status").getAttribute("data-ready"), "true", "needs the engine the test above loaded");
     const before = await cacheStats(page);
     await page.evaluate((seen) => (window.__seenBefore = seen), before.seen);
     // a long prompt keeps the engine busy (prefill is token by token) whatever the model would answer

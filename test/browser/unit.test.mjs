@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { describeApiError } from "../../public/js/errors.js";
 import { CondensedCache } from "../../public/js/local/cache.js";
 import { ChatFormat, TextStream } from "../../public/js/local/chat.js";
-import { sample } from "../../public/js/local/engine.js";
+import { pickBackend, sample } from "../../public/js/local/engine.js";
 import { sseEvents } from "../../public/js/sse.js";
 import { Tokenizer } from "../../public/generated/vendor/tokenizers.mjs";
 
@@ -154,4 +154,25 @@ test("sample: argmax at temperature 0 (first of ties), a valid id otherwise", ()
     const id = sample(Float32Array.of(0, 0, 50, 0), 0.7);
     assert.equal(id, 2); // 50 nats ahead: every other id has probability < 1e-30
   }
+});
+
+describe("pickBackend", () => {
+  const gpu = (requestAdapter) => ({ requestAdapter });
+  const never = () => new Promise(() => {});
+
+  test("WebGPU only with an adapter and JSPI; the page URL overrides", async () => {
+    assert.equal(await pickBackend({ gpu: gpu(async () => ({})), jspi: true }), "webgpu");
+    assert.equal(await pickBackend({ gpu: gpu(async () => ({})), jspi: false }), "wasm");
+    assert.equal(await pickBackend({ gpu: gpu(async () => null), jspi: true }), "wasm");
+    assert.equal(await pickBackend({ gpu: undefined, jspi: true }), "wasm");
+    assert.equal(await pickBackend({ gpu: gpu(async () => { throw new Error("lost"); }), jspi: true }), "wasm");
+    assert.equal(await pickBackend({ search: "?backend=webgpu", gpu: undefined, jspi: false }), "webgpu");
+    assert.equal(await pickBackend({ search: "?backend=wasm", gpu: gpu(async () => ({})), jspi: true }), "wasm");
+  });
+
+  test("an adapter request that never settles falls back to WebAssembly after the timeout", async () => {
+    const t0 = Date.now();
+    assert.equal(await pickBackend({ gpu: gpu(never), jspi: true, adapterTimeoutMs: 50 }), "wasm");
+    assert.ok(Date.now() - t0 < 5000);
+  });
 });

@@ -8,6 +8,7 @@ import { ChatFormat, TextStream } from "./chat.js";
 
 const GENERATED = new URL("../../generated/", import.meta.url);
 const MANIFEST_FORMAT = "lckv-onnx/1"; // gpu-service/lckv_service/export_onnx.py
+const ADAPTER_TIMEOUT_MS = 3000;
 
 async function fetchJson(url) {
   const res = await fetch(url);
@@ -26,17 +27,29 @@ const yieldToPage = () => new Promise((resolve) => {
 
 /**
  * "webgpu" where this browser has a WebGPU adapter and JSPI (the build of ORT that fits the asset
- * limit), else "wasm". `?backend=wasm|webgpu` in the page URL overrides the choice.
+ * limit), else "wasm". `?backend=wasm|webgpu` in the page URL overrides the choice. The arguments
+ * default to this browser's; tests pass their own.
  */
-export async function pickBackend() {
-  const asked = new URLSearchParams(globalThis.location?.search ?? "").get("backend");
+export async function pickBackend({
+  search = globalThis.location?.search ?? "",
+  gpu = globalThis.navigator?.gpu,
+  jspi = "Suspending" in WebAssembly,
+  adapterTimeoutMs = ADAPTER_TIMEOUT_MS,
+} = {}) {
+  const asked = new URLSearchParams(search).get("backend");
   if (asked === "wasm" || asked === "webgpu") return asked;
+  if (!jspi || !gpu) return "wasm";
+  let timer;
+  const timeout = new Promise((resolve) => (timer = setTimeout(() => resolve(null), adapterTimeoutMs)));
   try {
-    if ("Suspending" in WebAssembly && navigator.gpu && (await navigator.gpu.requestAdapter())) return "webgpu";
+    // some headless and driverless browsers never settle requestAdapter(): don't wait on it forever
+    const adapter = await Promise.race([gpu.requestAdapter(), timeout]);
+    return adapter ? "webgpu" : "wasm";
   } catch {
-    // no usable adapter
+    return "wasm"; // no usable adapter
+  } finally {
+    clearTimeout(timer);
   }
-  return "wasm";
 }
 
 export class LocalEngine {
