@@ -14,8 +14,8 @@
 #   bash bench/gpu_lanes.sh c    # after the graph-stream fix, kernel autotune, FastPrefill, auto LCKV prefill
 #     lane 0: CUDA tests (Triton kernel, FastDecode, FastPrefill), kernel sweep, sessions, prefill, streaming
 #     lane 1: Llama-2-7B 2048+2048   lane 2: Llama-2-7B 512+1024   (llama, lckv-w2, lckv-w10, hf-llama)
-#     lane 3: the issue-5 Llama retrained alone for its samples; the GPU-service suite on CUDA (engine with
-#             FastDecode+Triton, load runs fast vs reference decode); TinyLlama-1.1B 512+1024
+#     lane 3: the GPU-service suite on CUDA (engine with FastDecode+Triton, load runs fast vs reference
+#             decode); TinyLlama-1.1B 512+1024
 plan=${1:?usage: bash bench/gpu_lanes.sh a|b|c}
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -87,10 +87,6 @@ c_lane0() {
 }
 c_lane2() { bench 2 530 --suite throughput:500,roofline:1 --shapes llama2-7b --settings 512+1024 --variants $ALL; }
 c_lane3() {
-  CUDA_VISIBLE_DEVICES=3 timeout 150 "$py" -m lckv_service.train.train --config gpu-service/configs/lckv-tiny-llama.toml \
-    --out-dir runs/llama24 --tokens 24000000 >"$work/llama24-train.log" 2>&1
-  CUDA_VISIBLE_DEVICES=3 timeout 100 "$py" -m lckv_service.train.samples --model llama=runs/llama24/model \
-    --max-new 32 --out "$work/llama24-samples.json" >"$work/llama24-samples.log" 2>&1
   CUDA_VISIBLE_DEVICES=3 OUT="$work/service-suite" timeout 230 bash gpu-service/scripts/gpu_service_suite.sh \
     >"$work/service-suite.log" 2>&1
   bench 3 $((530 - SECONDS)) --suite throughput:$((500 - SECONDS)),roofline:1 --shapes tinyllama-1.1b \
