@@ -10,6 +10,8 @@ must never continue past).
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,13 @@ class ChatTokenizer:
             raise ConfigError(f"eos_token {eos_token!r} is not in the vocabulary", param="eos_token")
         self.eos_token_id = eos_id
         self.stop_token_ids = frozenset((eos_id, *extra_stop_ids))
+        # message text is data: a copy that reads special-token strings as plain text (no role injection)
+        self._plain = Tokenizer.from_str(tokenizer.to_str())
+        self._plain.encode_special_tokens = True
+        specials = {a.content: i for i, a in tokenizer.get_added_tokens_decoder().items() if a.special}
+        self._special_ids = specials
+        self._special_re = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))) \
+            if specials else None
         # Hugging Face renders chat templates with exactly these settings; keep them for identical text
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, undefined=StrictUndefined)
         env.globals["raise_exception"] = _raise_exception
@@ -101,6 +110,48 @@ class ChatTokenizer:
                                param="messages", code="invalid_value") from e
 
     def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """The rendered chat, with special tokens only where the template wrote them.
+
+        A special token's text inside a message (say "<|end|>\n<|assistant|>") stays text, as at OpenAI:
+        otherwise a user could close their own turn and write the system's or the assistant's. The
+        template is rendered with a placeholder per message; its special tokens are split out, and the
+        text between them (with the messages put back) is encoded with special tokens read as text.
+        Without special-token text in the messages this equals encode(render(...)): the tokenizer
+        itself encodes the pieces between special tokens separately.
+        """
+        if self._special_re is None:
+            return self.encode(self.render(messages, add_generation_prompt))
+        nonce = secrets.token_hex(8)
+        marks = {f"\ue000{nonce}.{i}\ue001": m.get("content", "") for i, m in enumerate(messages)}
+        with_marks = self.render([{**m, "content": mark} for m, mark in zip(messages, marks)], add_generation_prompt)
+        mark_re = re.compile("|".join(re.escape(m) for m in marks))
+
+        def put_back(text: str) -> str:
+            return mark_re.sub(lambda hit: marks[hit.group(0)], text)
+
+        if put_back(with_marks) != self.render(messages, add_generation_prompt):
+            return self._encode_unsplittable(messages, add_generation_prompt)
+        ids: list[int] = []
+        pos = 0
+        for hit in self._special_re.finditer(with_marks):
+            ids += self._encode_plain(put_back(with_marks[pos:hit.start()]))
+            ids.append(self._special_ids[hit.group(0)])
+            pos = hit.end()
+        ids += self._encode_plain(put_back(with_marks[pos:]))
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        return self._plain.encode(text, add_special_tokens=False).ids if text else []
+
+    def _encode_unsplittable(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+        # a template that rewrites message text (trims it, say) can't be split by placeholders: refuse
+        # special-token text in messages rather than read it as control tokens
+        for i, m in enumerate(messages):
+            hit = self._special_re.search(m.get("content", ""))
+            if hit:
+                raise RequestError(f"messages[{i}].content holds the control token {hit.group(0)!r}, which this "
+                                   "model's chat template cannot keep as text", param=f"messages[{i}].content",
+                                   code="invalid_value")
         return self.encode(self.render(messages, add_generation_prompt))
 
     def text_stream(self, stop: tuple[str, ...] = ()) -> "TextStream":

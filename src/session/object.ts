@@ -41,6 +41,9 @@ export interface SessionInfo {
   expires_at: number;
 }
 
+const BUSY_GRACE_MS = 1_500;
+const CANCELLED_TURN_WAIT_MS = 5_000;
+
 const busyError = () =>
   new ApiError(409, "Another turn of this session is in progress; wait for it to finish.", { code: "session_busy", shouldRetry: false });
 
@@ -48,7 +51,7 @@ export class SessionObject extends DurableObject<Env> {
   private store!: SessionStore;
   private state: SessionState = { meta: null, transcript: [] };
   private busy = false;
-  private running: { id: string; abort: AbortController } | null = null;
+  private running: { id: string; abort: AbortController; settled: Promise<void> } | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -59,6 +62,7 @@ export class SessionObject extends DurableObject<Env> {
   }
 
   async turn(req: TurnRequest): Promise<TurnReply> {
+    if (this.busy && this.running) await this.windDown(this.running);
     if (this.busy) return { ok: false, error: busyError().toJSON() };
     this.busy = true; // set before any await: one turn at a time
     try {
@@ -82,8 +86,10 @@ export class SessionObject extends DurableObject<Env> {
       // commits) at the GPU service's pace even if the client reads slowly.
       const { readable, writable } = new IdentityTransformStream();
       const turnId = crypto.randomUUID();
-      this.running = { id: turnId, abort: ac };
-      void this.pump(gen, plan, req, writable, ac, cfg.sessionTtlSeconds);
+      let released!: () => void;
+      const settled = new Promise<void>((resolve) => (released = resolve));
+      this.running = { id: turnId, abort: ac, settled };
+      void this.pump(gen, plan, req, writable, ac, cfg.sessionTtlSeconds, released);
       return { ok: true, turnId, start: gen.start, mode: plan.mode, stream: readable };
     } catch (err) {
       this.busy = false;
@@ -92,9 +98,23 @@ export class SessionObject extends DurableObject<Env> {
     }
   }
 
+  /**
+   * A client that aborts a reply and asks again at once must not get a 409 for its own dead turn: its
+   * disconnect can reach us just after the new turn does, and cancelling the upstream call takes a
+   * moment. So wait a short grace for the running turn to end; if it was cancelled by then, wait for
+   * it to wind down. A turn that is really still running still gets the 409, a little later.
+   */
+  private async windDown(running: NonNullable<SessionObject["running"]>): Promise<void> {
+    const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+    await Promise.race([running.settled, sleep(BUSY_GRACE_MS)]);
+    if (this.busy && this.running === running && running.abort.signal.aborted) {
+      await Promise.race([running.settled, sleep(CANCELLED_TURN_WAIT_MS)]);
+    }
+  }
+
   /** Forward deltas to the caller; commit when the upstream turn is complete; release the lock. */
   private async pump(gen: GenerateStream, plan: TurnPlan, req: TurnRequest, writable: WritableStream<Uint8Array>,
-    ac: AbortController, ttlSeconds: number): Promise<void> {
+    ac: AbortController, ttlSeconds: number, released: () => void): Promise<void> {
     const writer = writable.getWriter();
     let clientGone = false;
     // The caller cancelled its end (client disconnected): stop the GPU work, commit nothing.
@@ -126,6 +146,7 @@ export class SessionObject extends DurableObject<Env> {
     } finally {
       this.busy = false;
       this.running = null;
+      released();
       await writer.close().catch(() => {});
       logEvent("info", { event: "session_turn", request_id: req.requestId, mode: plan.mode, outcome });
     }

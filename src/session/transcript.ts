@@ -1,11 +1,17 @@
-// Pure session logic: how a request's messages relate to the stored transcript.
-//
-// Rule (docs/edge.md): if the request's first message equals the transcript's first message
-// (role + content), the request is a FULL HISTORY: when the transcript is a proper prefix of it,
-// only the suffix is sent with the stored blob ("reuse"); otherwise it diverged and the session is
-// rebuilt from the request alone, without the blob ("rebuild"). If the first message differs, or
-// the transcript is empty, the request carries only NEW messages: they are appended after the
-// transcript and sent with the blob ("append"; "new" for an empty session).
+// Pure session logic: how a request's messages relate to the stored transcript (docs/edge.md,
+// "Which messages a turn sends"). In order:
+//   1. empty session: "new".
+//   2. the request extends the transcript (a stock client's full history + new messages): only the
+//      suffix is sent with the blob ("reuse").
+//   3. the request is the transcript without its last assistant reply (a client's "regenerate"), or
+//      it holds an assistant message (a full history that diverged, e.g. an edited or windowed one):
+//      "rebuild" from the request alone.
+//   4. it starts with an instruction (system/developer) message: the same one as the session's first
+//      message means "instructions + new messages" (append the rest); another one means another
+//      conversation under this key: rebuild from the request.
+//   5. otherwise the request carries only new messages: "append" them after the transcript.
+// A request with no assistant message is never read as a full history that wipes the conversation
+// (saying "hi" again appends "hi"), except for the regenerate of rule 3, which drops one reply.
 import type { ChatMessage } from "../upstream/types";
 
 export type PlanMode = "new" | "append" | "reuse" | "rebuild";
@@ -28,17 +34,31 @@ export function isPrefix(prefix: ChatMessage[], of: ChatMessage[]): boolean {
   return prefix.length <= of.length && prefix.every((m, i) => sameMessage(m, of[i]!));
 }
 
+const isInstruction = (m: ChatMessage): boolean => m.role === "system" || m.role === "developer";
+
 export function planTurn(transcript: ChatMessage[], request: ChatMessage[], hasBlob: boolean): TurnPlan {
   if (transcript.length === 0) return { mode: "new", send: request, useBlob: false, conversation: request, keep: 0 };
-  if (!sameMessage(transcript[0]!, request[0]!)) {
-    const conversation = [...transcript, ...request];
-    if (!hasBlob) return { mode: "rebuild", send: conversation, useBlob: false, conversation, keep: transcript.length };
-    return { mode: "append", send: request, useBlob: true, conversation, keep: transcript.length };
+  if (request.length > transcript.length && isPrefix(transcript, request)) {
+    if (hasBlob) return { mode: "reuse", send: request.slice(transcript.length), useBlob: true, conversation: request, keep: transcript.length };
+    return rebuild(transcript, request);
   }
-  // A full history that adds nothing after the transcript has no suffix to prefill: rebuild.
-  if (hasBlob && request.length > transcript.length && isPrefix(transcript, request)) {
-    return { mode: "reuse", send: request.slice(transcript.length), useBlob: true, conversation: request, keep: transcript.length };
+  const regenerate = request.length === transcript.length - 1 && transcript.at(-1)!.role === "assistant" && isPrefix(request, transcript);
+  if (regenerate || request.some((m) => m.role === "assistant")) return rebuild(transcript, request);
+  if (isInstruction(request[0]!)) {
+    if (!sameMessage(request[0]!, transcript[0]!)) return rebuild(transcript, request);
+    if (request.length > 1) return append(transcript, request.slice(1), hasBlob);
   }
+  return append(transcript, request, hasBlob);
+}
+
+function append(transcript: ChatMessage[], added: ChatMessage[], hasBlob: boolean): TurnPlan {
+  const conversation = [...transcript, ...added];
+  if (!hasBlob) return { mode: "rebuild", send: conversation, useBlob: false, conversation, keep: transcript.length };
+  return { mode: "append", send: added, useBlob: true, conversation, keep: transcript.length };
+}
+
+/** Rebuild from `request` alone; the leading rows it shares with the transcript stay in storage. */
+function rebuild(transcript: ChatMessage[], request: ChatMessage[]): TurnPlan {
   let keep = 0;
   while (keep < transcript.length && keep < request.length && sameMessage(transcript[keep]!, request[keep]!)) keep++;
   return { mode: "rebuild", send: request, useBlob: false, conversation: request, keep };

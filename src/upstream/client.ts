@@ -31,6 +31,10 @@ function unavailable(): ApiError {
   return new ApiError(502, "The model service is unreachable.", { code: "upstream_unavailable", type: "server_error" });
 }
 
+function lost(): ApiError {
+  return new ApiError(502, "The connection to the model service broke during the reply.", { code: "upstream_unavailable", type: "server_error" });
+}
+
 /** Sets the GPU-service credentials on `headers`. */
 export function setAuthHeaders(headers: Headers, opts: UpstreamOptions): Headers {
   if (opts.platformKey) {
@@ -77,30 +81,31 @@ export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob
   });
   if (!res.body) throw broken("empty body");
   const frames = readFrames(res.body);
-  const first = await nextFrame(frames);
+  const first = await nextFrame(frames, signal);
   if (first?.kind !== "J" || first.json.type !== "start") {
     await frames.return(undefined);
     if (first?.kind === "J" && first.json.type === "error") throw new UpstreamError(500, (first.json as { error: never }).error);
     throw broken("missing start frame");
   }
-  return { start: first.json as unknown as StartEvent, events: turnEvents(frames, req.return_blob) };
+  return { start: first.json as unknown as StartEvent, events: turnEvents(frames, req.return_blob, signal) };
 }
 
-async function nextFrame(frames: AsyncGenerator<Frame>): Promise<Frame | undefined> {
+async function nextFrame(frames: AsyncGenerator<Frame>, signal: AbortSignal): Promise<Frame | undefined> {
   try {
     const r = await frames.next();
     return r.done ? undefined : r.value;
   } catch (err) {
     if (err instanceof FrameError) throw broken(err.message);
-    throw err;
+    if (signal.aborted) throw err; // our own cancel, not the service's failure
+    throw lost(); // the service died or the connection dropped mid-stream
   }
 }
 
 /** Enforce the response grammar after `start`: delta* (done B* E | error E). */
-async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean): AsyncGenerator<DeltaOrEnd> {
+async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean, signal: AbortSignal): AsyncGenerator<DeltaOrEnd> {
   try {
     for (;;) {
-      const f = await nextFrame(frames);
+      const f = await nextFrame(frames, signal);
       if (!f) throw broken("stream ended before done");
       if (f.kind !== "J") throw broken(`unexpected ${f.kind} frame before done`);
       const ev = f.json as unknown as TurnEvent;
@@ -111,7 +116,7 @@ async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean): 
         yield { type: "error", error: ev.error };
         return;
       } else if (ev.type === "done") {
-        yield { ...ev, blob: await readBlob(frames, expectBlob ? ev.blob_bytes : 0) };
+        yield { ...ev, blob: await readBlob(frames, expectBlob ? ev.blob_bytes : 0, signal) };
         return;
       } else {
         throw broken(`unknown event ${String((ev as { type: unknown }).type)}`);
@@ -122,11 +127,11 @@ async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean): 
   }
 }
 
-async function readBlob(frames: AsyncGenerator<Frame>, expected: number): Promise<Uint8Array[]> {
+async function readBlob(frames: AsyncGenerator<Frame>, expected: number, signal: AbortSignal): Promise<Uint8Array[]> {
   const chunks: Uint8Array[] = [];
   let got = 0;
   for (;;) {
-    const f = await nextFrame(frames);
+    const f = await nextFrame(frames, signal);
     if (!f) throw broken("stream ended before E");
     if (f.kind === "E") break;
     if (f.kind !== "B") throw broken("J frame after done");

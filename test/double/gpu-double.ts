@@ -4,7 +4,8 @@
 //
 // Directives in the text sent (messages or prompt) steer it: @blob=N (blob pattern bytes),
 // @slow (30 ms per delta), @drip (200 deltas, 40 ms apart), @hang (stall after the first delta until cancelled), @fail (in-band
-// error after 2 deltas), @cut (close the stream after 2 deltas), @cutblob (close mid-blob),
+// error after 2 deltas), @cut (close the stream after 2 deltas), @reset (the connection fails after
+// 2 deltas, as when the service process dies), @cutblob (close mid-blob),
 // @ctx (400 context_length_exceeded), @overload (503 + retry-after), @crash (500),
 // @unauth (401, as if the shared secret were wrong).
 import { decodeBlob, encodeBlob, fnv1a, FNV_INIT } from "./blob";
@@ -147,6 +148,11 @@ async function generate(request: Request): Promise<Response> {
           return ctl.close();
         }
         if (i === 2 && newText.includes("@cut")) { entry.outcome = "cut"; return ctl.close(); }
+        if (i === 2 && newText.includes("@reset")) {
+          await sleep(100); // the reader takes what was sent (an errored stream drops its queue), then the reset
+          entry.outcome = "reset";
+          return ctl.error(new Error("connection reset"));
+        }
         const piece = (i > 0 ? " " : "") + WORDS[(promptHash >>> (i * 3)) % WORDS.length]!;
         const cand = reply + piece;
         const hit = stops.map((st) => cand.indexOf(st)).filter((x) => x >= 0).sort((a, b) => a - b)[0];

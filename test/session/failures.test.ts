@@ -36,6 +36,35 @@ describe("session failures", () => {
     expect(third.status).toBe(200);
   });
 
+  it("a turn that arrives just before the previous turn's cancel waits for it instead of a 409", async () => {
+    await okTurn("s-race", "warm up");
+    const stub = sessionStub(env, "tenant-a", "s-race");
+    const ask = (content: string) => ({ requestId: `req-${content}`, model: MODEL, messages: [user(content)], sampling: {} });
+    await runInDurableObject(stub, async (obj: any) => {
+      const first = await obj.turn(ask("@drip long"));
+      expect(first.ok).toBe(true);
+      const second = obj.turn(ask("right after")); // the client's cancel of the first is still on its way
+      await new Promise((r) => setTimeout(r, 200));
+      await obj.cancelTurn(first.turnId);
+      const reply = await second;
+      expect(reply.ok).toBe(true);
+      await reply.stream.pipeTo(new WritableStream());
+    });
+  });
+
+  it("a turn asked right after the client aborted the previous one waits for it to wind down (no 409)", async () => {
+    await okTurn("s-abort-next", "warm up");
+    const before = await info("s-abort-next");
+    const first = await sessionChat("s-abort-next", [user("@drip please")], { stream: true });
+    const reader = first.body!.getReader();
+    await reader.read();
+    await reader.cancel(); // the client stops reading and asks again at once
+    const next = await sessionChat("s-abort-next", [user("next question")]);
+    expect(next.status).toBe(200);
+    const after = await info("s-abort-next");
+    expect(after.turns).toBe(before.turns + 1); // the aborted turn committed nothing, the new one did
+  });
+
   it("an upstream failure mid-turn leaves the session unchanged (in-band SSE error)", async () => {
     await okTurn("s-fail", "hello");
     const before = await info("s-fail");
@@ -64,6 +93,20 @@ describe("session failures", () => {
       expect(((await res.json()) as any).error.code).toBe("upstream_protocol_error");
       expect(await info("s-cut")).toEqual(before);
     }
+  });
+
+  it("a connection that fails mid-reply is upstream_unavailable (502 or in-band) and commits nothing", async () => {
+    await okTurn("s-reset", "hello");
+    const before = await info("s-reset");
+    const res = await sessionChat("s-reset", [user("@reset now")]);
+    expect(res.status).toBe(502);
+    expect(((await res.json()) as any).error).toMatchObject({ code: "upstream_unavailable", type: "server_error" });
+    expect(await info("s-reset")).toEqual(before);
+    const streamed = await sessionChat("s-reset", [user("@reset streamed")], { stream: true });
+    expect(streamed.status).toBe(200);
+    const events = sseData(await streamed.text());
+    expect(JSON.parse(events.at(-1)!).error).toMatchObject({ code: "upstream_unavailable", type: "server_error" });
+    expect(await info("s-reset")).toEqual(before);
   });
 
   it("a client that disconnects cancels the upstream and commits nothing", async () => {

@@ -35,9 +35,29 @@ describe("planTurn", () => {
     expect(planTurn(t, [u("sys"), u("x")], true).mode).toBe("append");
   });
 
-  it("the same history with nothing new, or a shorter one, rebuilds", () => {
+  it("the same history with nothing new, or the history without its last reply (regenerate), rebuilds", () => {
     expect(planTurn(t, t, true).mode).toBe("rebuild");
     expect(planTurn(t, [s("sys"), u("q1")], true)).toMatchObject({ mode: "rebuild", keep: 2 });
+    const long = [...t, u("q2"), a("r2")];
+    expect(planTurn(long, [...t, u("q2")], true)).toMatchObject({ mode: "rebuild", send: [...t, u("q2")], keep: 4 });
+  });
+
+  it("a new message equal to the first one appends: it never wipes the conversation", () => {
+    const conv = [u("hi"), a("hello"), u("My name is Zed."), a("Hi Zed.")];
+    expect(planTurn(conv, [u("hi")], true)).toEqual({ mode: "append", send: [u("hi")], useBlob: true, conversation: [...conv, u("hi")], keep: 4 });
+  });
+
+  it("a history holding an assistant reply that does not extend the transcript rebuilds (windowed or edited)", () => {
+    const conv = [u("u1"), a("a1"), u("u2"), a("a2")];
+    expect(planTurn(conv, [u("u2"), a("a2"), u("u3")], true)).toMatchObject({ mode: "rebuild", send: [u("u2"), a("a2"), u("u3")], useBlob: false, keep: 0 });
+  });
+
+  it("the session's instructions + new messages append the new ones; other instructions start over", () => {
+    expect(planTurn(t, [s("sys"), u("q2")], true)).toEqual({ mode: "append", send: [u("q2")], useBlob: true, conversation: [...t, u("q2")], keep: 3 });
+    const dev = { role: "developer", content: "sys" } as ChatMessage;
+    expect(planTurn(t, [dev, u("q2")], true)).toMatchObject({ mode: "rebuild", send: [dev, u("q2")], keep: 0 });
+    expect(planTurn(t, [s("You are Bob's assistant."), u("hi")], true)).toMatchObject({ mode: "rebuild", keep: 0, useBlob: false });
+    expect(planTurn([u("q1"), a("r1")], [s("sys"), u("q2")], true)).toMatchObject({ mode: "rebuild", keep: 0 });
   });
 
   it("without a stored blob nothing can be reused: send the whole conversation", () => {
