@@ -35,6 +35,7 @@ export default defineConfig({
           RATE_LIMIT_RPM: "1000",
           RATE_LIMIT_OVERRIDES: "tenant-rl:5",
           SESSION_TTL_SECONDS: "3600",
+          UPSTREAM_IDLE_SECONDS: "2",
           TEST_KEYS_JSON: JSON.stringify(TEST_KEYS),
         },
         outboundService: "gpu-double",

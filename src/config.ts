@@ -49,6 +49,7 @@ export function loadConfig(env: Env): Config {
       baseUrl: url.toString().replace(/\/+$/, ""),
       secret: env.GPU_SERVICE_SECRET,
       ...(env.GPU_PLATFORM_KEY ? { platformKey: env.GPU_PLATFORM_KEY } : {}),
+      idleTimeoutMs: positiveInt(env, "UPSTREAM_IDLE_SECONDS", 1) * 1000,
     },
     sessionTtlSeconds: positiveInt(env, "SESSION_TTL_SECONDS", 1),
     maxBodyBytes: positiveInt(env, "MAX_BODY_BYTES", 1024),

@@ -10,6 +10,7 @@ export interface Env {
   RATE_LIMIT_RPM: string;
   RATE_LIMIT_OVERRIDES?: string;
   MODELS_CACHE_SECONDS: string;
+  UPSTREAM_IDLE_SECONDS: string;
   // secrets
   GPU_SERVICE_SECRET?: string;
   GPU_PLATFORM_KEY?: string; // optional: the GPU platform gateway's own key (RunPod, NVCF)

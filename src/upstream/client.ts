@@ -11,7 +11,12 @@ export interface UpstreamOptions {
   /** Behind a GPU platform's gateway (RunPod, NVCF) `Authorization` carries the platform's key and our
    * shared secret travels in `X-Service-Secret` (docs/internal-protocol.md). */
   platformKey?: string;
+  /** The longest the service may stay silent before its first frame or between frames. */
+  idleTimeoutMs?: number;
 }
+
+const DEFAULT_IDLE_MS = 120_000;
+const MODELS_TIMEOUT_MS = 10_000;
 
 /** A finished turn's result: the done event plus, when requested, the new cache blob. */
 export type CompletedTurn = DoneEvent & { blob: Uint8Array[] };
@@ -29,6 +34,35 @@ const broken = (why: string) =>
 
 function unavailable(): ApiError {
   return new ApiError(502, "The model service is unreachable.", { code: "upstream_unavailable", type: "server_error" });
+}
+
+function timedOut(): ApiError {
+  return new ApiError(504, "The model service stopped responding.", { code: "upstream_timeout", type: "server_error" });
+}
+
+/**
+ * Aborts the upstream call when the service stays silent too long (a stalled or frozen replica
+ * would otherwise hold the client, and a session's one-turn lock, forever). `kick()` on every frame.
+ */
+class Watchdog {
+  readonly controller = new AbortController();
+  fired = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  constructor(private readonly ms: number, outer: AbortSignal) {
+    if (outer.aborted) this.controller.abort(outer.reason);
+    else outer.addEventListener("abort", () => this.controller.abort(outer.reason), { once: true });
+    this.kick();
+  }
+  kick(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.fired = true;
+      this.controller.abort(new Error("upstream idle timeout"));
+    }, this.ms);
+  }
+  stop(): void {
+    clearTimeout(this.timer);
+  }
 }
 
 function lost(): ApiError {
@@ -60,7 +94,14 @@ async function call(opts: UpstreamOptions, path: string, init: RequestInit): Pro
 }
 
 export async function listModels(opts: UpstreamOptions, signal?: AbortSignal): Promise<ModelInfo[]> {
-  const res = await call(opts, "/v1/internal/models", { method: "GET", signal: signal ?? null });
+  const deadline = AbortSignal.timeout(MODELS_TIMEOUT_MS);
+  let res: Response;
+  try {
+    res = await call(opts, "/v1/internal/models", { method: "GET", signal: signal ? AbortSignal.any([signal, deadline]) : deadline });
+  } catch (err) {
+    if (deadline.aborted && !signal?.aborted) throw timedOut();
+    throw err;
+  }
   const body = (await res.json().catch(() => null)) as { models?: unknown } | null;
   if (!body || !Array.isArray(body.models)) throw broken("models list");
   return body.models.filter((m): m is ModelInfo => typeof m === "object" && m !== null && typeof (m as ModelInfo).id === "string");
@@ -73,39 +114,58 @@ export async function listModels(opts: UpstreamOptions, signal?: AbortSignal): P
 export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob: Uint8Array[] | null,
   signal: AbortSignal): Promise<GenerateStream> {
   const body = concatBytes([jsonFrame(req), ...blobFrames(blob ?? []), endFrame()]);
-  const res = await call(opts, "/v1/internal/generate", {
-    method: "POST",
-    headers: { "content-type": FRAMES_CONTENT_TYPE, accept: FRAMES_CONTENT_TYPE },
-    body,
-    signal,
-  });
-  if (!res.body) throw broken("empty body");
+  const watchdog = new Watchdog(opts.idleTimeoutMs ?? DEFAULT_IDLE_MS, signal);
+  let res: Response;
+  try {
+    res = await call(opts, "/v1/internal/generate", {
+      method: "POST",
+      headers: { "content-type": FRAMES_CONTENT_TYPE, accept: FRAMES_CONTENT_TYPE },
+      body,
+      signal: watchdog.controller.signal,
+    });
+  } catch (err) {
+    watchdog.stop();
+    throw watchdog.fired ? timedOut() : err;
+  }
+  if (!res.body) {
+    watchdog.stop();
+    throw broken("empty body");
+  }
   const frames = readFrames(res.body);
-  const first = await nextFrame(frames, signal);
+  let first: Frame | undefined;
+  try {
+    first = await nextFrame(frames, watchdog);
+  } catch (err) {
+    watchdog.stop();
+    throw err;
+  }
   if (first?.kind !== "J" || first.json.type !== "start") {
+    watchdog.stop();
     await frames.return(undefined);
     if (first?.kind === "J" && first.json.type === "error") throw new UpstreamError(500, (first.json as { error: never }).error);
     throw broken("missing start frame");
   }
-  return { start: first.json as unknown as StartEvent, events: turnEvents(frames, req.return_blob, signal) };
+  return { start: first.json as unknown as StartEvent, events: turnEvents(frames, req.return_blob, watchdog) };
 }
 
-async function nextFrame(frames: AsyncGenerator<Frame>, signal: AbortSignal): Promise<Frame | undefined> {
+async function nextFrame(frames: AsyncGenerator<Frame>, watchdog: Watchdog): Promise<Frame | undefined> {
   try {
     const r = await frames.next();
+    watchdog.kick();
     return r.done ? undefined : r.value;
   } catch (err) {
     if (err instanceof FrameError) throw broken(err.message);
-    if (signal.aborted) throw err; // our own cancel, not the service's failure
+    if (watchdog.fired) throw timedOut();
+    if (watchdog.controller.signal.aborted) throw err; // our own cancel, not the service's failure
     throw lost(); // the service died or the connection dropped mid-stream
   }
 }
 
 /** Enforce the response grammar after `start`: delta* (done B* E | error E). */
-async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean, signal: AbortSignal): AsyncGenerator<DeltaOrEnd> {
+async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean, watchdog: Watchdog): AsyncGenerator<DeltaOrEnd> {
   try {
     for (;;) {
-      const f = await nextFrame(frames, signal);
+      const f = await nextFrame(frames, watchdog);
       if (!f) throw broken("stream ended before done");
       if (f.kind !== "J") throw broken(`unexpected ${f.kind} frame before done`);
       const ev = f.json as unknown as TurnEvent;
@@ -116,22 +176,23 @@ async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean, s
         yield { type: "error", error: ev.error };
         return;
       } else if (ev.type === "done") {
-        yield { ...ev, blob: await readBlob(frames, expectBlob ? ev.blob_bytes : 0, signal) };
+        yield { ...ev, blob: await readBlob(frames, expectBlob ? ev.blob_bytes : 0, watchdog) };
         return;
       } else {
         throw broken(`unknown event ${String((ev as { type: unknown }).type)}`);
       }
     }
   } finally {
+    watchdog.stop();
     await frames.return(undefined);
   }
 }
 
-async function readBlob(frames: AsyncGenerator<Frame>, expected: number, signal: AbortSignal): Promise<Uint8Array[]> {
+async function readBlob(frames: AsyncGenerator<Frame>, expected: number, watchdog: Watchdog): Promise<Uint8Array[]> {
   const chunks: Uint8Array[] = [];
   let got = 0;
   for (;;) {
-    const f = await nextFrame(frames, signal);
+    const f = await nextFrame(frames, watchdog);
     if (!f) throw broken("stream ended before E");
     if (f.kind === "E") break;
     if (f.kind !== "B") throw broken("J frame after done");

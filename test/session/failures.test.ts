@@ -40,7 +40,8 @@ describe("session failures", () => {
     await okTurn("s-race", "warm up");
     const stub = sessionStub(env, "tenant-a", "s-race");
     const ask = (content: string) => ({ requestId: `req-${content}`, model: MODEL, messages: [user(content)], sampling: {} });
-    await runInDurableObject(stub, async (obj: any) => {
+    // (untyped: the session object's RPC types are too deep for tsc through runInDurableObject)
+    await (runInDurableObject as any)(stub, async (obj: any) => {
       const first = await obj.turn(ask("@drip long"));
       expect(first.ok).toBe(true);
       const second = obj.turn(ask("right after")); // the client's cancel of the first is still on its way
@@ -107,6 +108,23 @@ describe("session failures", () => {
     const events = sseData(await streamed.text());
     expect(JSON.parse(events.at(-1)!).error).toMatchObject({ code: "upstream_unavailable", type: "server_error" });
     expect(await info("s-reset")).toEqual(before);
+  });
+
+  it("a service that goes silent is cut after UPSTREAM_IDLE_SECONDS: 504 upstream_timeout, session unchanged and free", async () => {
+    await okTurn("s-stall", "hello");
+    const before = await info("s-stall");
+    const t0 = Date.now();
+    const res = await sessionChat("s-stall", [user("@hang here")]);
+    expect(res.status).toBe(504);
+    expect(((await res.json()) as any).error).toMatchObject({ code: "upstream_timeout", type: "server_error" });
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1900); // the test env's UPSTREAM_IDLE_SECONDS is 2
+    expect(await info("s-stall")).toEqual(before);
+    const streamed = await sessionChat("s-stall", [user("@hang streamed")], { stream: true });
+    const events = sseData(await streamed.text());
+    expect(JSON.parse(events.at(-1)!).error).toMatchObject({ code: "upstream_timeout" });
+    expect((await sessionChat("s-stall", [user("next")])).status).toBe(200); // the lock was released
+    const log = await doubleLog(streamed.headers.get("x-request-id")!);
+    expect(log[0]!.outcome).toBe("cancelled");
   });
 
   it("a client that disconnects cancels the upstream and commits nothing", async () => {

@@ -21,7 +21,15 @@ describe("upstream credentials", () => {
 
   it("GPU_PLATFORM_KEY is optional config", () => {
     const base = { ...env, GPU_SERVICE_URL: "https://gpu.example/", GPU_SERVICE_SECRET: "s" };
-    expect(loadConfig(base).upstream).toEqual({ baseUrl: "https://gpu.example", secret: "s" });
+    expect(loadConfig(base).upstream).toEqual({ baseUrl: "https://gpu.example", secret: "s", idleTimeoutMs: 2000 });
     expect(loadConfig({ ...base, GPU_PLATFORM_KEY: "k" }).upstream.platformKey).toBe("k");
+  });
+
+  it("UPSTREAM_IDLE_SECONDS must be a whole number of seconds >= 1", () => {
+    const base = { ...env, GPU_SERVICE_URL: "https://gpu.example/", GPU_SERVICE_SECRET: "s" };
+    for (const bad of ["0", "-5", "1.5", "soon", ""]) {
+      expect(() => loadConfig({ ...base, UPSTREAM_IDLE_SECONDS: bad })).toThrow(/UPSTREAM_IDLE_SECONDS must be an integer >= 1/);
+    }
+    expect(loadConfig({ ...base, UPSTREAM_IDLE_SECONDS: "300" }).upstream.idleTimeoutMs).toBe(300_000);
   });
 });
