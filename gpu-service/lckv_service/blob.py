@@ -52,6 +52,11 @@ def _to_bytes(t: torch.Tensor, np_dtype: str) -> bytes:
     return t.numpy().astype(np_dtype, copy=False).tobytes()
 
 
+# usage counts travel as JSON numbers: beyond 2^53 - 1 they would lose precision (no real session
+# gets near it)
+MAX_TOKENS_SEEN = 2 ** 53 - 1
+
+
 def encode(state: CacheState, cfg: ModelConfig, identity: str) -> bytes:
     ident = _identity_bytes(identity)
     if state.k.dtype not in _CODES or state.v.dtype != state.k.dtype:
@@ -60,8 +65,8 @@ def encode(state: CacheState, cfg: ModelConfig, identity: str) -> bytes:
     shape = (len(cfg.kv_layers), n, cfg.num_kv_heads, cfg.head_dim)
     if tuple(state.k.shape) != shape or tuple(state.v.shape) != shape:
         raise ValueError(f"cache state shape {tuple(state.k.shape)} does not match the model's {shape}")
-    if not n <= state.tokens_seen < 2 ** 64:
-        raise ValueError("tokens_seen must be >= the number of cached tokens")
+    if not n <= state.tokens_seen <= MAX_TOKENS_SEEN:
+        raise ValueError(f"tokens_seen must be in [number of cached tokens, {MAX_TOKENS_SEEN}]")
     code = _CODES[state.k.dtype]
     np_dtype = _DTYPES[code][1]
     header = _HEADER.pack(MAGIC, VERSION, code, 0, ident, *shape[:1], n, *shape[2:], state.tokens_seen)
@@ -101,6 +106,8 @@ def decode(data: bytes, cfg: ModelConfig, identity: str) -> CacheState:
         raise BlobError(f"blob shape {(n_layers, n, heads, head_dim)} does not match the model's {shape}")
     if seen < n:
         raise BlobError("blob tokens_seen is smaller than its number of cached tokens")
+    if seen > MAX_TOKENS_SEEN:
+        raise BlobError(f"blob tokens_seen {seen} is beyond {MAX_TOKENS_SEEN}")
     off = _HEADER.size
     ids = np.frombuffer(data, dtype="<u4", count=n, offset=off)
     if n and int(ids.max()) >= cfg.vocab_size:

@@ -93,8 +93,8 @@ def http_error(exc: BaseException) -> tuple[int, str, str | None, str, str]:
     checkpoint errors, which are the server's fault) becomes a sanitized 500.
     """
     if isinstance(exc, BlobError):
-        if exc.code == "blob_model_mismatch":
-            return 409, "invalid_request_error", "blob", "blob_model_mismatch", exc.message
+        if exc.code in ("blob_model_mismatch", "blob_version"):  # not the blob's fault: the edge rebuilds
+            return 409, "invalid_request_error", "blob", exc.code, exc.message
         return 400, "invalid_request_error", "blob", "blob_invalid", exc.message
     for cls, (status, kind) in _HTTP.items():
         if isinstance(exc, cls):

@@ -91,6 +91,7 @@ def _flip(data, i):
     (lambda d: _reseal(d[:12] + bytes(32) + d[44:]), "blob_model_mismatch"),
     (lambda d: _flip(d, 20), "blob_invalid"),                         # identity flip without reseal
     (lambda d: _reseal(d[:60] + struct.pack("<Q", 1) + d[68:]), "blob_invalid"),  # tokens_seen < n
+    (lambda d: _reseal(d[:60] + struct.pack("<Q", 2 ** 64 - 1) + d[68:]), "blob_invalid"),  # tokens_seen > 2^53-1
     (lambda d: _reseal(d[:68] + struct.pack("<I", 10 ** 6) + d[72:]), "blob_invalid"),  # id >= vocab
     (lambda d: _reseal(d[:52] + struct.pack("<II", 4, 8) + d[60:]), "blob_invalid"),    # heads/head_dim swapped
     (lambda d: _reseal(d[:48] + struct.pack("<I", 6) + d[52:]), "blob_invalid"),        # n disagrees with size

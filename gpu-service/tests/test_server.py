@@ -287,9 +287,16 @@ def test_corrupt_blob_is_400(srv, damage):
     elif damage == "empty":
         b = b""
     else:
-        b = b"LCKVBLOB" + b"\x01" * 100
+        b = b"LCKVBLOB" + b"\x01\x00" + b"\x01" * 98  # right magic and version, garbage after
     r = run_one(srv.url, chat(HELLO), blob=bytes(b))
     assert r.status == 400 and r.error["code"] == "blob_invalid" and r.error["param"] == "blob"
+
+
+def test_blob_of_another_format_version_is_409(srv):
+    b = bytearray(_blob(srv))
+    b[8:10] = (2).to_bytes(2, "little")
+    r = run_one(srv.url, chat(HELLO), blob=bytes(b))
+    assert r.status == 409 and r.error["code"] == "blob_version" and r.error["param"] == "blob"
 
 
 def test_foreign_blob_is_409(srv, tmp_path_factory):

@@ -41,6 +41,7 @@ export interface SessionInfo {
   expires_at: number;
 }
 
+const BLOB_REFUSED = new Set(["blob_model_mismatch", "blob_version", "blob_invalid"]);
 const BUSY_GRACE_MS = 1_500;
 const CANCELLED_TURN_WAIT_MS = 5_000;
 
@@ -77,8 +78,9 @@ export class SessionObject extends DurableObject<Env> {
       try {
         gen = await call(plan);
       } catch (err) {
-        if (!(err instanceof UpstreamError && err.code === "blob_model_mismatch" && plan.useBlob)) throw err;
-        // The blob was made for another model/layout: rebuild from the transcript instead of failing.
+        if (!(err instanceof UpstreamError && BLOB_REFUSED.has(err.code ?? "") && plan.useBlob)) throw err;
+        // The blob was made for another model/layout, in another format version, or fails its
+        // checks: rebuild from the transcript instead of failing (the client did nothing wrong).
         plan = rebuildPlan(plan);
         gen = await call(plan);
       }

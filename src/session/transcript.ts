@@ -64,7 +64,7 @@ function rebuild(transcript: ChatMessage[], request: ChatMessage[]): TurnPlan {
   return { mode: "rebuild", send: request, useBlob: false, conversation: request, keep };
 }
 
-/** The plan to use when the service refused the blob (409 blob_model_mismatch): resend everything. */
+/** The plan to use when the service refused the blob (blob_model_mismatch/_version/_invalid): resend everything. */
 export function rebuildPlan(plan: TurnPlan): TurnPlan {
   return { ...plan, mode: "rebuild", send: plan.conversation, useBlob: false };
 }

@@ -7,7 +7,8 @@
 // error after 2 deltas), @cut (close the stream after 2 deltas), @reset (the connection fails after
 // 2 deltas, as when the service process dies), @cutblob (close mid-blob),
 // @ctx (400 context_length_exceeded), @overload (503 + retry-after), @crash (500),
-// @unauth (401, as if the shared secret were wrong).
+// @unauth (401, as if the shared secret were wrong), @blobversion / @blobinvalid (refuse the blob sent
+// with this request as of another format version / as corrupt).
 import { decodeBlob, encodeBlob, fnv1a, FNV_INIT } from "./blob";
 import { frame, J, parseAll } from "./wire";
 
@@ -95,6 +96,9 @@ async function generate(request: Request): Promise<Response> {
     try {
       const h = decodeBlob(blobIn);
       if (h.fingerprint !== model.fingerprint) return fail(409, "blob made for another model", "blob_model_mismatch", "blob");
+      const said = req.kind === "chat" ? render(req.messages) : String(req.prompt);
+      if (said.includes("@blobversion")) return fail(409, "blob format version 2 is not supported", "blob_version", "blob");
+      if (said.includes("@blobinvalid")) return fail(400, "blob checksum mismatch (corrupted)", "blob_invalid", "blob");
       prev = h;
     } catch (e) {
       return fail(400, String(e), "blob_invalid", "blob");

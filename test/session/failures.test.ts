@@ -176,6 +176,18 @@ describe("session failures", () => {
     expect(await info("s-mm")).toMatchObject({ model: "lckv-alt", turns: 2, messages: 4 });
   });
 
+  it("a blob of another format version, or one that fails its checks, is rebuilt from the transcript too", async () => {
+    for (const directive of ["@blobversion", "@blobinvalid"]) {
+      const sid = `s-blob-${directive.slice(1)}`;
+      await okTurn(sid, "hello tiny");
+      const res = await sessionChat(sid, [user(`${directive} next`)]);
+      expect(res.status).toBe(200);
+      const log = await doubleLog(res.headers.get("x-request-id")!);
+      expect(log.map((l) => [l.status, l.blob_in_bytes > 0])).toEqual([[directive === "@blobversion" ? 409 : 400, true], [200, false]]);
+      expect(await info(sid)).toMatchObject({ turns: 2, messages: 4 });
+    }
+  });
+
   it("an idle session expires when its alarm runs", async () => {
     await okTurn("s-ttl", "hello");
     const stub = sessionStub(env, "tenant-a", "s-ttl");
