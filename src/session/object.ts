@@ -12,7 +12,7 @@ import { UpstreamError, upstreamToApiError } from "../upstream/errors";
 import { jsonFrame } from "../upstream/frames";
 import type { ChatMessage, Sampling, StartEvent } from "../upstream/types";
 import { SessionStore, type SessionState } from "./store";
-import { planTurn, rebuildPlan, type TurnPlan } from "./transcript";
+import { planTurn, promptOverflow, rebuildPlan, trimToFit, type TurnPlan } from "./transcript";
 
 export interface TurnRequest {
   requestId: string;
@@ -42,6 +42,7 @@ export interface SessionInfo {
 }
 
 const BLOB_REFUSED = new Set(["blob_model_mismatch", "blob_version", "blob_invalid"]);
+const MAX_TRIMS = 6;
 const BUSY_GRACE_MS = 1_500;
 const CANCELLED_TURN_WAIT_MS = 5_000;
 
@@ -74,15 +75,26 @@ export class SessionObject extends DurableObject<Env> {
       const call = (p: TurnPlan) =>
         generate(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
           sampling: req.sampling, return_blob: true }, p.useBlob ? this.store.loadBlob() : null, ac.signal);
-      let gen: GenerateStream;
-      try {
-        gen = await call(plan);
-      } catch (err) {
-        if (!(err instanceof UpstreamError && BLOB_REFUSED.has(err.code ?? "") && plan.useBlob)) throw err;
-        // The blob was made for another model/layout, in another format version, or fails its
-        // checks: rebuild from the transcript instead of failing (the client did nothing wrong).
-        plan = rebuildPlan(plan);
-        gen = await call(plan);
+      let gen: GenerateStream | null = null;
+      for (let attempt = 0; !gen; attempt++) {
+        try {
+          gen = await call(plan);
+        } catch (err) {
+          if (!(err instanceof UpstreamError)) throw err;
+          if (BLOB_REFUSED.has(err.code ?? "") && plan.useBlob) {
+            // The blob was made for another model/layout, in another format version, or fails its
+            // checks: rebuild from the transcript instead of failing (the client did nothing wrong).
+            plan = rebuildPlan(plan);
+            continue;
+          }
+          // Rebuilding a long conversation (no blob) can exceed what one prefill takes: send its
+          // recent part, as the sliding cache would hold it. A single message too long still fails.
+          const trimmed = err.code === "context_length_exceeded" && !plan.useBlob && attempt < MAX_TRIMS
+            ? trimToFit(plan, ...promptOverflow(err.message)) : null;
+          if (!trimmed) throw err;
+          logEvent("info", { event: "session_trim", request_id: req.requestId, from: plan.send.length, to: trimmed.send.length });
+          plan = trimmed;
+        }
       }
       // A byte stream (what RPC carries reliably); writes are not awaited, so the turn runs (and
       // commits) at the GPU service's pace even if the client reads slowly.

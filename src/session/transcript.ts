@@ -68,3 +68,31 @@ function rebuild(transcript: ChatMessage[], request: ChatMessage[]): TurnPlan {
 export function rebuildPlan(plan: TurnPlan): TurnPlan {
   return { ...plan, mode: "rebuild", send: plan.conversation, useBlob: false };
 }
+
+/**
+ * A plan without the blob whose prompt the service found too long (`tokens` > `limit`, from its
+ * context_length_exceeded message when it says them): the same plan sending fewer messages, the
+ * oldest dropped, never the leading instructions nor the last message, aiming at ~90% of the limit
+ * by text length. The stored conversation stays whole; the cache then holds what a long-running
+ * session's StreamingLLM cache would (instructions + the recent past). null when nothing can go.
+ */
+export function trimToFit(plan: TurnPlan, tokens: number | null, limit: number | null): TurnPlan | null {
+  const send = plan.send;
+  let lead = 0;
+  while (lead < send.length - 1 && isInstruction(send[lead]!)) lead++;
+  const body = send.slice(lead);
+  if (body.length <= 1) return null;
+  const size = (m: ChatMessage) => m.content.length + 8; // + the template's role markers
+  const total = body.reduce((n, m) => n + size(m), 0);
+  const target = tokens && limit && tokens > limit ? total * (limit / tokens) * 0.9 : total / 2;
+  let drop = 0;
+  let left = total;
+  while (drop < body.length - 1 && (drop === 0 || left > target || body[drop]!.role === "assistant")) left -= size(body[drop++]!);
+  return { ...plan, send: [...send.slice(0, lead), ...body.slice(drop)] };
+}
+
+/** "the new prompt has N tokens, more than the limit of M" (the GPU service's wording) -> [N, M]. */
+export function promptOverflow(message: string): [number | null, number | null] {
+  const m = /has (\d+) tokens, more than the limit of (\d+)/.exec(message);
+  return m ? [Number(m[1]), Number(m[2])] : [null, null];
+}

@@ -6,7 +6,7 @@
 // @slow (30 ms per delta), @drip (200 deltas, 40 ms apart), @hang (stall after the first delta until cancelled), @fail (in-band
 // error after 2 deltas), @cut (close the stream after 2 deltas), @reset (the connection fails after
 // 2 deltas, as when the service process dies), @cutblob (close mid-blob),
-// @ctx (400 context_length_exceeded), @overload (503 + retry-after), @crash (500),
+// @ctx (400 context_length_exceeded), @limit=N (the same when the prompt is over N bytes: 1 byte = 1 token), @overload (503 + retry-after), @crash (500),
 // @unauth (401, as if the shared secret were wrong), @blobversion / @blobinvalid (refuse the blob sent
 // with this request as of another format version / as corrupt).
 import { decodeBlob, encodeBlob, fnv1a, FNV_INIT } from "./blob";
@@ -107,6 +107,10 @@ async function generate(request: Request): Promise<Response> {
   const isChat = req.kind === "chat";
   const newText = isChat ? render(req.messages) + "<|assistant|>\n" : String(req.prompt);
   if (newText.includes("@ctx")) return fail(400, "prompt too long", "context_length_exceeded", "messages");
+  const limit = /@limit=(\d+)/.exec(newText);
+  if (limit && bytes(newText) > Number(limit[1])) {
+    return fail(400, `the new prompt has ${bytes(newText)} tokens, more than the limit of ${limit[1]}`, "context_length_exceeded", "messages");
+  }
   if (newText.includes("@crash")) return fail(500, "internal error", "internal_error");
   if (newText.includes("@unauth")) return fail(401, "bad secret", "invalid_service_secret");
   if (newText.includes("@overload")) return fail(503, "queue full", "overloaded", null, { "retry-after": "2" });

@@ -188,6 +188,29 @@ describe("session failures", () => {
     }
   });
 
+  it("a rebuild too long for one prefill sends the recent part of the conversation and keeps all of it", async () => {
+    const sid = "s-long-rebuild";
+    const first = await sessionChat(sid, [{ role: "system", content: "rules @limit=420" }, user("q".repeat(120))]);
+    expect(first.status).toBe(200);
+    for (const c of ["r", "t"]) expect((await sessionChat(sid, [user(c.repeat(120))])).status).toBe(200); // appends: only new text goes
+    const before = await info(sid);
+    const res = await sessionChat(sid, [user("@blobinvalid now")]); // forces a rebuild from the whole transcript
+    expect(res.status).toBe(200);
+    const log = await doubleLog(res.headers.get("x-request-id")!);
+    expect(log[0]!.status).toBe(400); // the blob refused
+    expect(log.at(-1)!.status).toBe(200);
+    expect(log.slice(1, -1).every((l) => l.status === 400)).toBe(true); // too long, trimmed, retried
+    const sent = log.at(-1)!.messages;
+    expect(sent[0]).toEqual({ role: "system", content: "rules @limit=420" });
+    expect(sent.at(-1)).toEqual(user("@blobinvalid now"));
+    expect(sent.length).toBeLessThan(before.messages + 1);
+    expect(await info(sid)).toMatchObject({ turns: before.turns + 1, messages: before.messages + 2 });
+    // one message that alone is too long still fails, naming messages
+    const huge = await sessionChat(sid, [user("@blobinvalid " + "h".repeat(600))]);
+    expect(huge.status).toBe(400);
+    expect(((await huge.json()) as any).error).toMatchObject({ code: "context_length_exceeded", param: "messages" });
+  });
+
   it("an idle session expires when its alarm runs", async () => {
     await okTurn("s-ttl", "hello");
     const stub = sessionStub(env, "tenant-a", "s-ttl");

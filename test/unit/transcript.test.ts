@@ -1,6 +1,6 @@
 // The session message-matching rule (pure).
 import { describe, expect, it } from "vitest";
-import { planTurn, rebuildPlan } from "../../src/session/transcript";
+import { planTurn, promptOverflow, rebuildPlan, trimToFit } from "../../src/session/transcript";
 import type { ChatMessage } from "../../src/upstream/types";
 
 const u = (content: string): ChatMessage => ({ role: "user", content });
@@ -68,5 +68,41 @@ describe("planTurn", () => {
   it("rebuildPlan (blob refused) resends the whole conversation", () => {
     const p = rebuildPlan(planTurn(t, [u("q2")], true));
     expect(p).toMatchObject({ mode: "rebuild", send: [...t, u("q2")], useBlob: false, keep: 3 });
+  });
+});
+
+describe("trimToFit", () => {
+  const long = [s("rules"), u("x".repeat(100)), a("y".repeat(100)), u("z".repeat(100)), a("w".repeat(100)), u("last")];
+  const plan = planTurn([], long, false);
+
+  it("drops the oldest messages, never the instructions nor the last message, aiming under the limit", () => {
+    const p = trimToFit(plan, 440, 200)!;
+    expect(p.send[0]).toEqual(s("rules"));
+    expect(p.send.at(-1)).toEqual(u("last"));
+    expect(p.send.length).toBeLessThan(long.length);
+    expect(p.send[1]!.role).toBe("user"); // the kept part starts with a user turn
+    expect(p.conversation).toEqual(long); // what is stored stays whole
+  });
+
+  it("without the numbers it halves; it gives up when only the last message is left", () => {
+    const half = trimToFit(plan, null, null)!;
+    expect(half.send.length).toBeLessThan(long.length);
+    let p: ReturnType<typeof trimToFit> = plan;
+    let rounds = 0;
+    while (p) {
+      const next = trimToFit(p, null, null);
+      if (!next) break;
+      expect(next.send.length).toBeLessThan(p.send.length);
+      p = next;
+      rounds++;
+    }
+    expect(p.send).toEqual([s("rules"), u("last")]);
+    expect(rounds).toBeLessThanOrEqual(5);
+    expect(trimToFit(planTurn([], [u("only")], false), 900, 100)).toBeNull();
+  });
+
+  it("reads the service's numbers", () => {
+    expect(promptOverflow("the new prompt has 2797 tokens, more than the limit of 512")).toEqual([2797, 512]);
+    expect(promptOverflow("prompt too long")).toEqual([null, null]);
   });
 });
