@@ -91,16 +91,23 @@ export async function startGpuService({ port, model, secret, logDir, extraArgs =
   return child;
 }
 
-/** Start the Worker in local workerd (wrangler dev). Secrets go through a generated .dev.vars file. */
+/**
+ * Start the Worker in local workerd (wrangler dev). Secrets go through an env file of this stack's own
+ * (by port), so stacks side by side on other ports never overwrite each other's secrets. The log
+ * level keeps the Worker's own JSON lines (access log, session turns) in the log file.
+ */
 export async function startWorker({ port, gpuPort, secret, keys, persistDir, logDir, vars = {} }) {
   const devVars = [
     `GPU_SERVICE_SECRET=${JSON.stringify(secret)}`,
     `API_KEY_HASHES=${JSON.stringify(apiKeyHashes(keys))}`,
   ].join("\n");
-  writeFileSync(join(ROOT, ".dev.vars"), devVars + "\n", { mode: 0o600 });
+  const envDir = join(ROOT, ".wrangler", "env");
+  mkdirSync(envDir, { recursive: true, mode: 0o700 });
+  const envFile = join(envDir, `worker-${port}.env`);
+  writeFileSync(envFile, devVars + "\n", { mode: 0o600 });
   const varArgs = Object.entries({ GPU_SERVICE_URL: `http://127.0.0.1:${gpuPort}`, ...vars }).flatMap(([k, v]) => ["--var", `${k}:${v}`]);
   const args = [join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js"), "dev", "--ip", "127.0.0.1", "--port", String(port),
-    "--persist-to", persistDir, "--show-interactive-dev-session=false", "--log-level", "warn", ...varArgs];
+    "--persist-to", persistDir, "--env-file", envFile, "--show-interactive-dev-session=false", "--log-level", "log", ...varArgs];
   const child = spawnLogged("worker", process.execPath, args, { env: { WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" }, logDir });
   await waitFor(`http://127.0.0.1:${port}/healthz`, { timeoutMs: 120_000, child, name: "Worker (wrangler dev)" });
   return child;

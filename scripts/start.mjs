@@ -12,7 +12,10 @@ for (const [name, p] of [["PORT", port], ["LCKV_GPU_PORT", gpuPort]]) {
   }
 }
 const keys = parseKeys(process.env.LCKV_API_KEYS);
-const logDir = join(ROOT, ".wrangler", "logs");
+// the default port keeps the plain folder names; other ports get their own, so stacks side by side
+// share neither sessions nor log files
+const suffix = port === 8787 ? "" : `-${port}`;
+const logDir = join(ROOT, ".wrangler", `logs${suffix}`);
 const children = [];
 
 async function shutdown(code) {
@@ -31,7 +34,7 @@ try {
   // Both start at once: the Worker needs the GPU service only when a request arrives.
   const started = await Promise.allSettled([
     startGpuService({ port: gpuPort, model, secret, logDir }),
-    startWorker({ port, gpuPort, secret, keys, persistDir: join(ROOT, ".wrangler", "state"), logDir }),
+    startWorker({ port, gpuPort, secret, keys, persistDir: join(ROOT, ".wrangler", `state${suffix}`), logDir }),
   ]);
   for (const r of started) if (r.status === "fulfilled") children.push(r.value);
   const failed = started.find((r) => r.status === "rejected");
