@@ -26,10 +26,11 @@ export function auth(): MiddlewareHandler<AppEnv> {
   return async function auth(c, next) {
     const entries = entriesFor(c.env.API_KEY_HASHES);
     const header = c.req.header("authorization") ?? "";
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    if (!m) {
+    if (header.trim() === "") {
       throw new ApiError(401, "Missing API key. Send 'Authorization: Bearer <key>'.", { code: "missing_api_key" });
     }
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!m) throw invalidKey(); // a header was sent, just not one key after "Bearer"
     const tenant = await tenantForKey(m[1]!, entries);
     if (tenant === null) throw invalidKey();
     c.set("tenant", tenant);

@@ -23,7 +23,8 @@ export async function getModels(cfg: Config): Promise<ModelInfo[]> {
 export async function requireModel(cfg: Config, id: string, param = "model"): Promise<ModelInfo> {
   const model = (await getModels(cfg)).find((m) => m.id === id);
   if (!model) {
-    throw new ApiError(404, `The model '${id}' does not exist or you do not have access to it.`, { code: "model_not_found", param });
+    const shown = id.length > 100 ? `${id.slice(0, 100)}…` : id; // never echo an unbounded value
+    throw new ApiError(404, `The model '${shown}' does not exist or you do not have access to it.`, { code: "model_not_found", param });
   }
   return model;
 }

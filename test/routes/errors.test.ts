@@ -17,7 +17,10 @@ async function expectError(res: Response, status: number, fields: Record<string,
 describe("auth", () => {
   it("missing, malformed and wrong keys are 401; keys never echo", async () => {
     await expectError(await call("/v1/models", { tenant: null }), 401, { type: "authentication_error", code: "missing_api_key" });
-    await expectError(await call("/v1/models", { tenant: null, headers: { authorization: "Basic abc" } }), 401, { code: "missing_api_key" });
+    // a header that is not "Bearer <one key>" is a wrong key, not a missing one
+    await expectError(await call("/v1/models", { tenant: null, headers: { authorization: "Basic abc" } }), 401, { code: "invalid_api_key" });
+    await expectError(await call("/v1/models", { tenant: null, headers: { authorization: "Bearer k1 k2" } }), 401, { code: "invalid_api_key" });
+    await expectError(await call("/v1/models", { tenant: null, headers: { authorization: "   " } }), 401, { code: "missing_api_key" });
     const e = await expectError(await call("/v1/models", { tenant: null, headers: { authorization: "Bearer sk-wrong-key-123" } }), 401,
       { type: "authentication_error", code: "invalid_api_key" });
     expect(e.message).not.toContain("sk-wrong");
@@ -141,6 +144,14 @@ describe("models", () => {
     const rid = res.headers.get("x-request-id")!;
     await expectError(res, 404, { code: "model_not_found", param: "model", type: "invalid_request_error" });
     expect(await doubleLog(rid)).toEqual([]);
+  });
+
+  it("a very long unknown model id is not echoed whole", async () => {
+    const res = await call(`/v1/models/${"m".repeat(5000)}`);
+    expect(res.status).toBe(404);
+    const msg = ((await res.json()) as any).error.message as string;
+    expect(msg.length).toBeLessThan(200);
+    expect(msg).toContain("m".repeat(100) + "…");
   });
 });
 
