@@ -8,6 +8,8 @@ import { hasLoneSurrogate, type ChatRequest, type CompletionRequest, type Messag
 const unsupported = (param: string, what: string) =>
   new ApiError(400, `${what} is not supported by this API.`, { param, code: "unsupported_parameter" });
 
+const DEFAULT_TEMPERATURE = 1;
+
 export interface Normalized {
   model: string;
   stream: boolean;
@@ -28,7 +30,8 @@ function checkCommon(r: ChatRequest | CompletionRequest): void {
 function sampling(r: ChatRequest | CompletionRequest, maxTokens: number | null | undefined): Sampling {
   const s: Sampling = {};
   if (maxTokens != null) s.max_tokens = maxTokens;
-  if (r.temperature != null) s.temperature = r.temperature;
+  // OpenAI's default is 1 (sampling); the GPU service's own default is 0 (greedy), so always say it
+  s.temperature = r.temperature ?? DEFAULT_TEMPERATURE;
   if (r.top_p != null) s.top_p = r.top_p;
   if (r.seed != null) s.seed = r.seed;
   if (r.stop != null) s.stop = typeof r.stop === "string" ? [r.stop] : r.stop;
