@@ -70,8 +70,10 @@ class SamplingParams:
         if not 0.0 < top_p <= 1.0:
             raise _invalid("top_p", "sampling.top_p must be in (0, 1]")
         seed = d.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-            raise _invalid("seed", "sampling.seed must be an integer in [0, 2^63)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**63):
+            raise _invalid("seed", "sampling.seed must be a 64-bit signed integer")
+        if seed is not None:
+            seed &= 2**64 - 1  # OpenAI takes any int64; the stream's state is its 64-bit pattern
         stop = d.get("stop", [])
         if isinstance(stop, str):  # OpenAI accepts a single string
             stop = [stop]

@@ -36,7 +36,7 @@ def test_valid_values_round_trip():
     ("max_tokens", 0), ("max_tokens", LIMIT + 1), ("max_tokens", 1.5), ("max_tokens", True), ("max_tokens", "5"),
     ("temperature", -0.1), ("temperature", 2.01), ("temperature", "hot"), ("temperature", True),
     ("temperature", float("nan")), ("top_p", 0), ("top_p", 1.01), ("top_p", None),
-    ("seed", -1), ("seed", 2**63), ("seed", 1.0), ("seed", False),
+    ("seed", -2**63 - 1), ("seed", 2**63), ("seed", 1.0), ("seed", False),
     ("stop", ["a"] * 5), ("stop", [""]), ("stop", ["x" * 65]), ("stop", [1]), ("stop", {"a": 1}),
     ("frequency_penalty", 0.5),
 ])
@@ -259,3 +259,10 @@ def test_top_p_removes_exactly_the_tail():
 def test_sampling_without_a_stream_is_an_error():
     with pytest.raises(ValueError, match="no stream"):
         sample(torch.zeros(1, 4), [SamplingParams(temperature=1.0)], [None])
+
+
+def test_negative_seeds_are_their_64_bit_pattern():
+    """OpenAI accepts any int64 seed: -1 is the stream of 2^64 - 1, and distinct seeds stay distinct."""
+    assert SamplingParams.from_dict({"seed": -1, "temperature": 1.0}, 64).seed == 2**64 - 1
+    assert SamplingParams.from_dict({"seed": -2**63, "temperature": 1.0}, 64).seed == 2**63
+    assert SamplingParams.from_dict({"seed": 2**63 - 1, "temperature": 1.0}, 64).seed == 2**63 - 1
