@@ -11,7 +11,7 @@ import { chatCompletion, newId } from "../openai/responses";
 import { chatRequestSchema } from "../openai/schemas";
 import { sseResponse } from "../openai/sse";
 import { parseWith } from "../openai/validate";
-import { resolveSessionId } from "../session/key";
+import { resolveSessionId, sessionIdHeader } from "../session/key";
 import { logEvent } from "../log";
 import { requireModel } from "../upstream/models";
 
@@ -26,7 +26,7 @@ chat.post("/v1/chat/completions", async (c) => {
   let turn;
   if (sessionId !== undefined) {
     c.set("sessionId", sessionId);
-    c.header("x-session-id", sessionId);
+    c.header("x-session-id", sessionIdHeader(sessionId));
     turn = await sessionTurn(c, sessionId, { model: req.model, messages: req.messages, sampling: req.sampling });
   } else {
     turn = await statelessTurn(c, { model: req.model, kind: "chat", messages: req.messages, sampling: req.sampling });

@@ -4,13 +4,27 @@
 import { ApiError } from "../errors";
 import type { Env } from "../env";
 
-export const SESSION_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+// Like OpenAI's prompt_cache_key, any text (an e-mail address, "conv/123", non-Latin scripts), bounded,
+// without control characters or unpaired surrogates. A header value carries printable ASCII only.
+const MAX_SESSION_ID = 256;
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+const HEADER_ID = /^[\x20-\x7e]+$/;
 
 export function validateSessionId(value: string, param: string): string {
-  if (!SESSION_ID_RE.test(value)) {
-    throw new ApiError(400, `Invalid ${param}: use 1-128 characters of A-Z a-z 0-9 . _ : -`, { param, code: "invalid_value" });
+  const ok = value.length >= 1 && value.length <= MAX_SESSION_ID && !CONTROL.test(value) && !LONE_SURROGATE.test(value)
+    && (param !== "x-session-id" || HEADER_ID.test(value));
+  if (!ok) {
+    const what = param === "x-session-id" ? "printable ASCII" : "text without control characters";
+    throw new ApiError(400, `Invalid ${param}: use 1-${MAX_SESSION_ID} characters of ${what}.`, { param, code: "invalid_value" });
   }
   return value;
+}
+
+/** The id as a response header value: as is when printable ASCII, else percent-encoded (UTF-8). */
+export function sessionIdHeader(id: string): string {
+  return HEADER_ID.test(id) ? id : encodeURIComponent(id);
 }
 
 /** prompt_cache_key wins; both present and different is ambiguous and rejected. */

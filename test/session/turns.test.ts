@@ -82,13 +82,28 @@ describe("session turns", () => {
     expect(res.status).toBe(200);
     expect(res.headers.get("x-session-id")).toBe("hdr:1");
     expect((await info("hdr:1")).body.turns).toBe(1);
-    const bad = await chat({ model: MODEL, messages: [user("hey")] }, { headers: { "x-session-id": "bad id!" } });
+    const bad = await chat({ model: MODEL, messages: [user("hey")] }, { headers: { "x-session-id": "h".repeat(257) } });
     expect(bad.status).toBe(400);
     expect(((await bad.json()) as any).error).toMatchObject({ param: "x-session-id", code: "invalid_value" });
-    const long = await sessionChat("x".repeat(129), [user("hey")]);
-    expect(((await long.json()) as any).error.param).toBe("prompt_cache_key");
+    for (const badKey of ["x".repeat(257), "", "tab\there", "nul\u0000"]) {
+      const res = await sessionChat(badKey, [user("hey")]);
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as any).error.param).toBe("prompt_cache_key");
+    }
     const both = await chat({ model: MODEL, messages: [user("x")], prompt_cache_key: "a" }, { headers: { "x-session-id": "b" } });
     expect(both.status).toBe(400);
+  });
+
+  it("prompt_cache_key may be any text, as at OpenAI: e-mail addresses, paths, other scripts", async () => {
+    for (const key of ["user@example.com", "conv/123", "a b", "日本語のセッション 🦊", "k".repeat(256)]) {
+      const res = await sessionChat(key, [user("hey")]);
+      expect(res.status).toBe(200);
+      const echoed = res.headers.get("x-session-id")!;
+      expect(decodeURIComponent(echoed)).toBe(key); // non-ASCII ids travel percent-encoded in the header
+      const got = await call(`/v1/sessions/${encodeURIComponent(key)}`);
+      expect(got.status).toBe(200);
+      expect(((await got.json()) as any).turns).toBe(1);
+    }
   });
 
   it("DELETE removes a session; GET and DELETE of a missing one are 404", async () => {
