@@ -12,7 +12,9 @@ const LONE_SURROGATE = "Invalid input: the string contains an unpaired UTF-16 su
 const text = () => z.string().refine((s) => !hasLoneSurrogate(s), LONE_SURROGATE);
 
 const textPart = z.strictObject({ type: z.literal("text"), text: text() });
-const content = z.union([text(), z.array(textPart).min(1)]);
+const content = z.union([text(), z.array(textPart).min(1)], {
+  error: "Invalid input: content must be a string or a non-empty array of text parts ({\"type\": \"text\", \"text\": ...}); image, audio and file parts are not supported",
+});
 
 export const messageSchema = z.strictObject({
   role: z.enum(["system", "developer", "user", "assistant"]),
@@ -22,7 +24,9 @@ export const messageSchema = z.strictObject({
 });
 
 const stopString = text().min(1).max(64);
-const stop = nullish(z.union([stopString, z.array(stopString).max(4)]));
+const stop = nullish(z.union([stopString, z.array(stopString).max(4)], {
+  error: "Invalid input: stop must be a string or an array of at most 4 strings, each 1-64 characters",
+}));
 const maxTokens = nullish(z.int().min(1).max(1_000_000));
 
 /** Fields both endpoints share. */

@@ -65,6 +65,13 @@ describe("request validation", () => {
     });
   }
 
+  it("unsupported content parts and too many stop strings say what is allowed", async () => {
+    const img = await chat({ model: MODEL, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] });
+    expect(((await img.json()) as any).error.message).toMatch(/array of text parts.*image, audio and file parts are not supported/);
+    const stops = await chat({ model: MODEL, messages: [user("x")], stop: ["a", "b", "c", "d", "e"] });
+    expect(((await stops.json()) as any).error.message).toMatch(/at most 4 strings, each 1-64 characters/);
+  });
+
   const completionCases: [string, unknown, string, string][] = [
     ["missing prompt", { model: MODEL }, "prompt", "missing_required_parameter"],
     ["unpaired surrogate in prompt", { model: MODEL, prompt: "x\ud83d" }, "prompt", "invalid_value"],
