@@ -20,7 +20,23 @@ app.route("/", completions);
 app.route("/", models);
 app.route("/", sessions);
 
-app.notFound((c) => renderError(c, new ApiError(404, `Unknown route: ${c.req.method} ${c.req.path}`, { code: "unknown_route" })));
+// A known path with another method is 405 with Allow (a client using the wrong verb learns which).
+const METHODS: [RegExp, string][] = [
+  [/^\/v1\/(chat\/)?completions$/, "POST"],
+  [/^\/v1\/models(\/[^/]+)?$/, "GET"],
+  [/^\/v1\/sessions\/[^/]+$/, "GET, DELETE"],
+];
+
+app.notFound((c) => {
+  const allow = METHODS.find(([re]) => re.test(c.req.path))?.[1];
+  if (allow) {
+    const res = renderError(c, new ApiError(405, `Method ${c.req.method} is not allowed here; use ${allow}.`, { code: "method_not_allowed" }));
+    res.headers.set("allow", allow);
+    return res;
+  }
+  const path = c.req.path.length > 200 ? `${c.req.path.slice(0, 200)}…` : c.req.path;
+  return renderError(c, new ApiError(404, `Unknown route: ${c.req.method} ${path}`, { code: "unknown_route" }));
+});
 app.onError(onError);
 
 export default app;

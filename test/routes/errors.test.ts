@@ -30,7 +30,12 @@ describe("auth", () => {
 
   it("unknown routes are OpenAI-shaped 404s", async () => {
     await expectError(await call("/v1/nope"), 404, { code: "unknown_route" });
-    await expectError(await call("/v1/chat/completions", { method: "GET" }), 404, { code: "unknown_route" });
+    const wrongVerb = await call("/v1/chat/completions", { method: "GET" });
+    expect(wrongVerb.headers.get("allow")).toBe("POST");
+    await expectError(wrongVerb, 405, { code: "method_not_allowed", type: "invalid_request_error" });
+    const put = await call("/v1/sessions/abc", { method: "PUT" });
+    expect(put.headers.get("allow")).toBe("GET, DELETE");
+    expect(put.status).toBe(405);
   });
 });
 
