@@ -218,7 +218,7 @@ BAD_FIELDS = [
     (_with(sampling_top_p=0), "sampling.top_p"),
     (_with(sampling_max_tokens=0), "sampling.max_tokens"),
     (_with(sampling_max_tokens=513), "sampling.max_tokens"),
-    (_with(sampling_seed=-5), "sampling.seed"),
+    (_with(sampling_seed=-2**63 - 1), "sampling.seed"),
     (_with(sampling_stop=["a", "b", "c", "d", "e"]), "sampling.stop"),
     ({"model": MODEL_ID, "kind": "completion", "prompt": ""}, "prompt"),
     ({"model": MODEL_ID, "kind": "completion", "prompt": "x", "messages": HELLO}, "messages"),

@@ -61,7 +61,7 @@ export class LocalEngine {
       fetchJson(new URL(`model/${manifest.files.tokenizer}`, GENERATED)),
       fetchJson(new URL(`model/${manifest.files.tokenizer_config}`, GENERATED)),
     ]);
-    const format = new ChatFormat(new Tokenizer(tokJson, tokConfig), tokConfig, manifest.chat);
+    const format = new ChatFormat(Tokenizer, tokJson, tokConfig, manifest.chat);
     onStatus(`loading onnxruntime-web (${backend})`);
     const ort = await import(new URL(backend === "webgpu" ? "ort/ort.jspi.min.mjs" : "ort/ort.wasm.min.mjs", GENERATED).href);
     ort.env.wasm.wasmPaths = new URL("ort/", GENERATED).href;
