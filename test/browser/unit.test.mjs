@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import { describeApiError } from "../../public/js/errors.js";
 import { CondensedCache } from "../../public/js/local/cache.js";
 import { ChatFormat, TextStream } from "../../public/js/local/chat.js";
-import { pickBackend, sample } from "../../public/js/local/engine.js";
+import { fetchBytes, pickBackend, sample } from "../../public/js/local/engine.js";
 import { sseEvents } from "../../public/js/sse.js";
 import { Tokenizer } from "../../public/generated/vendor/tokenizers.mjs";
 
@@ -176,5 +176,40 @@ describe("pickBackend", () => {
     const t0 = Date.now();
     assert.equal(await pickBackend({ gpu: gpu(never), jspi: true, adapterTimeoutMs: 50 }), "wasm");
     assert.ok(Date.now() - t0 < 5000);
+  });
+});
+
+describe("fetchBytes", () => {
+  const body = (...parts) => new ReadableStream({ start(c) { for (const p of parts) c.enqueue(new Uint8Array(p)); c.close(); } });
+  // a response that sends one chunk and then nothing, until aborted
+  const stalled = (signal) => new ReadableStream({
+    start(c) {
+      c.enqueue(new Uint8Array([9]));
+      signal.addEventListener("abort", () => c.error(signal.reason));
+    },
+  });
+
+  test("a transfer that stalls is retried; progress taken back for the failed try", async () => {
+    let calls = 0;
+    let progress = 0;
+    const fetchImpl = async (_url, { signal }) => {
+      calls++;
+      return new Response(calls === 1 ? stalled(signal) : body([1, 2], [3]));
+    };
+    const bytes = await fetchBytes("http://x/f", { fetchImpl, stallMs: 50, onBytes: (n) => (progress += n) });
+    assert.deepEqual([...bytes], [1, 2, 3]);
+    assert.equal(calls, 2);
+    assert.equal(progress, 3);
+  });
+
+  test("gives up after the last try, and at once on an HTTP error", async () => {
+    let calls = 0;
+    const stallsAlways = async (_url, { signal }) => { calls++; return new Response(stalled(signal)); };
+    await assert.rejects(fetchBytes("http://x/f", { fetchImpl: stallsAlways, stallMs: 30, tries: 2 }), /could not load http:\/\/x\/f: no data for 0.03 s/);
+    assert.equal(calls, 2);
+    calls = 0;
+    const missing = async () => { calls++; return new Response("nope", { status: 404 }); };
+    await assert.rejects(fetchBytes("http://x/g", { fetchImpl: missing }), /HTTP 404/);
+    assert.equal(calls, 1);
   });
 });

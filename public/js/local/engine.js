@@ -10,6 +10,53 @@ const GENERATED = new URL("../../generated/", import.meta.url);
 const MANIFEST_FORMAT = "lckv-onnx/1"; // gpu-service/lckv_service/export_onnx.py
 const ADAPTER_TIMEOUT_MS = 3000;
 
+/**
+ * A file's bytes, read in full. A transfer that stalls (no bytes for `stallMs`) is cancelled and
+ * retried, up to `tries` times: a dev server or a proxy that stops midway through one of several
+ * large parallel downloads must not leave the page "loading" forever. onBytes(n) reports progress
+ * (negative to take back a failed try's bytes).
+ */
+export async function fetchBytes(url, { onBytes = () => {}, stallMs = 20_000, tries = 3, fetchImpl = fetch } = {}) {
+  for (let attempt = 1; ; attempt++) {
+    const ac = new AbortController();
+    let timer;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => ac.abort(new Error(`no data for ${stallMs / 1000} s`)), stallMs);
+    };
+    let got = 0;
+    try {
+      arm();
+      const res = await fetchImpl(url, { signal: ac.signal });
+      if (!res.ok) throw Object.assign(new Error(`could not load ${url} (HTTP ${res.status})`), { final: true });
+      const reader = res.body.getReader();
+      const chunks = [];
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        arm();
+        chunks.push(value);
+        got += value.length;
+        onBytes(value.length);
+      }
+      const out = new Uint8Array(got);
+      let at = 0;
+      for (const c of chunks) {
+        out.set(c, at);
+        at += c.length;
+      }
+      return out;
+    } catch (e) {
+      onBytes(-got);
+      if (e.final || !ac.signal.aborted || attempt >= tries) {
+        throw e.final ? e : new Error(`could not load ${url}: ${ac.signal.aborted ? ac.signal.reason.message : e.message}`);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
 async function fetchJson(url) {
   const res = await fetch(url);
   if (!res.ok) throw new Error(`could not load ${url.pathname ?? url} (HTTP ${res.status}); run the playground build`);
@@ -68,11 +115,27 @@ export class LocalEngine {
     // threads need cross-origin isolation (SharedArrayBuffer); without it ORT would warn and use one
     ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
     ort.env.logLevel = "error"; // node-placement notes are for ORT developers, not page visitors
-    onStatus(`loading the model (${(manifest.onnx_bytes / 2 ** 20).toFixed(1)} MiB)`);
-    const modelUrl = new URL(`model/${manifest.files.onnx}`, GENERATED).href;
-    // the weights live in shards next to the graph (each under the static-asset size limit)
-    const externalData = manifest.files.onnx_data.map((name) => ({ path: name, data: new URL(`model/${name}`, GENERATED).href }));
-    const create = (ep) => ort.InferenceSession.create(modelUrl, { executionProviders: [ep], graphOptimizationLevel: "all", externalData });
+    // The runtime's wasm, the graph and its weight shards (each under the static-asset size limit),
+    // one at a time with stall retries (fetchBytes), with progress.
+    const wasmName = backend === "webgpu" ? "ort-wasm-simd-threaded.jspi.wasm" : "ort-wasm-simd-threaded.wasm";
+    const mib = (n) => (n / 2 ** 20).toFixed(1);
+    let loaded = 0;
+    let shown = -1;
+    const onBytes = (n) => {
+      loaded += n;
+      const step = Math.floor(loaded / 2 ** 22); // a status line per 4 MiB, not per chunk
+      if (step !== shown) onStatus(`loading the model (${mib(loaded)} of ${mib(manifest.onnx_bytes)} MiB)`);
+      shown = step;
+    };
+    onStatus(`loading the model (${mib(manifest.onnx_bytes)} MiB)`);
+    ort.env.wasm.wasmBinary = await fetchBytes(new URL(`ort/${wasmName}`, GENERATED).href);
+    const model = await fetchBytes(new URL(`model/${manifest.files.onnx}`, GENERATED).href, { onBytes });
+    const externalData = [];
+    for (const name of manifest.files.onnx_data) {
+      externalData.push({ path: name, data: await fetchBytes(new URL(`model/${name}`, GENERATED).href, { onBytes }) });
+    }
+    onStatus("starting the model");
+    const create = (ep) => ort.InferenceSession.create(model, { executionProviders: [ep], graphOptimizationLevel: "all", externalData });
     let session;
     try {
       session = await create(backend);
