@@ -19,10 +19,12 @@ export function rateLimit(): MiddlewareHandler<AppEnv> {
       }));
       res.headers.set("x-ratelimit-limit-requests", String(rpm));
       res.headers.set("x-ratelimit-remaining-requests", "0");
+      res.headers.set("x-ratelimit-reset-requests", `${r.resetSeconds}s`);
       return res;
     }
     await next();
     c.header("x-ratelimit-limit-requests", String(rpm));
     c.header("x-ratelimit-remaining-requests", String(r.remaining));
+    c.header("x-ratelimit-reset-requests", `${r.resetSeconds}s`);
   };
 }

@@ -192,6 +192,7 @@ describe("rate limit", () => {
     expect(Number(limited!.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
     expect(limited!.headers.get("x-ratelimit-remaining-requests")).toBe("0");
     expect(limited!.headers.get("x-ratelimit-limit-requests")).toBe("5"); // RATE_LIMIT_OVERRIDES in vitest.config.ts
+    expect(limited!.headers.get("x-ratelimit-reset-requests")).toMatch(/^\d+s$/);
     await expectError(limited!, 429, { type: "rate_limit_error", code: "rate_limit_exceeded" });
     expect((await call("/v1/models", { tenant: "tenant-b" })).status).toBe(200);
   });

@@ -37,7 +37,8 @@ describe("token bucket", () => {
       b = r.bucket;
     }
     const denied = take(b, 3, 1000);
-    expect(denied.result).toEqual({ allowed: false, remaining: 0, retryAfterSeconds: 20 });
+    expect(denied.result).toEqual({ allowed: false, remaining: 0, retryAfterSeconds: 20, resetSeconds: 60 });
+    expect(take(null, 3, 0).result.resetSeconds).toBe(20); // one of three taken: 20 s to refill it
     expect(take(denied.bucket, 3, 1000 + 20_000).result.allowed).toBe(true);
     expect(take(denied.bucket, 3, 1000 + 19_000).result.retryAfterSeconds).toBe(1);
   });
