@@ -67,11 +67,17 @@ export class SessionObject extends DurableObject<Env> {
     if (this.busy && this.running) await this.windDown(this.running);
     if (this.busy) return { ok: false, error: busyError().toJSON() };
     this.busy = true; // set before any await: one turn at a time
+    // known as running from now on, not only once the GPU service has answered: a turn asked while
+    // this one waits for its first frame gets the same grace (a cold replica can take a while)
+    const ac = new AbortController();
+    const turnId = crypto.randomUUID();
+    let released!: () => void;
+    const settled = new Promise<void>((resolve) => (released = resolve));
+    this.running = { id: turnId, abort: ac, settled };
     try {
       const cfg = loadConfig(this.env);
       const upstream = cfg.upstream;
       let plan = planTurn(this.state.transcript, req.messages, (this.state.meta?.blob_bytes ?? 0) > 0);
-      const ac = new AbortController();
       const call = (p: TurnPlan) =>
         generate(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
           sampling: req.sampling, return_blob: true }, p.useBlob ? this.store.loadBlob() : null, ac.signal);
@@ -99,14 +105,12 @@ export class SessionObject extends DurableObject<Env> {
       // A byte stream (what RPC carries reliably); writes are not awaited, so the turn runs (and
       // commits) at the GPU service's pace even if the client reads slowly.
       const { readable, writable } = new IdentityTransformStream();
-      const turnId = crypto.randomUUID();
-      let released!: () => void;
-      const settled = new Promise<void>((resolve) => (released = resolve));
-      this.running = { id: turnId, abort: ac, settled };
       void this.pump(gen, plan, req, writable, ac, cfg.sessionTtlSeconds, released);
       return { ok: true, turnId, start: gen.start, mode: plan.mode, stream: readable };
     } catch (err) {
       this.busy = false;
+      this.running = null;
+      released();
       const apiErr = err instanceof UpstreamError ? upstreamToApiError(err) : toApiError(err);
       return { ok: false, error: apiErr.toJSON() };
     }

@@ -3,15 +3,14 @@
 //   1. empty session: "new".
 //   2. the request extends the transcript (a stock client's full history + new messages): only the
 //      suffix is sent with the blob ("reuse").
-//   3. the request is the transcript without its last assistant reply (a client's "regenerate"), or
-//      it holds an assistant message (a full history that diverged, e.g. an edited or windowed one):
-//      "rebuild" from the request alone.
+//   3. the request holds an assistant message (a full history that diverged: edited, windowed, or a
+//      "regenerate" that drops the last reply): "rebuild" from the request alone.
 //   4. it starts with an instruction (system/developer) message: the same one as the session's first
 //      message means "instructions + new messages" (append the rest); another one means another
 //      conversation under this key: rebuild from the request.
 //   5. otherwise the request carries only new messages: "append" them after the transcript.
-// A request with no assistant message is never read as a full history that wipes the conversation
-// (saying "hi" again appends "hi"), except for the regenerate of rule 3, which drops one reply.
+// A request with no assistant message is never read as a full history that rewrites the
+// conversation: saying "hi" again, or "continue" every turn, appends it.
 import type { ChatMessage } from "../upstream/types";
 
 export type PlanMode = "new" | "append" | "reuse" | "rebuild";
@@ -42,8 +41,7 @@ export function planTurn(transcript: ChatMessage[], request: ChatMessage[], hasB
     if (hasBlob) return { mode: "reuse", send: request.slice(transcript.length), useBlob: true, conversation: request, keep: transcript.length };
     return rebuild(transcript, request);
   }
-  const regenerate = request.length === transcript.length - 1 && transcript.at(-1)!.role === "assistant" && isPrefix(request, transcript);
-  if (regenerate || request.some((m) => m.role === "assistant")) return rebuild(transcript, request);
+  if (request.some((m) => m.role === "assistant")) return rebuild(transcript, request);
   if (isInstruction(request[0]!)) {
     if (!sameMessage(request[0]!, transcript[0]!)) return rebuild(transcript, request);
     if (request.length > 1) return append(transcript, request.slice(1), hasBlob);
@@ -72,16 +70,17 @@ export function rebuildPlan(plan: TurnPlan): TurnPlan {
 /**
  * A plan without the blob whose prompt the service found too long (`tokens` > `limit`, from its
  * context_length_exceeded message when it says them): the same plan sending fewer messages, the
- * oldest dropped, never the leading instructions nor the last message, aiming at ~90% of the limit
- * by text length. The stored conversation stays whole; the cache then holds what a long-running
- * session's StreamingLLM cache would (instructions + the recent past). null when nothing can go.
+ * oldest dropped, aiming at ~90% of the limit by text length. The leading instructions and the last
+ * message stay; only when those two alone are too long do the instructions go too. The stored
+ * conversation stays whole; the cache then holds what a long-running session's StreamingLLM cache
+ * would (instructions + the recent past). null when only the last message is left.
  */
 export function trimToFit(plan: TurnPlan, tokens: number | null, limit: number | null): TurnPlan | null {
   const send = plan.send;
   let lead = 0;
   while (lead < send.length - 1 && isInstruction(send[lead]!)) lead++;
   const body = send.slice(lead);
-  if (body.length <= 1) return null;
+  if (body.length <= 1) return lead > 0 ? { ...plan, send: body } : null;
   const size = (m: ChatMessage) => m.content.length + 8; // + the template's role markers
   const total = body.reduce((n, m) => n + size(m), 0);
   const target = tokens && limit && tokens > limit ? total * (limit / tokens) * 0.9 : total / 2;

@@ -3,7 +3,7 @@
 // requested size, and records each call (incl. cancellations) for the tests to inspect.
 //
 // Directives in the text sent (messages or prompt) steer it: @blob=N (blob pattern bytes),
-// @slow (30 ms per delta), @drip (200 deltas, 40 ms apart), @hang (stall after the first delta until cancelled), @fail (in-band
+// @slow (30 ms per delta), @slowstart (the start frame 300 ms late), @drip (200 deltas, 40 ms apart), @hang (stall after the first delta until cancelled), @fail (in-band
 // error after 2 deltas), @cut (close the stream after 2 deltas), @reset (the connection fails after
 // 2 deltas, as when the service process dies), @cutblob (close mid-blob),
 // @ctx (400 context_length_exceeded), @limit=N (the same when the prompt is over N bytes: 1 byte = 1 token), @overload (503 + retry-after), @crash (500),
@@ -138,6 +138,7 @@ async function generate(request: Request): Promise<Response> {
   const body = new ReadableStream<Uint8Array>({
     async start(ctl) {
       const send = (chunk: Uint8Array) => !cancelled && ctl.enqueue(chunk);
+      if (newText.includes("@slowstart")) await sleep(300); // a cold replica: the first frame comes late
       send(J({ type: "start", request_id: req.request_id, model: model.id, prompt_tokens: promptTokens, cached_tokens: prev.tokens, created: 1764500000 }));
       let reply = "";
       let finish: "stop" | "length" = "stop";

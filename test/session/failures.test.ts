@@ -53,6 +53,21 @@ describe("session failures", () => {
     });
   });
 
+  it("the same holds while the previous turn still waits for the service's first frame", async () => {
+    await okTurn("s-race-cold", "warm up");
+    const stub = sessionStub(env, "tenant-a", "s-race-cold");
+    const ask = (content: string) => ({ requestId: `req-${content}`, model: MODEL, messages: [user(content)], sampling: {} });
+    await (runInDurableObject as any)(stub, async (obj: any) => {
+      const first = obj.turn(ask("@slowstart @drip long")); // its client leaves before the first frame
+      const second = obj.turn(ask("asked at once"));
+      const r1 = await first;
+      await obj.cancelTurn(r1.turnId); // what the route does once turn() returns to a gone client
+      const reply = await second;
+      expect(reply.ok).toBe(true);
+      await reply.stream.pipeTo(new WritableStream());
+    });
+  });
+
   it("a turn asked right after the client aborted the previous one waits for it to wind down (no 409)", async () => {
     await okTurn("s-abort-next", "warm up");
     const before = await info("s-abort-next");
@@ -206,7 +221,7 @@ describe("session failures", () => {
     expect(sent.length).toBeLessThan(before.messages + 1);
     expect(await info(sid)).toMatchObject({ turns: before.turns + 1, messages: before.messages + 2 });
     // one message that alone is too long still fails, naming messages
-    const huge = await sessionChat(sid, [user("@blobinvalid " + "h".repeat(600))]);
+    const huge = await sessionChat(sid, [user("@blobinvalid @limit=420 " + "h".repeat(600))]);
     expect(huge.status).toBe(400);
     expect(((await huge.json()) as any).error).toMatchObject({ code: "context_length_exceeded", param: "messages" });
   });

@@ -35,16 +35,18 @@ describe("planTurn", () => {
     expect(planTurn(t, [u("sys"), u("x")], true).mode).toBe("append");
   });
 
-  it("the same history with nothing new, or the history without its last reply (regenerate), rebuilds", () => {
+  it("the same history with nothing new, or a regenerate (the history without its last reply), rebuilds", () => {
     expect(planTurn(t, t, true).mode).toBe("rebuild");
-    expect(planTurn(t, [s("sys"), u("q1")], true)).toMatchObject({ mode: "rebuild", keep: 2 });
     const long = [...t, u("q2"), a("r2")];
     expect(planTurn(long, [...t, u("q2")], true)).toMatchObject({ mode: "rebuild", send: [...t, u("q2")], keep: 4 });
   });
 
-  it("a new message equal to the first one appends: it never wipes the conversation", () => {
+  it("a new message equal to an earlier one appends: it never rewrites the conversation", () => {
     const conv = [u("hi"), a("hello"), u("My name is Zed."), a("Hi Zed.")];
     expect(planTurn(conv, [u("hi")], true)).toEqual({ mode: "append", send: [u("hi")], useBlob: true, conversation: [...conv, u("hi")], keep: 4 });
+    // the same message every turn ("continue") keeps growing the conversation
+    expect(planTurn([u("hi"), a("hello")], [u("hi")], true)).toMatchObject({ mode: "append", conversation: [u("hi"), a("hello"), u("hi")] });
+    expect(planTurn(t, [s("sys"), u("q1")], true)).toMatchObject({ mode: "append", send: [u("q1")], conversation: [...t, u("q1")] });
   });
 
   it("a history holding an assistant reply that does not extend the transcript rebuilds (windowed or edited)", () => {
@@ -87,17 +89,15 @@ describe("trimToFit", () => {
   it("without the numbers it halves; it gives up when only the last message is left", () => {
     const half = trimToFit(plan, null, null)!;
     expect(half.send.length).toBeLessThan(long.length);
-    let p: ReturnType<typeof trimToFit> = plan;
-    let rounds = 0;
-    while (p) {
-      const next = trimToFit(p, null, null);
-      if (!next) break;
-      expect(next.send.length).toBeLessThan(p.send.length);
-      p = next;
-      rounds++;
+    const sends = [plan.send];
+    for (let p = trimToFit(plan, null, null); p; p = trimToFit(p, null, null)) {
+      expect(p.send.length).toBeLessThan(sends.at(-1)!.length);
+      sends.push(p.send);
     }
-    expect(p.send).toEqual([s("rules"), u("last")]);
-    expect(rounds).toBeLessThanOrEqual(5);
+    expect(sends.length).toBeLessThanOrEqual(6);
+    // the instructions go last, only when they and the last message alone are still too long
+    expect(sends.at(-2)).toEqual([s("rules"), u("last")]);
+    expect(sends.at(-1)).toEqual([u("last")]);
     expect(trimToFit(planTurn([], [u("only")], false), 900, 100)).toBeNull();
   });
 
