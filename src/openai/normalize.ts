@@ -33,7 +33,8 @@ function sampling(r: ChatRequest | CompletionRequest, maxTokens: number | null |
   // OpenAI's default is 1 (sampling); the GPU service's own default is 0 (greedy), so always say it
   s.temperature = r.temperature ?? DEFAULT_TEMPERATURE;
   if (r.top_p != null) s.top_p = r.top_p;
-  if (r.seed != null) s.seed = r.seed;
+  // beyond 2^53 a JSON number is not exact anyway: fold it (deterministically) into the exact range
+  if (r.seed != null) s.seed = Number.isSafeInteger(r.seed) ? r.seed : Number(BigInt.asIntN(53, BigInt(r.seed)));
   if (r.stop != null) s.stop = typeof r.stop === "string" ? [r.stop] : r.stop;
   return s;
 }

@@ -36,7 +36,9 @@ const common = {
   temperature: nullish(z.number().min(0).max(2)),
   top_p: nullish(z.number().gt(0).max(1)),
   stop,
-  seed: nullish(z.int().min(-(2 ** 53) + 1).max(2 ** 53 - 1)),
+  // any 64-bit integer, as at OpenAI (JSON gives JS numbers, exact up to 2^53; normalize folds the rest)
+  seed: nullish(z.number().refine(Number.isInteger, "Invalid input: seed must be an integer")
+    .min(-(2 ** 63), "Invalid input: seed must be a 64-bit integer").max(2 ** 63, "Invalid input: seed must be a 64-bit integer")),
   n: nullish(z.int().min(1).max(128)),
   stream: nullish(z.boolean()),
   stream_options: nullish(z.strictObject({ include_usage: z.boolean().optional(), include_obfuscation: z.boolean().optional() })),

@@ -26,7 +26,8 @@ chat.post("/v1/chat/completions", async (c) => {
   let turn;
   if (sessionId !== undefined) {
     c.set("sessionId", sessionId);
-    c.header("x-session-id", sessionIdHeader(sessionId));
+    const echo = sessionIdHeader(sessionId);
+    if (echo !== null) c.header("x-session-id", echo);
     turn = await sessionTurn(c, sessionId, { model: req.model, messages: req.messages, sampling: req.sampling });
   } else {
     turn = await statelessTurn(c, { model: req.model, kind: "chat", messages: req.messages, sampling: req.sampling });

@@ -13,6 +13,10 @@ const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[
 const HEADER_ID = /^[\x20-\x7e]+$/;
 
 export function validateSessionId(value: string, param: string): string {
+  if (value === "." || value === "..") {
+    // a URL path normalises them away: GET/DELETE /v1/sessions/{id} could never reach such a session
+    throw new ApiError(400, `Invalid ${param}: "." and ".." cannot name a session.`, { param, code: "invalid_value" });
+  }
   const ok = value.length >= 1 && value.length <= MAX_SESSION_ID && !CONTROL.test(value) && !LONE_SURROGATE.test(value)
     && (param !== "x-session-id" || HEADER_ID.test(value));
   if (!ok) {
@@ -22,9 +26,13 @@ export function validateSessionId(value: string, param: string): string {
   return value;
 }
 
-/** The id as a response header value: as is when printable ASCII, else percent-encoded (UTF-8). */
-export function sessionIdHeader(id: string): string {
-  return HEADER_ID.test(id) ? id : encodeURIComponent(id);
+/**
+ * The id as a response header value, when a header can carry it exactly (printable ASCII without
+ * leading or trailing spaces, which HTTP trims); otherwise null and no echo: an encoded form could
+ * not be told apart from an id that is that encoding.
+ */
+export function sessionIdHeader(id: string): string | null {
+  return HEADER_ID.test(id) && id.trim() === id ? id : null;
 }
 
 /** prompt_cache_key wins; both present and different is ambiguous and rejected. */

@@ -31,6 +31,7 @@ export interface LogEntry {
   kind: string;
   messages: { role: string; content: string }[];
   prompt?: string;
+  sampling: Record<string, any>;
   blob_in_bytes: number;
   return_blob: boolean;
   status: number;
@@ -81,7 +82,7 @@ async function generate(request: Request): Promise<Response> {
   blobParts.reduce((off, p) => (blobIn.set(p, off), off + p.length), 0);
 
   const entry: LogEntry = { request_id: req.request_id, model: req.model, kind: req.kind, messages: req.messages ?? [],
-    prompt: req.prompt, blob_in_bytes: blobIn.length, return_blob: req.return_blob, status: 200, outcome: "started" };
+    prompt: req.prompt, sampling: req.sampling ?? {}, blob_in_bytes: blobIn.length, return_blob: req.return_blob, status: 200, outcome: "started" };
   log.set(req.request_id, [...(log.get(req.request_id) ?? []), entry]);
   const fail = (status: number, message: string, code: string, param: string | null = null, headers = {}) => {
     entry.status = status;

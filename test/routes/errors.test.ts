@@ -70,6 +70,22 @@ describe("request validation", () => {
     });
   }
 
+  it("seed takes any 64-bit integer; a fraction or a bigger number is refused in words", async () => {
+    for (const seed of [-1, -(2 ** 63), 2 ** 63 - 1, 2 ** 60, 0]) {
+      const res = await chat({ model: MODEL, messages: [user("x")], seed, temperature: 1 });
+      expect(res.status).toBe(200);
+      const log = await doubleLog(res.headers.get("x-request-id")!);
+      expect(Number.isSafeInteger(log[0]!.sampling.seed)).toBe(true);
+    }
+    for (const [seed, words] of [[1.5, /seed must be an integer/], [2 ** 64, /64-bit integer/]] as const) {
+      const res = await chat({ model: MODEL, messages: [user("x")], seed });
+      expect(res.status).toBe(400);
+      const err = ((await res.json()) as any).error;
+      expect(err.param).toBe("seed");
+      expect(err.message).toMatch(words);
+    }
+  });
+
   it("unsupported content parts and too many stop strings say what is allowed", async () => {
     const img = await chat({ model: MODEL, messages: [{ role: "user", content: [{ type: "image_url", image_url: { url: "x" } }] }] });
     expect(((await img.json()) as any).error.message).toMatch(/array of text parts.*image, audio and file parts are not supported/);
