@@ -36,9 +36,12 @@ def _raise_exception(message: str):
 
 class ChatTokenizer:
     def __init__(self, tokenizer: Tokenizer, chat_template: str, eos_token: str,
-                 extra_stop_ids: tuple[int, ...] = ()):
+                 extra_stop_ids: tuple[int, ...] = (), document_separator_id: int | None = None):
         self.tokenizer = tokenizer
         self.eos_token = eos_token
+        # what an empty completions prompt starts from (OpenAI: "as if from the beginning of a new
+        # document"): the pad token, which the project's tokenizers use as the document separator
+        self.document_separator_id = document_separator_id
         eos_id = tokenizer.token_to_id(eos_token)
         if eos_id is None:
             raise ConfigError(f"eos_token {eos_token!r} is not in the vocabulary", param="eos_token")
@@ -88,7 +91,8 @@ class ChatTokenizer:
             extra = [tok.token_to_id(pad)]
         if any(not 0 <= i < tok.get_vocab_size() for i in extra):
             raise ConfigError("generation_config.json eos_token_id outside the vocabulary", param="eos_token_id")
-        return cls(tok, template, eos, tuple(extra))
+        pad = _token_text(cfg.get("pad_token"))
+        return cls(tok, template, eos, tuple(extra), tok.token_to_id(pad) if pad is not None else None)
 
     @property
     def vocab_size(self) -> int:

@@ -220,7 +220,7 @@ BAD_FIELDS = [
     (_with(sampling_max_tokens=513), "sampling.max_tokens"),
     (_with(sampling_seed=-2**63 - 1), "sampling.seed"),
     (_with(sampling_stop=["a", "b", "c", "d", "e"]), "sampling.stop"),
-    ({"model": MODEL_ID, "kind": "completion", "prompt": ""}, "prompt"),
+    ({"model": MODEL_ID, "kind": "completion", "prompt": 7}, "prompt"),
     ({"model": MODEL_ID, "kind": "completion", "prompt": "x", "messages": HELLO}, "messages"),
 ]
 
@@ -459,3 +459,12 @@ def test_cli_make_test_model_and_serve_without_secret(tmp_path, monkeypatch, cap
     assert main(["serve", "--model", str(tmp_path / "m")]) == 2
     assert "GPU_SERVICE_SECRET" in capsys.readouterr().err
     assert main(["no-such-command"]) == 2
+
+
+def test_an_empty_completions_prompt_starts_a_new_document(srv):
+    """OpenAI: with no prompt the model generates as if from the beginning of a new document."""
+    tok = srv.service.tokenizer
+    assert tok.document_separator_id is not None
+    r = run_one(srv.url, {"model": MODEL_ID, "kind": "completion", "prompt": "", "sampling": {"max_tokens": 6}})
+    assert r.status == 200 and r.events[0]["prompt_tokens"] == 1
+    assert r.events[-1]["usage"]["completion_tokens"] >= 1

@@ -167,8 +167,8 @@ def parse_generate_request(payload: bytes, max_tokens_limit: int) -> GenerateReq
         if "messages" in obj:
             raise _invalid("messages", "messages is for kind 'chat'; completion takes prompt")
         prompt = obj.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            raise _invalid("prompt", "prompt must be a non-empty string")
+        if not isinstance(prompt, str):
+            raise _invalid("prompt", "prompt must be a string")
         _unicode(prompt, "prompt")
     return_blob = obj.get("return_blob", False)
     if not isinstance(return_blob, bool):

@@ -156,10 +156,12 @@ class ModelService:
             param = "messages"
         else:
             prompt = g.prompt
-            prompt_ids = tok.encode(prompt)
+            # an empty prompt starts a new document, as at OpenAI
+            start = [tok.document_separator_id] if not prompt and tok.document_separator_id is not None else []
+            prompt_ids = start + tok.encode(prompt)
 
             def canonical(reply: str) -> list[int]:
-                return tok.encode(prompt + reply)
+                return start + tok.encode(prompt + reply)
             param = "prompt"
         if len(prompt_ids) > self.max_prompt_tokens:
             raise RequestError(f"the new prompt has {len(prompt_ids)} tokens, more than the limit of "
