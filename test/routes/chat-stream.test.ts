@@ -90,6 +90,13 @@ describe("completions", () => {
     expect(log[0]).toMatchObject({ kind: "completion", prompt: "Once upon", return_blob: false, blob_in_bytes: 0 });
   });
 
+  it("an empty prompt is passed on (the service starts a new document), as at OpenAI", async () => {
+    const res = await complete({ model: MODEL, prompt: "" });
+    expect(res.status).toBe(200);
+    const log = await doubleLog(res.headers.get("x-request-id")!);
+    expect(log[0]).toMatchObject({ kind: "completion", prompt: "" });
+  });
+
   it("streams text_completion chunks with a usage chunk and [DONE]", async () => {
     const res = await complete({ model: MODEL, prompt: ["Once"], stream: true, stream_options: { include_usage: true } });
     const { data, chunks } = await streamOf(res);
