@@ -52,7 +52,7 @@ const busyError = () =>
 export class SessionObject extends DurableObject<Env> {
   private store!: SessionStore;
   private state: SessionState = { meta: null, transcript: [] };
-  private busy = false;
+  /** The turn in progress (one at a time), from its start to its release. */
   private running: { id: string; abort: AbortController; settled: Promise<void> } | null = null;
 
   constructor(ctx: DurableObjectState, env: Env) {
@@ -64,11 +64,10 @@ export class SessionObject extends DurableObject<Env> {
   }
 
   async turn(req: TurnRequest): Promise<TurnReply> {
-    if (this.busy && this.running) await this.windDown(this.running);
-    if (this.busy) return { ok: false, error: busyError().toJSON() };
-    this.busy = true; // set before any await: one turn at a time
-    // known as running from now on, not only once the GPU service has answered: a turn asked while
-    // this one waits for its first frame gets the same grace (a cold replica can take a while)
+    if (this.running) await this.windDown(this.running);
+    if (this.running) return { ok: false, error: busyError().toJSON() };
+    // Running from here, before any await (one turn at a time), not only once the GPU service has
+    // answered: a turn asked while this one waits for its first frame gets the same grace.
     const ac = new AbortController();
     const turnId = crypto.randomUUID();
     let released!: () => void;
@@ -108,7 +107,6 @@ export class SessionObject extends DurableObject<Env> {
       void this.pump(gen, plan, req, writable, ac, cfg.sessionTtlSeconds, released);
       return { ok: true, turnId, start: gen.start, mode: plan.mode, stream: readable };
     } catch (err) {
-      this.busy = false;
       this.running = null;
       released();
       const apiErr = err instanceof UpstreamError ? upstreamToApiError(err) : toApiError(err);
@@ -125,7 +123,7 @@ export class SessionObject extends DurableObject<Env> {
   private async windDown(running: NonNullable<SessionObject["running"]>): Promise<void> {
     const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
     await Promise.race([running.settled, sleep(BUSY_GRACE_MS)]);
-    if (this.busy && this.running === running && running.abort.signal.aborted) {
+    if (this.running === running && running.abort.signal.aborted) {
       await Promise.race([running.settled, sleep(CANCELLED_TURN_WAIT_MS)]);
     }
   }
@@ -162,7 +160,6 @@ export class SessionObject extends DurableObject<Env> {
       outcome = clientGone ? "client_closed" : `error:${toApiError(err).code ?? "internal_error"}`;
       if (!clientGone) write(errorEvent(toApiError(err)));
     } finally {
-      this.busy = false;
       this.running = null;
       released();
       await writer.close().catch(() => {});
@@ -216,7 +213,7 @@ export class SessionObject extends DurableObject<Env> {
 
   /** Delete the session. "busy" while a turn runs (the turn would re-create it). */
   async remove(): Promise<"deleted" | "not_found" | "busy"> {
-    if (this.busy) return "busy";
+    if (this.running) return "busy";
     if (!this.state.meta) return "not_found";
     await this.store.clear();
     this.state = { meta: null, transcript: [] };
@@ -230,7 +227,7 @@ export class SessionObject extends DurableObject<Env> {
 
   override async alarm(): Promise<void> {
     // The alarm is moved on every commit, so when it fires the session has been idle for the TTL.
-    if (this.busy) {
+    if (this.running) {
       await this.ctx.storage.setAlarm(Date.now() + loadConfig(this.env).sessionTtlSeconds * 1000);
       return;
     }
