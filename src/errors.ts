@@ -84,6 +84,9 @@ export interface SerializedApiError {
   shouldRetry?: boolean | undefined;
 }
 
+/** A client-supplied value as echoed in an error message: at most `max` characters. */
+export const clip = (value: string, max: number): string => (value.length > max ? `${value.slice(0, max)}…` : value);
+
 export function errorHeaders(err: ApiError): Record<string, string> {
   const h: Record<string, string> = { "content-type": "application/json" };
   if (err.retryAfter !== undefined) h["retry-after"] = String(Math.max(1, Math.ceil(err.retryAfter)));

@@ -1,7 +1,7 @@
 // Assembles the Worker: middleware order, routes, error rendering, and the Durable Object exports.
 import { Hono } from "hono";
 import type { AppEnv } from "./env";
-import { ApiError, onError, renderError } from "./errors";
+import { ApiError, clip, onError, renderError } from "./errors";
 import { auth } from "./middleware/auth";
 import { rateLimit } from "./middleware/rate-limit";
 import { requestLog } from "./middleware/request-log";
@@ -34,8 +34,7 @@ app.notFound((c) => {
     res.headers.set("allow", allow);
     return res;
   }
-  const path = c.req.path.length > 200 ? `${c.req.path.slice(0, 200)}…` : c.req.path;
-  return renderError(c, new ApiError(404, `Unknown route: ${c.req.method} ${path}`, { code: "unknown_route" }));
+  return renderError(c, new ApiError(404, `Unknown route: ${c.req.method} ${clip(c.req.path, 200)}`, { code: "unknown_route" }));
 });
 app.onError(onError);
 

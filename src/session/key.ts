@@ -3,13 +3,13 @@
 // cannot contain ':').
 import { ApiError } from "../errors";
 import type { Env } from "../env";
+import { hasLoneSurrogate } from "../openai/schemas";
 
 // Like OpenAI's prompt_cache_key, any text (an e-mail address, "conv/123", non-Latin scripts), bounded,
 // without control characters or unpaired surrogates. A header value carries printable ASCII only.
 const MAX_SESSION_ID = 256;
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
-const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
 const HEADER_ID = /^[\x20-\x7e]+$/;
 
 export function validateSessionId(value: string, param: string): string {
@@ -17,7 +17,7 @@ export function validateSessionId(value: string, param: string): string {
     // a URL path normalises them away: GET/DELETE /v1/sessions/{id} could never reach such a session
     throw new ApiError(400, `Invalid ${param}: "." and ".." cannot name a session.`, { param, code: "invalid_value" });
   }
-  const ok = value.length >= 1 && value.length <= MAX_SESSION_ID && !CONTROL.test(value) && !LONE_SURROGATE.test(value)
+  const ok = value.length >= 1 && value.length <= MAX_SESSION_ID && !CONTROL.test(value) && !hasLoneSurrogate(value)
     && (param !== "x-session-id" || HEADER_ID.test(value));
   if (!ok) {
     const what = param === "x-session-id" ? "printable ASCII" : "text without control characters";

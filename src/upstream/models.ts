@@ -1,6 +1,6 @@
 // The model list comes from the GPU service and is cached briefly in isolate memory, so routing a
 // request (and rejecting an unknown model with 404) rarely costs a round trip.
-import { ApiError } from "../errors";
+import { ApiError, clip } from "../errors";
 import type { Config } from "../config";
 import { listModels } from "./client";
 import { UpstreamError, upstreamToApiError } from "./errors";
@@ -23,8 +23,7 @@ export async function getModels(cfg: Config): Promise<ModelInfo[]> {
 export async function requireModel(cfg: Config, id: string, param = "model"): Promise<ModelInfo> {
   const model = (await getModels(cfg)).find((m) => m.id === id);
   if (!model) {
-    const shown = id.length > 100 ? `${id.slice(0, 100)}…` : id; // never echo an unbounded value
-    throw new ApiError(404, `The model '${shown}' does not exist or you do not have access to it.`, { code: "model_not_found", param });
+    throw new ApiError(404, `The model '${clip(id, 100)}' does not exist or you do not have access to it.`, { code: "model_not_found", param });
   }
   return model;
 }

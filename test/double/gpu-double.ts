@@ -92,21 +92,20 @@ async function generate(request: Request): Promise<Response> {
 
   const model = MODELS.find((m) => m.id === req.model);
   if (!model) return fail(404, "unknown model", "model_not_found", "model");
+  const isChat = req.kind === "chat";
+  const newText = isChat ? render(req.messages) + "<|assistant|>\n" : String(req.prompt);
   let prev = { tokens: 0, hash: FNV_INIT };
   if (blobIn.length > 0) {
     try {
       const h = decodeBlob(blobIn);
       if (h.fingerprint !== model.fingerprint) return fail(409, "blob made for another model", "blob_model_mismatch", "blob");
-      const said = req.kind === "chat" ? render(req.messages) : String(req.prompt);
-      if (said.includes("@blobversion")) return fail(409, "blob format version 2 is not supported", "blob_version", "blob");
-      if (said.includes("@blobinvalid")) return fail(400, "blob checksum mismatch (corrupted)", "blob_invalid", "blob");
+      if (newText.includes("@blobversion")) return fail(409, "blob format version 2 is not supported", "blob_version", "blob");
+      if (newText.includes("@blobinvalid")) return fail(400, "blob checksum mismatch (corrupted)", "blob_invalid", "blob");
       prev = h;
     } catch (e) {
       return fail(400, String(e), "blob_invalid", "blob");
     }
   }
-  const isChat = req.kind === "chat";
-  const newText = isChat ? render(req.messages) + "<|assistant|>\n" : String(req.prompt);
   if (newText.includes("@ctx")) return fail(400, "prompt too long", "context_length_exceeded", "messages");
   const limit = /@limit=(\d+)/.exec(newText);
   if (limit && bytes(newText) > Number(limit[1])) {

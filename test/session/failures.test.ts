@@ -10,6 +10,11 @@ const sessionChat = (sid: string, messages: unknown[], extra: Record<string, unk
 
 const info = async (sid: string) => (await (await call(`/v1/sessions/${sid}`)).json()) as any;
 
+/** Runs `body` inside the session object `sid` (untyped: its RPC types are too deep for tsc here). */
+const insideSession = (sid: string, body: (obj: any) => Promise<void>) =>
+  (runInDurableObject as any)(sessionStub(env, "tenant-a", sid), body) as Promise<void>;
+const ask = (content: string) => ({ requestId: `req-${content}`, model: MODEL, messages: [user(content)], sampling: {} });
+
 async function okTurn(sid: string, content: string) {
   const res = await sessionChat(sid, [user(content)]);
   expect(res.status).toBe(200);
@@ -38,10 +43,7 @@ describe("session failures", () => {
 
   it("a turn that arrives just before the previous turn's cancel waits for it instead of a 409", async () => {
     await okTurn("s-race", "warm up");
-    const stub = sessionStub(env, "tenant-a", "s-race");
-    const ask = (content: string) => ({ requestId: `req-${content}`, model: MODEL, messages: [user(content)], sampling: {} });
-    // (untyped: the session object's RPC types are too deep for tsc through runInDurableObject)
-    await (runInDurableObject as any)(stub, async (obj: any) => {
+    await insideSession("s-race", async (obj) => {
       const first = await obj.turn(ask("@drip long"));
       expect(first.ok).toBe(true);
       const second = obj.turn(ask("right after")); // the client's cancel of the first is still on its way
@@ -55,9 +57,7 @@ describe("session failures", () => {
 
   it("the same holds while the previous turn still waits for the service's first frame", async () => {
     await okTurn("s-race-cold", "warm up");
-    const stub = sessionStub(env, "tenant-a", "s-race-cold");
-    const ask = (content: string) => ({ requestId: `req-${content}`, model: MODEL, messages: [user(content)], sampling: {} });
-    await (runInDurableObject as any)(stub, async (obj: any) => {
+    await insideSession("s-race-cold", async (obj) => {
       const first = obj.turn(ask("@slowstart @drip long")); // its client leaves before the first frame
       const second = obj.turn(ask("asked at once"));
       const r1 = await first;

@@ -28,7 +28,7 @@ export async function fetchBytes(url, { onBytes = () => {}, stallMs = 20_000, tr
     try {
       arm();
       const res = await fetchImpl(url, { signal: ac.signal });
-      if (!res.ok) throw Object.assign(new Error(`could not load ${url} (HTTP ${res.status})`), { final: true });
+      if (!res.ok) throw Object.assign(new Error(`could not load ${url} (HTTP ${res.status}); run the playground build`), { final: true });
       const reader = res.body.getReader();
       const chunks = [];
       for (;;) {
@@ -58,9 +58,7 @@ export async function fetchBytes(url, { onBytes = () => {}, stallMs = 20_000, tr
 }
 
 async function fetchJson(url) {
-  const res = await fetch(url);
-  if (!res.ok) throw new Error(`could not load ${url.pathname ?? url} (HTTP ${res.status}); run the playground build`);
-  return res.json();
+  return JSON.parse(new TextDecoder().decode(await fetchBytes(url)));
 }
 
 // ORT's WebAssembly backend computes on the page's thread and its promises resolve as microtasks, so
