@@ -1,8 +1,9 @@
 // Assembles the Worker: middleware order, routes, error rendering, and the Durable Object exports.
 import { Hono } from "hono";
 import type { AppEnv } from "./env";
-import { ApiError, clip, onError, renderError } from "./errors";
+import { ApiError, clip } from "./errors";
 import { auth } from "./middleware/auth";
+import { onError } from "./middleware/on-error";
 import { rateLimit } from "./middleware/rate-limit";
 import { requestLog } from "./middleware/request-log";
 import { chat } from "./routes/chat";
@@ -30,11 +31,11 @@ const METHODS: [RegExp, string][] = [
 app.notFound((c) => {
   const allow = METHODS.find(([re]) => re.test(c.req.path))?.[1];
   if (allow) {
-    const res = renderError(c, new ApiError(405, `Method ${c.req.method} is not allowed here; use ${allow}.`, { code: "method_not_allowed" }));
+    const res = new ApiError(405, `Method ${c.req.method} is not allowed here; use ${allow}.`, { code: "method_not_allowed" }).toResponse();
     res.headers.set("allow", allow);
     return res;
   }
-  return renderError(c, new ApiError(404, `Unknown route: ${c.req.method} ${clip(c.req.path, 200)}`, { code: "unknown_route" }));
+  return new ApiError(404, `Unknown route: ${c.req.method} ${clip(c.req.path, 200)}`, { code: "unknown_route" }).toResponse();
 });
 app.onError(onError);
 

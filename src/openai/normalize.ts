@@ -3,7 +3,8 @@
 // "unsupported_parameter"); harmless ones (user, metadata, store, service_tier, ...) are ignored.
 import { ApiError } from "../errors";
 import type { ChatMessage, Sampling } from "../upstream/types";
-import { hasLoneSurrogate, type ChatRequest, type CompletionRequest, type MessageIn } from "./schemas";
+import { hasLoneSurrogate } from "../text";
+import { type ChatRequest, type CompletionRequest, type MessageIn } from "./schemas";
 
 const unsupported = (param: string, what: string) =>
   new ApiError(400, `${what} is not supported by this API.`, { param, code: "unsupported_parameter" });

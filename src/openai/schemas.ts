@@ -1,13 +1,11 @@
 // Request schemas for the OpenAI endpoints. Unknown fields are rejected like OpenAI does; fields
 // we accept but whose non-default values change semantics we do not implement are rejected in
-// openai/unsupported.ts. docs/edge.md has the full table.
+// openai/normalize.ts. docs/edge.md has the full table.
 import { z } from "zod";
+import { hasLoneSurrogate } from "../text";
 
 const nullish = <T extends z.ZodType>(t: T) => t.nullable().optional();
 
-// JSON may carry an unpaired surrogate ("\ud83d"); it is not Unicode text, no tokenizer can encode
-// it, so it is refused here (400 naming the field) rather than failing in the GPU service.
-export const hasLoneSurrogate = (s: string) => /\p{Cs}/u.test(s);
 const LONE_SURROGATE = "Invalid input: the string contains an unpaired UTF-16 surrogate";
 const text = () => z.string().refine((s) => !hasLoneSurrogate(s), LONE_SURROGATE);
 

@@ -3,7 +3,7 @@
 // cannot contain ':').
 import { ApiError } from "../errors";
 import type { Env } from "../env";
-import { hasLoneSurrogate } from "../openai/schemas";
+import { hasLoneSurrogate } from "../text";
 
 // Like OpenAI's prompt_cache_key, any text (an e-mail address, "conv/123", non-Latin scripts), bounded,
 // without control characters or unpaired surrogates. A header value carries printable ASCII only.

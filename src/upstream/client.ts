@@ -2,18 +2,10 @@
 // parsed as they stream in. Aborting `signal` cancels the HTTP request, which cancels generation.
 import { ApiError } from "../errors";
 import { blobFrames, concatBytes, endFrame, FRAMES_CONTENT_TYPE, FrameError, jsonFrame, readFrames, type Frame } from "./frames";
-import { readUpstreamError, UpstreamError } from "./errors";
-import type { DoneEvent, GenerateRequest, ModelInfo, StartEvent, TurnEvent } from "./types";
+import { errorEvent, inBandUpstreamError, readErrorBody, readUpstreamError, toPublicError } from "./errors";
+import type { DoneEvent, GenerateRequest, ModelInfo, StartEvent, TurnEvent, UpstreamOptions } from "./types";
 
-export interface UpstreamOptions {
-  baseUrl: string;
-  secret: string;
-  /** Behind a GPU platform's gateway (RunPod, NVCF) `Authorization` carries the platform's key and our
-   * shared secret travels in `X-Service-Secret` (docs/internal-protocol.md). */
-  platformKey?: string;
-  /** The longest the service may stay silent before its first frame or between frames. */
-  idleTimeoutMs?: number;
-}
+export type { UpstreamOptions };
 
 const DEFAULT_IDLE_MS = 120_000;
 const MODELS_TIMEOUT_MS = 10_000;
@@ -109,7 +101,8 @@ export async function listModels(opts: UpstreamOptions, signal?: AbortSignal): P
 
 /**
  * Start a generation. Resolves once the service has accepted it (HTTP 200 and the `start` frame);
- * errors before that throw UpstreamError (HTTP error body) or ApiError (transport).
+ * errors before that throw UpstreamError (the service's error) or ApiError (transport). After it, the
+ * service's in-band errors arrive as public error events.
  */
 export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob: Uint8Array[] | null,
   signal: AbortSignal): Promise<GenerateStream> {
@@ -142,7 +135,7 @@ export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob
   if (first?.kind !== "J" || first.json.type !== "start") {
     watchdog.stop();
     await frames.return(undefined);
-    if (first?.kind === "J" && first.json.type === "error") throw new UpstreamError(500, (first.json as { error: never }).error);
+    if (first?.kind === "J" && first.json.type === "error") throw inBandUpstreamError(readErrorBody(first.json.error, "model service error"));
     throw broken("missing start frame");
   }
   return { start: first.json as unknown as StartEvent, events: turnEvents(frames, req.return_blob, watchdog) };
@@ -173,7 +166,7 @@ async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean, w
         if (typeof ev.text !== "string") throw broken("delta without text");
         yield ev;
       } else if (ev.type === "error") {
-        yield { type: "error", error: ev.error };
+        yield errorEvent(toPublicError(inBandUpstreamError(readErrorBody(f.json.error, "model service error"))));
         return;
       } else if (ev.type === "done") {
         yield { ...ev, blob: await readBlob(frames, expectBlob ? ev.blob_bytes : 0, watchdog) };

@@ -3,7 +3,7 @@
 import { ApiError, clip } from "../errors";
 import type { Config } from "../config";
 import { listModels } from "./client";
-import { UpstreamError, upstreamToApiError } from "./errors";
+import { toPublicError } from "./errors";
 import type { ModelInfo } from "./types";
 
 let cached: { url: string; at: number; models: ModelInfo[] } | null = null;
@@ -16,7 +16,7 @@ export async function getModels(cfg: Config): Promise<ModelInfo[]> {
     cached = { url: cfg.upstream.baseUrl, at: now, models };
     return models;
   } catch (err) {
-    throw err instanceof UpstreamError ? upstreamToApiError(err) : err;
+    throw toPublicError(err);
   }
 }
 

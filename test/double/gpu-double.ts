@@ -39,8 +39,9 @@ export interface LogEntry {
 }
 const log = new Map<string, LogEntry[]>();
 
-const err = (status: number, message: string, code: string, param: string | null = null, headers: Record<string, string> = {}) =>
-  new Response(JSON.stringify({ error: { message, type: status >= 500 ? "server_error" : status === 401 ? "authentication_error" : "invalid_request_error", param, code } }),
+const err = (status: number, message: string, code: string, param: string | null = null, headers: Record<string, string> = {},
+  extra: Record<string, unknown> = {}) =>
+  new Response(JSON.stringify({ error: { message, type: status >= 500 ? "server_error" : status === 401 ? "authentication_error" : "invalid_request_error", param, code, ...extra } }),
     { status, headers: { "content-type": "application/json", ...headers } });
 
 const render = (msgs: { role: string; content: string }[]) => msgs.map((m) => `<|${m.role}|>\n${m.content}<|end|>\n`).join("");
@@ -84,10 +85,10 @@ async function generate(request: Request): Promise<Response> {
   const entry: LogEntry = { request_id: req.request_id, model: req.model, kind: req.kind, messages: req.messages ?? [],
     prompt: req.prompt, sampling: req.sampling ?? {}, blob_in_bytes: blobIn.length, return_blob: req.return_blob, status: 200, outcome: "started" };
   log.set(req.request_id, [...(log.get(req.request_id) ?? []), entry]);
-  const fail = (status: number, message: string, code: string, param: string | null = null, headers = {}) => {
+  const fail = (status: number, message: string, code: string, param: string | null = null, headers = {}, extra = {}) => {
     entry.status = status;
     entry.outcome = code;
-    return err(status, message, code, param, headers);
+    return err(status, message, code, param, headers, extra);
   };
 
   const model = MODELS.find((m) => m.id === req.model);
@@ -109,7 +110,8 @@ async function generate(request: Request): Promise<Response> {
   if (newText.includes("@ctx")) return fail(400, "prompt too long", "context_length_exceeded", "messages");
   const limit = /@limit=(\d+)/.exec(newText);
   if (limit && bytes(newText) > Number(limit[1])) {
-    return fail(400, `the new prompt has ${bytes(newText)} tokens, more than the limit of ${limit[1]}`, "context_length_exceeded", "messages");
+    return fail(400, `the new prompt has ${bytes(newText)} tokens, more than the limit of ${limit[1]}`, "context_length_exceeded", "messages", {},
+      { limits: { prompt_tokens: bytes(newText), max_prompt_tokens: Number(limit[1]) } });
   }
   if (newText.includes("@crash")) return fail(500, "internal error", "internal_error");
   if (newText.includes("@unauth")) return fail(401, "bad secret", "invalid_service_secret");
