@@ -23,9 +23,6 @@ function checkCommon(r: ChatRequest | CompletionRequest): void {
   if (r.frequency_penalty) throw unsupported("frequency_penalty", "A non-zero frequency_penalty");
   if (r.presence_penalty) throw unsupported("presence_penalty", "A non-zero presence_penalty");
   if (r.logit_bias && Object.keys(r.logit_bias).length > 0) throw unsupported("logit_bias", "logit_bias");
-  if (r.stream_options && !r.stream) {
-    throw new ApiError(400, "stream_options is only allowed when stream is true.", { param: "stream_options", code: "invalid_value" });
-  }
 }
 
 function sampling(r: ChatRequest | CompletionRequest, maxTokens: number | null | undefined): Sampling {

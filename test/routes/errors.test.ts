@@ -36,6 +36,11 @@ describe("auth", () => {
     const put = await call("/v1/sessions/abc", { method: "PUT" });
     expect(put.headers.get("allow")).toBe("GET, DELETE");
     expect(put.status).toBe(405);
+    // the methods come from the route declarations: /healthz included
+    const postHealth = await call("/healthz", { method: "POST", tenant: null });
+    expect(postHealth.headers.get("allow")).toBe("GET");
+    await expectError(postHealth, 405, { code: "method_not_allowed" });
+    expect((await call("/v1/models", { method: "DELETE" })).headers.get("allow")).toBe("GET");
   });
 });
 
@@ -135,6 +140,14 @@ describe("request validation", () => {
       400, { code: "invalid_json" });
     await expectError(await call("/v1/chat/completions", { method: "POST", body: "[1]", headers: { "content-type": "application/json" } }),
       400, { code: "invalid_json" });
+  });
+
+  it("a Content-Length that is not a number of bytes is a 400 naming the header", async () => {
+    for (const bad of ["abc", "-1", "1.5", "12 34"]) {
+      const res = await call("/v1/chat/completions", { method: "POST", body: "{}", headers: { "content-type": "application/json", "content-length": bad } });
+      await expectError(res, 400, { code: "invalid_header", param: "content-length", type: "invalid_request_error" });
+      expect(await doubleLog(res.headers.get("x-request-id")!)).toEqual([]);
+    }
   });
 
   it("413 from Content-Length and from the bytes actually read", async () => {
