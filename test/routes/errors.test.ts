@@ -209,6 +209,16 @@ describe("GPU service failures", () => {
 });
 
 describe("rate limit", () => {
+  it("successful responses carry the tenant's limit, what is left and when the bucket is full", async () => {
+    const res = await call("/v1/models", { tenant: "tenant-b" });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-ratelimit-limit-requests")).toBe("1000"); // RATE_LIMIT_RPM in vitest.config.ts
+    const remaining = Number(res.headers.get("x-ratelimit-remaining-requests"));
+    expect(remaining).toBeGreaterThanOrEqual(0);
+    expect(remaining).toBeLessThan(1000);
+    expect(res.headers.get("x-ratelimit-reset-requests")).toMatch(/^\d+s$/);
+  });
+
   it("429 with retry-after once a tenant exceeds its requests per minute; others unaffected", async () => {
     let limited: Response | undefined;
     for (let i = 0; i < 10 && !limited; i++) {

@@ -1,0 +1,83 @@
+// Mutation run of the Worker: applies each named mutant below to src/ (one at a time), runs the
+// whole Worker suite (vitest in workerd), and counts the mutants the suite kills. Not part of
+// `npm test` (about 20 s per mutant); docs/mutation.md says how to run it and records the scores.
+//
+//   node scripts/mutation.mjs [--root DIR] [--only id,id]
+//
+// --root runs against another checkout (e.g. an older commit exported to /tmp with node_modules
+// linked in). A mutant's `find` lists alternative spellings of the same code (older and newer
+// layouts); exactly one occurrence of one of them must exist, or the run stops.
+import { spawnSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { ROOT } from "./stack.mjs";
+
+export const MUTANTS = [
+  // the four that survived the suite before (issue 18)
+  { id: "ratelimit-headers-on-success", file: "src/middleware/rate-limit.ts",
+    find: ['    c.header("x-ratelimit-limit-requests", String(rpm));\n    c.header("x-ratelimit-remaining-requests", String(r.remaining));\n    c.header("x-ratelimit-reset-requests", `${r.resetSeconds}s`);\n'], replace: "" },
+  { id: "watchdog-kick-per-frame", file: "src/upstream/client.ts", find: ["    watchdog.kick();\n"], replace: "" },
+  { id: "onerror-unwraps-httpexception", file: "src/errors.ts", find: ["  if (err instanceof HTTPException) {"], replace: "  if (false) {" },
+  { id: "alarm-waits-for-running-turn", file: "src/session/object.ts", find: ["    if (this.running) {\n      await this.ctx.storage.setAlarm("], replace: "    if (false) {\n      await this.ctx.storage.setAlarm(" },
+  // the rest of the Worker's rules
+  { id: "auth-unknown-key-accepted", file: "src/middleware/auth.ts", find: ["    if (tenant === null) throw invalidKey();\n"], replace: "" },
+  { id: "body-cap-by-content-length", file: "src/middleware/json-body.ts", find: ["Number(declared) > max) throw tooLarge(max);"], replace: "Number(declared) > max * 2) throw tooLarge(max);" },
+  { id: "body-cap-by-bytes-read", file: "src/middleware/json-body.ts", find: ["    if (size > max) {"], replace: "    if (size > max * 2) {" },
+  { id: "n-other-than-1", file: "src/openai/normalize.ts", find: ["if (r.n != null && r.n !== 1)"], replace: "if (r.n != null && r.n > 2)" },
+  { id: "default-temperature", file: "src/openai/normalize.ts", find: ["s.temperature = r.temperature ?? DEFAULT_TEMPERATURE;"], replace: "s.temperature = r.temperature ?? 0;" },
+  { id: "completions-default-max-tokens", file: "src/openai/normalize.ts", find: ["r.max_tokens ?? 16)"], replace: "r.max_tokens ?? 17)" },
+  { id: "sse-done-marker", file: "src/openai/sse.ts", find: ['          await stream.writeSSE({ data: "[DONE]" });\n'], replace: "" },
+  { id: "sse-usage-chunk", file: "src/openai/sse.ts", find: ["          if (includeUsage) await send("], replace: "          if (false) await send(" },
+  { id: "sse-stops-on-client-abort", file: "src/openai/sse.ts", find: ["        if (stream.aborted) break;\n"], replace: "" },
+  { id: "cached-tokens-reported", file: "src/openai/responses.ts", find: ["prompt_tokens_details: { cached_tokens: u.cached_tokens },"], replace: "prompt_tokens_details: { cached_tokens: 0 }," },
+  { id: "reuse-needs-longer-request", file: "src/session/transcript.ts", find: ["if (request.length > transcript.length && isPrefix(transcript, request))"], replace: "if (request.length >= transcript.length && isPrefix(transcript, request))" },
+  { id: "other-instructions-rebuild", file: "src/session/transcript.ts", find: ["    if (!sameMessage(request[0]!, transcript[0]!)) return rebuild(transcript, request);\n"], replace: "" },
+  { id: "blob-refused-rebuilds", file: "src/session/object.ts", find: ['if (BLOB_REFUSED.has(err.code ?? "") && plan.useBlob) {'], replace: 'if (false) {' },
+  { id: "delete-busy-session", file: "src/session/object.ts", find: ['    if (this.running) return "busy";\n'], replace: "" },
+  { id: "tenant-scoped-session-ids", file: "src/session/key.ts", find: ["idFromName(`${tenant}:${sessionId}`)"], replace: "idFromName(`${sessionId}`)" },
+  { id: "overload-retry-after", file: "src/upstream/errors.ts", find: ["retryAfter: err.retryAfter ?? 1 }", "retryAfter: retryAfter ?? 1 }"], replace: "retryAfter: 1 }" },
+  { id: "public-param-names-in-messages", file: "src/upstream/errors.ts", find: ['body.message.replace(/\\bsampling\\.(?=[a-z_]+)/g, "")'], replace: "body.message" },
+  { id: "blob-byte-count", file: "src/upstream/client.ts", find: ["  if (got !== expected) throw broken("], replace: "  if (got > expected) throw broken(" },
+  { id: "start-frame-required", file: "src/upstream/client.ts", find: ['if (first?.kind !== "J" || first.json.type !== "start") {'], replace: 'if (first?.kind !== "J") {' },
+  { id: "frame-cut-midway", file: "src/upstream/frames.ts", find: ['        if (buf.length > 0) throw new FrameError("stream ended inside a frame");\n'], replace: "" },
+  { id: "bucket-capacity", file: "src/ratelimit/bucket.ts", find: ["const tokens = Math.min(rpm, prev.tokens"], replace: "const tokens = Math.min(rpm + 5, prev.tokens" },
+  { id: "request-id-header", file: "src/middleware/request-log.ts", find: ['    c.header("x-request-id", requestId);\n'], replace: "" },
+  { id: "unknown-model-echo-clipped", file: "src/upstream/models.ts", find: ["clip(id, 100)"], replace: "id" },
+];
+
+function argValue(name) {
+  const i = process.argv.indexOf(name);
+  return i > 0 ? process.argv[i + 1] : undefined;
+}
+
+function apply(root, m) {
+  const path = join(root, m.file);
+  const original = readFileSync(path, "utf8");
+  const hits = m.find.map((f) => original.split(f).length - 1);
+  const k = hits.findIndex((n) => n === 1);
+  if (k < 0) throw new Error(`mutant ${m.id}: none of its find strings occurs exactly once in ${m.file} (counts ${hits})`);
+  writeFileSync(path, original.replace(m.find[k], m.replace));
+  return () => writeFileSync(path, original);
+}
+
+const root = argValue("--root") ?? ROOT;
+const only = argValue("--only")?.split(",");
+const mutants = MUTANTS.filter((m) => !only || only.includes(m.id));
+const results = [];
+for (const m of mutants) {
+  const restore = apply(root, m);
+  const t0 = Date.now();
+  let r;
+  try {
+    r = spawnSync(join(root, "node_modules", ".bin", "vitest"), ["run", "--bail=1", "--reporter=dot"], { cwd: root, encoding: "utf8" });
+  } finally {
+    restore();
+  }
+  const killed = r.status !== 0;
+  results.push({ id: m.id, killed });
+  console.log(`${killed ? "killed  " : "SURVIVED"} ${m.id} (${((Date.now() - t0) / 1000).toFixed(0)}s)`);
+}
+const killed = results.filter((r) => r.killed).length;
+console.log(`\nmutation score: ${killed}/${results.length} killed (${((100 * killed) / results.length).toFixed(0)}%)`);
+const survivors = results.filter((r) => !r.killed).map((r) => r.id);
+if (survivors.length) console.log(`survivors: ${survivors.join(", ")}`);
