@@ -41,7 +41,8 @@ export const MUTANTS = [
   { id: "start-frame-required", file: "src/upstream/client.ts", find: ['if (first?.kind !== "J" || first.json.type !== "start") {'], replace: 'if (first?.kind !== "J") {' },
   { id: "frame-cut-midway", file: "src/upstream/frames.ts", find: ['        if (buf.length > 0) throw new FrameError("stream ended inside a frame");\n'], replace: "" },
   { id: "bucket-capacity", file: "src/ratelimit/bucket.ts", find: ["const tokens = Math.min(rpm, prev.tokens"], replace: "const tokens = Math.min(rpm + 5, prev.tokens" },
-  { id: "request-id-header", file: "src/middleware/request-log.ts", find: ['    c.header("x-request-id", requestId);\n'], replace: "" },
+  // (before: the header set ahead of the handlers, which a fallback after them made redundant; now the one place)
+  { id: "request-id-header", file: "src/middleware/request-log.ts", find: ['    c.res.headers.set("x-request-id", requestId);\n'], replace: "" },
   { id: "unknown-model-echo-clipped", file: "src/upstream/models.ts", find: ["clip(id, 100)"], replace: "id" },
 ];
 

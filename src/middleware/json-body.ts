@@ -1,8 +1,8 @@
 // Reads a route's JSON request body before the route's schema validates it: Content-Type must be
 // JSON (checked first, so a form post never surfaces as "missing messages"), Content-Length must be
 // a number, the body is capped at MAX_BODY_BYTES both by its Content-Length and by the bytes
-// actually read (413 either way), and it must be UTF-8 JSON holding an object. The text is then
-// handed to the route's validator through Hono's body cache.
+// actually read (413 either way), and it must be UTF-8 JSON holding an object, which the route's
+// validator then checks.
 import type { MiddlewareHandler } from "hono";
 import { loadConfig } from "../config";
 import type { AppEnv } from "../env";
@@ -13,6 +13,16 @@ const JSON_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/
 
 const tooLarge = (max: number) =>
   new ApiError(413, `Request body exceeds ${max} bytes.`, { code: "request_too_large", shouldRetry: false });
+
+/**
+ * A `seed` written as an integer literal beyond 2^53 is read exactly, as a BigInt (a JS number would
+ * round it: 2^63 + 1 would pass as 2^63). The schema then bounds it to 64 bits.
+ */
+function exactSeed(key: string, value: unknown, context?: { source?: string }): unknown {
+  if (key !== "seed" || typeof value !== "number" || Number.isSafeInteger(value)) return value;
+  const source = context?.source;
+  return source !== undefined && /^-?\d+$/.test(source) ? BigInt(source) : value;
+}
 
 async function readCapped(body: ReadableStream<Uint8Array>, max: number): Promise<Uint8Array> {
   const reader = body.getReader();
@@ -51,19 +61,17 @@ export function jsonBody(): MiddlewareHandler<AppEnv> {
     const body = c.req.raw.body;
     if (!body) throw new ApiError(400, "The request body is empty.", { code: "invalid_json" });
     const bytes = await readCapped(body, max);
-    let text: string;
     let value: unknown;
     try {
-      text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(bytes);
-      value = JSON.parse(text);
+      value = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(bytes), exactSeed);
     } catch {
       throw new ApiError(400, "The request body is not valid JSON.", { code: "invalid_json" });
     }
     if (typeof value !== "object" || value === null || Array.isArray(value)) {
       throw new ApiError(400, "The request body must be a JSON object.", { code: "invalid_json" });
     }
-    // Hono's body cache holds promises (its types say values)
-    (c.req.bodyCache as { text?: Promise<string> }).text = Promise.resolve(text);
+    // the route's validator reads the body through c.req.json(): give it this value
+    c.req.json = <T>() => Promise.resolve(value as T);
     await next();
   };
 }

@@ -80,6 +80,23 @@ export const TextCompletionChunk = z.strictObject({
   usage: Usage.nullable().optional(),
 }).meta({ id: "TextCompletionChunk" });
 
+/**
+ * One event of a completion's SSE stream (OpenAPI 3.1: a text/event-stream schema describes each
+ * event): `data` is a chunk or an error object as JSON, or the final `[DONE]`.
+ */
+export function sseEvent(chunk: "ChatCompletionChunk" | "TextCompletionChunk") {
+  return z.object({
+    event: z.literal("message").optional(),
+    data: z.union([
+      z.string().meta({
+        contentMediaType: "application/json",
+        contentSchema: { oneOf: [{ $ref: `#/components/schemas/${chunk}` }, { $ref: "#/components/schemas/ErrorResponse" }] },
+      }),
+      z.literal("[DONE]"),
+    ]),
+  }).meta({ description: `An SSE event; its data is a ${chunk}, an ErrorResponse (then the stream ends), or [DONE].` });
+}
+
 export const Model = z.strictObject({
   id: z.string(),
   object: z.literal("model"),

@@ -2,6 +2,7 @@
 // validators (routes/router.ts) report through here.
 import type { z } from "zod";
 import { ApiError } from "../errors";
+import { SUPPORTED_ONLY } from "./schemas";
 
 /** ["messages", 0, "role"] -> "messages[0].role" */
 export function paramPath(path: readonly PropertyKey[]): string {
@@ -23,6 +24,12 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
 }
 
 export function issueToApiError(issue: z.core.$ZodIssue, input: unknown): ApiError {
+  const field = issue.code === "unrecognized_keys" ? (issue.path.length > 0 ? issue.path[0] : undefined) : issue.path[0];
+  const supported = typeof field === "string" ? SUPPORTED_ONLY.get(field) : undefined;
+  if (supported !== undefined && valueAt(input, issue.path) !== undefined) {
+    const param = paramPath(issue.path);
+    return new ApiError(400, `Unsupported value for '${param}': this API supports only ${supported}.`, { param, code: "unsupported_parameter" });
+  }
   if (issue.code === "unrecognized_keys") {
     const param = paramPath([...issue.path, issue.keys[0]!]);
     return new ApiError(400, `Unrecognized request argument supplied: '${param}'.`, { param, code: "unknown_parameter" });

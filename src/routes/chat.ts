@@ -9,7 +9,7 @@ import { jsonBody } from "../middleware/json-body";
 import { collect } from "../openai/collect";
 import { AUTHENTICATED, errorResponses } from "../openai/error-responses";
 import { normalizeChat } from "../openai/normalize";
-import { ChatCompletion } from "../openai/response-schemas";
+import { ChatCompletion, sseEvent } from "../openai/response-schemas";
 import { chatCompletion, newId } from "../openai/responses";
 import { chatRequestSchema } from "../openai/schemas";
 import { sseResponse } from "../openai/sse";
@@ -38,7 +38,7 @@ export const chatRoute = createRoute({
       headers: { ...OK_HEADERS, "x-session-id": { $ref: "#/components/headers/SessionIdEcho" } },
       content: {
         "application/json": { schema: ChatCompletion },
-        "text/event-stream": { schema: z.string().meta({ description: "SSE; each data payload is a ChatCompletionChunk, an ErrorResponse, or [DONE]" }) },
+        "text/event-stream": { schema: sseEvent("ChatCompletionChunk") },
       },
     },
     ...errorResponses(...AUTHENTICATED, 400, 404, 409, 413, 415, 502, 503, 504),

@@ -1,6 +1,5 @@
 // POST /v1/completions (legacy text completions): always stateless, no session.
 import { createRoute } from "@hono/zod-openapi";
-import { z } from "zod";
 import { loadConfig } from "../config";
 import { statelessTurn } from "../generation";
 import { logEvent } from "../log";
@@ -8,7 +7,7 @@ import { jsonBody } from "../middleware/json-body";
 import { collect } from "../openai/collect";
 import { AUTHENTICATED, errorResponses } from "../openai/error-responses";
 import { normalizeCompletion } from "../openai/normalize";
-import { TextCompletion } from "../openai/response-schemas";
+import { TextCompletion, sseEvent } from "../openai/response-schemas";
 import { newId, textCompletion } from "../openai/responses";
 import { completionRequestSchema } from "../openai/schemas";
 import { sseResponse } from "../openai/sse";
@@ -31,7 +30,7 @@ export const completionsRoute = createRoute({
       headers: OK_HEADERS,
       content: {
         "application/json": { schema: TextCompletion },
-        "text/event-stream": { schema: z.string().meta({ description: "SSE; each data payload is a TextCompletionChunk, an ErrorResponse, or [DONE]" }) },
+        "text/event-stream": { schema: sseEvent("TextCompletionChunk") },
       },
     },
     ...errorResponses(...AUTHENTICATED, 400, 404, 413, 415, 502, 503, 504),

@@ -20,7 +20,8 @@ function freePort() {
   });
 }
 
-export async function startStack() {
+/** `gpuArgs` go to the GPU service's command line, `workerVars` to wrangler dev (--var). */
+export async function startStack({ gpuArgs = [], workerVars = {} } = {}) {
   const [port, gpuPort] = [await freePort(), await freePort()];
   const state = mkdtempSync(join(tmpdir(), "lckv-e2e-"));
   const logDir = join(ROOT, ".e2e", "logs");
@@ -28,13 +29,13 @@ export async function startStack() {
   const model = resolveModel();
   const stack = {
     base: `http://127.0.0.1:${port}`,
-    gpu: await startGpuService({ port: gpuPort, model, secret, logDir }),
+    gpu: await startGpuService({ port: gpuPort, model, secret, logDir, extraArgs: gpuArgs }),
     worker: null,
     async killGpu() {
       await stopProcess(this.gpu, "SIGKILL");
     },
     async restartGpu() {
-      this.gpu = await startGpuService({ port: gpuPort, model, secret, logDir });
+      this.gpu = await startGpuService({ port: gpuPort, model, secret, logDir, extraArgs: gpuArgs });
     },
     async stop() {
       await Promise.all([stopProcess(this.worker), stopProcess(this.gpu)]);
@@ -47,7 +48,7 @@ export async function startStack() {
       return fetch(`${this.base}/v1/sessions/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${apiKey}` } });
     },
   };
-  stack.worker = await startWorker({ port, gpuPort, secret, keys: [KEY_A, KEY_B], persistDir: state, logDir });
+  stack.worker = await startWorker({ port, gpuPort, secret, keys: [KEY_A, KEY_B], persistDir: state, logDir, vars: workerVars });
   return stack;
 }
 

@@ -142,6 +142,18 @@ describe("session failures", () => {
     expect(log[0]!.outcome).toBe("cancelled");
   });
 
+  it("a reply whose blob is shorter than announced, or that does not begin with start, is a protocol error and commits nothing", async () => {
+    await okTurn("s-short", "hello");
+    const before = await info("s-short");
+    const short = await sessionChat("s-short", [user("@shortblob")]);
+    expect(short.status).toBe(502);
+    expect(((await short.json()) as any).error).toMatchObject({ code: "upstream_protocol_error", type: "server_error" });
+    const early = await sessionChat("s-short", [user("@nostart")]);
+    expect(early.status).toBe(502);
+    expect(((await early.json()) as any).error).toMatchObject({ code: "upstream_protocol_error" });
+    expect(await info("s-short")).toEqual(before);
+  });
+
   it("the idle limit is per silence, not per reply: a reply that keeps coming outlasts it", async () => {
     const t0 = Date.now();
     const res = await chat({ model: MODEL, messages: [user("@drip long")], max_tokens: 70 }); // 70 deltas 40 ms apart
