@@ -27,8 +27,3 @@ export async function requireModel(cfg: Config, id: string, param = "model"): Pr
   }
   return model;
 }
-
-/** Drop the cache (tests; or after the service reports an unknown model). */
-export function forgetModels(): void {
-  cached = null;
-}
