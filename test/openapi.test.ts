@@ -86,6 +86,20 @@ describe("openapi.yaml", () => {
     expect(v("Session", { id: "x" })).toBe(false);
   });
 
+  it("the request schemas are as strict as the server", () => {
+    const ok = (ref: string, x: unknown) =>
+      new Validator({ $ref: `#/components/schemas/${ref}`, components: doc.components } as any, "2020-12").validate(x).valid;
+    const base = { model: MODEL, messages: [user("hi")] };
+    expect(ok("ChatCompletionRequest", base)).toBe(true);
+    expect(ok("ChatCompletionRequest", { ...base, model: "" })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, stream_options: { include_usage: true } })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, stream: true, stream_options: { include_usage: true } })).toBe(true);
+    expect(ok("ChatCompletionRequest", { ...base, response_format: {} })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, response_format: { type: "json_object" } })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, n: 2 })).toBe(false);
+    expect(ok("CompletionRequest", { model: MODEL, prompt: ["a", "b"] })).toBe(false);
+  });
+
   it("request examples the tests send validate against the request schemas", () => {
     validate({ $ref: "#/components/schemas/ChatCompletionRequest" }, { model: MODEL, messages: [user("hi")], stream: true,
       stream_options: { include_usage: true }, prompt_cache_key: "s-1", max_completion_tokens: 5, stop: ["\n"], n: 1 });

@@ -108,7 +108,7 @@ export const chatRequestSchema = z.strictObject({
 
 export const completionRequestSchema = z.strictObject({
   ...common,
-  prompt: z.union([text(), z.array(text()).length(1)], {
+  prompt: z.union([text(), z.array(text()).min(1).max(1)], {
     error: "Invalid input: prompt must be a string or an array of exactly one string; token arrays and batches are not supported",
   }),
   echo: supportedOnly("echo", nullish(z.literal(false)), "false"),
