@@ -5,10 +5,11 @@
 //   node scripts/mutation.mjs [--root DIR] [--only id,id]
 //
 // --root runs against another checkout (e.g. an older commit exported to /tmp with node_modules
-// linked in). A mutant's `find` lists alternative spellings of the same code (older and newer
-// layouts); exactly one occurrence of one of them must exist, or the run stops.
+// linked in). A mutant's `find` lists alternative spellings of the same code, and `or` names another
+// file where the rule may live (older and newer layouts); exactly one occurrence of one of them must
+// exist, or the run stops. --check only verifies that every mutant applies.
 import { spawnSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { ROOT } from "./stack.mjs";
 
@@ -23,7 +24,8 @@ export const MUTANTS = [
   { id: "auth-unknown-key-accepted", file: "src/middleware/auth.ts", find: ["    if (tenant === null) throw invalidKey();\n"], replace: "" },
   { id: "body-cap-by-content-length", file: "src/middleware/json-body.ts", find: ["Number(declared) > max) throw tooLarge(max);"], replace: "Number(declared) > max * 2) throw tooLarge(max);" },
   { id: "body-cap-by-bytes-read", file: "src/middleware/json-body.ts", find: ["    if (size > max) {"], replace: "    if (size > max * 2) {" },
-  { id: "n-other-than-1", file: "src/openai/normalize.ts", find: ["if (r.n != null && r.n !== 1)"], replace: "if (r.n != null && r.n > 2)" },
+  { id: "n-other-than-1", file: "src/openai/normalize.ts", find: ["if (r.n != null && r.n !== 1)"], replace: "if (r.n != null && r.n > 2)",
+    or: { file: "src/openai/schemas.ts", find: ['n: supportedOnly("n", nullish(z.literal(1)), "1"),'], replace: "n: nullish(z.int().min(1).max(128))," } },
   { id: "default-temperature", file: "src/openai/normalize.ts", find: ["s.temperature = r.temperature ?? DEFAULT_TEMPERATURE;"], replace: "s.temperature = r.temperature ?? 0;" },
   { id: "completions-default-max-tokens", file: "src/openai/normalize.ts", find: ["r.max_tokens ?? 16)"], replace: "r.max_tokens ?? 17)" },
   { id: "sse-done-marker", file: "src/openai/sse.ts", find: ['          await stream.writeSSE({ data: "[DONE]" });\n'], replace: "" },
@@ -52,18 +54,25 @@ function argValue(name) {
 }
 
 function apply(root, m) {
-  const path = join(root, m.file);
-  const original = readFileSync(path, "utf8");
-  const hits = m.find.map((f) => original.split(f).length - 1);
-  const k = hits.findIndex((n) => n === 1);
-  if (k < 0) throw new Error(`mutant ${m.id}: none of its find strings occurs exactly once in ${m.file} (counts ${hits})`);
-  writeFileSync(path, original.replace(m.find[k], m.replace));
-  return () => writeFileSync(path, original);
+  for (const at of [m, m.or].filter(Boolean)) {
+    const path = join(root, at.file);
+    const original = existsSync(path) ? readFileSync(path, "utf8") : "";
+    const k = at.find.findIndex((f) => original.split(f).length - 1 === 1);
+    if (k < 0) continue;
+    writeFileSync(path, original.replace(at.find[k], at.replace));
+    return () => writeFileSync(path, original);
+  }
+  throw new Error(`mutant ${m.id}: none of its find strings occurs exactly once where it looks`);
 }
 
 const root = argValue("--root") ?? ROOT;
 const only = argValue("--only")?.split(",");
 const mutants = MUTANTS.filter((m) => !only || only.includes(m.id));
+if (process.argv.includes("--check")) {
+  for (const m of mutants) apply(root, m)();
+  console.log(`all ${mutants.length} mutants apply`);
+  process.exit(0);
+}
 const results = [];
 for (const m of mutants) {
   const restore = apply(root, m);
