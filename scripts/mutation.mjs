@@ -83,9 +83,13 @@ for (const m of mutants) {
   } finally {
     restore();
   }
+  // killed only by a failing test (a suite that did not start proves nothing)
+  const output = `${r.stdout}\n${r.stderr}`.replace(/\x1b\[[0-9;]*m/g, "");
+  const failing = /(?:FAIL|×)\s+(test\/\S+\.test\.ts[^\n]*)/.exec(output)?.[1]?.trim();
+  if (r.status !== 0 && !failing) throw new Error(`mutant ${m.id}: the suite failed without a failing test:\n${output.slice(-3000)}`);
   const killed = r.status !== 0;
   results.push({ id: m.id, killed });
-  console.log(`${killed ? "killed  " : "SURVIVED"} ${m.id} (${((Date.now() - t0) / 1000).toFixed(0)}s)`);
+  console.log(`${killed ? "killed  " : "SURVIVED"} ${m.id} (${((Date.now() - t0) / 1000).toFixed(0)}s)${killed ? ` by ${failing}` : ""}`);
 }
 const killed = results.filter((r) => r.killed).length;
 console.log(`\nmutation score: ${killed}/${results.length} killed (${((100 * killed) / results.length).toFixed(0)}%)`);

@@ -150,7 +150,7 @@ describe("session failures", () => {
     expect(((await short.json()) as any).error).toMatchObject({ code: "upstream_protocol_error", type: "server_error" });
     const early = await sessionChat("s-short", [user("@nostart")]);
     expect(early.status).toBe(502);
-    expect(((await early.json()) as any).error).toMatchObject({ code: "upstream_protocol_error" });
+    expect(((await early.json()) as any).error).toMatchObject({ code: "upstream_protocol_error", message: expect.stringMatching(/missing start frame/) });
     expect(await info("s-short")).toEqual(before);
   });
 
