@@ -12,6 +12,7 @@ import { chat } from "./routes/chat";
 import { completions } from "./routes/completions";
 import { health } from "./routes/health";
 import { models } from "./routes/models";
+import { responses } from "./routes/responses";
 import { sessions } from "./routes/sessions";
 
 export const app = new OpenAPIHono<AppEnv>();
@@ -23,6 +24,7 @@ app.route("/", chat);
 app.route("/", completions);
 app.route("/", models);
 app.route("/", sessions);
+app.route("/", responses);
 
 const registry = app.openAPIRegistry;
 // the SSE chunks' schemas (a stream's payloads, not a response body of their own)
@@ -112,6 +114,6 @@ export function openApiDocument() {
     },
     servers: [{ url: "http://127.0.0.1:8787", description: "local (`npm start`)" }],
     security: [{ bearer: [] }],
-    tags: [{ name: "generation" }, { name: "models" }, { name: "sessions" }, { name: "health" }],
+    tags: [{ name: "generation" }, { name: "responses" }, { name: "conversations" }, { name: "models" }, { name: "sessions" }, { name: "health" }],
   });
 }

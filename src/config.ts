@@ -11,6 +11,7 @@ export interface Config {
   upstream: UpstreamOptions; // GPU service URL and credentials
   apiKeys: KeyEntry[];
   sessionTtlSeconds: number;
+  responseTtlSeconds: number; // a stored response chain or conversation, idle this long, is deleted
   maxBodyBytes: number;
   rateLimitRpm: number;
   rateLimitOverrides: Map<string, number>; // tenant -> rpm
@@ -68,6 +69,7 @@ const envSchema = z.object({
   GPU_PLATFORM_KEY: z.string().optional(),
   API_KEY_HASHES: keyHashes,
   SESSION_TTL_SECONDS: integer(1),
+  RESPONSE_TTL_SECONDS: integer(1),
   MAX_BODY_BYTES: integer(1024),
   RATE_LIMIT_RPM: integer(1),
   RATE_LIMIT_OVERRIDES: overrides,
@@ -91,6 +93,7 @@ function parseConfig(env: Env): Config {
     },
     apiKeys: e.API_KEY_HASHES,
     sessionTtlSeconds: e.SESSION_TTL_SECONDS,
+    responseTtlSeconds: e.RESPONSE_TTL_SECONDS,
     maxBodyBytes: e.MAX_BODY_BYTES,
     rateLimitRpm: e.RATE_LIMIT_RPM,
     rateLimitOverrides: e.RATE_LIMIT_OVERRIDES,

@@ -6,6 +6,7 @@ export interface Env {
   // vars (strings, parsed and validated by src/config.ts)
   GPU_SERVICE_URL: string;
   SESSION_TTL_SECONDS: string;
+  RESPONSE_TTL_SECONDS: string;
   MAX_BODY_BYTES: string;
   RATE_LIMIT_RPM: string;
   RATE_LIMIT_OVERRIDES?: string;

@@ -5,7 +5,7 @@ import { loadConfig } from "./config";
 import type { AppEnv } from "./env";
 import { ApiError } from "./errors";
 import { sessionStub } from "./session/key";
-import type { TurnReply } from "./session/rpc";
+import type { TurnReply, TurnRequest } from "./session/rpc";
 import { turnFromFrames, turnFromUpstream, type Turn } from "./turn";
 import { generate } from "./upstream/client";
 import { toPublicError } from "./upstream/errors";
@@ -27,12 +27,14 @@ export async function statelessTurn(c: Context<AppEnv>, req: Omit<GenerateReques
   }
 }
 
+type ObjectStub = ReturnType<typeof sessionStub>;
+export type TurnBody = Omit<TurnRequest, "requestId">;
+
 /** Durable Object RPC, retried once when the runtime says the failure is retryable. */
-async function callSession(c: Context<AppEnv>, sessionId: string, body: { model: string; messages: ChatMessage[]; sampling: Sampling }): Promise<TurnReply> {
+async function callObject(c: Context<AppEnv>, stub: () => ObjectStub, body: TurnBody): Promise<TurnReply> {
   for (let attempt = 0; ; attempt++) {
     try {
-      const stub = sessionStub(c.env, c.get("tenant"), sessionId);
-      return await stub.turn({ requestId: c.get("requestId"), ...body });
+      return await stub().turn({ requestId: c.get("requestId"), ...body });
     } catch (err) {
       const e = err as { retryable?: boolean; overloaded?: boolean };
       if (attempt === 0 && e.retryable && !e.overloaded) continue;
@@ -41,15 +43,28 @@ async function callSession(c: Context<AppEnv>, sessionId: string, body: { model:
   }
 }
 
-export async function sessionTurn(c: Context<AppEnv>, sessionId: string, body: { model: string; messages: ChatMessage[]; sampling: Sampling }): Promise<Turn> {
-  const reply = await callSession(c, sessionId, body);
-  if (!reply.ok) throw ApiError.from(reply.error);
+/**
+ * A turn through a session, response chain or conversation object. `{ fork }` when the object
+ * answers that the response to continue is not its chain's latest (src/session/chain-turn.ts).
+ */
+export async function objectTurn(c: Context<AppEnv>, stub: () => ObjectStub, body: TurnBody): Promise<Turn | { fork: ChatMessage[] }> {
+  const reply = await callObject(c, stub, body);
+  if (!reply.ok) {
+    if ("fork" in reply) return { fork: reply.fork };
+    throw ApiError.from(reply.error);
+  }
   const { turnId } = reply;
   const turn = turnFromFrames(reply.start, reply.stream, () => {
-    void sessionStub(c.env, c.get("tenant"), sessionId).cancelTurn(turnId).catch(() => {});
+    void stub().cancelTurn(turnId).catch(() => {});
   });
   const signal = c.req.raw.signal;
   if (signal.aborted) turn.cancel();
   else signal.addEventListener("abort", () => turn.cancel());
+  return turn;
+}
+
+export async function sessionTurn(c: Context<AppEnv>, sessionId: string, body: { model: string; messages: ChatMessage[]; sampling: Sampling }): Promise<Turn> {
+  const turn = await objectTurn(c, () => sessionStub(c.env, c.get("tenant"), sessionId), body);
+  if ("fork" in turn) throw new Error("a chat session answered a Responses turn");
   return turn;
 }

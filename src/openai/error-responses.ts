@@ -10,8 +10,10 @@ const ERRORS = {
   400: ["Invalid request; `param` names the offending field or header (codes invalid_value, missing_required_parameter, "
     + "unknown_parameter, unsupported_parameter, invalid_json, invalid_header, context_length_exceeded).", {}],
   401: ["Missing or wrong API key (codes missing_api_key, invalid_api_key).", {}],
-  404: ["Unknown model (model_not_found) or session (session_not_found).", {}],
-  409: ["Another turn of this session is running (code session_busy). Not retried by the SDK.", { "x-should-retry": SHOULD_RETRY }],
+  404: ["Unknown model (model_not_found), session (session_not_found), response (response_not_found), conversation "
+    + "(conversation_not_found) or item (item_not_found); another tenant's id is the same 404.", {}],
+  409: ["Another turn of this session, response chain or conversation is running (code session_busy). Not retried by the SDK.",
+    { "x-should-retry": SHOULD_RETRY }],
   413: ["Body over MAX_BODY_BYTES (code request_too_large).", { "x-should-retry": SHOULD_RETRY }],
   415: ["Content-Type is not JSON (code unsupported_media_type).", {}],
   429: ["The tenant's requests-per-minute limit is reached (code rate_limit_exceeded).", { "retry-after": RETRY_AFTER }],

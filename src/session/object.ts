@@ -2,6 +2,8 @@
 // one turn at a time. A turn is committed (transcript + reply + new blob, one transaction) only
 // after the GPU service finished it completely; a failed, cancelled or cut-off turn changes nothing.
 import { DurableObject } from "cloudflare:workers";
+import { ChainStore } from "../chain/store";
+import type { ChainTurn, ConversationRecord, ItemRecord, PageQuery } from "../chain/types";
 import { loadConfig } from "../config";
 import { ApiError } from "../errors";
 import type { Env } from "../env";
@@ -9,9 +11,11 @@ import { logEvent } from "../log";
 import { generate, type GenerateStream } from "../upstream/client";
 import { errorEvent, toPublicError, UpstreamError } from "../upstream/errors";
 import { jsonFrame } from "../upstream/frames";
+import type { ChatMessage, DoneEvent } from "../upstream/types";
+import { chainMessages, commitChainTurn } from "./chain-turn";
 import type { SessionInfo, SessionRpc, TurnReply, TurnRequest } from "./rpc";
 import { SessionStore, type SessionState } from "./store";
-import { planTurn, rebuildPlan, trimToFit, type TurnPlan } from "./transcript";
+import { planFullHistory, planTurn, rebuildPlan, trimToFit, type TurnPlan } from "./transcript";
 
 const BLOB_REFUSED = new Set(["blob_model_mismatch", "blob_version", "blob_invalid"]);
 const MAX_TRIMS = 6;
@@ -23,6 +27,7 @@ const busyError = () =>
 
 export class SessionObject extends DurableObject<Env> implements SessionRpc {
   private store!: SessionStore;
+  private chain!: ChainStore;
   private state: SessionState = { meta: null, transcript: [] };
   /** The turn in progress (one at a time), from its start to its release. */
   private running: { id: string; abort: AbortController; settled: Promise<void> } | null = null;
@@ -31,6 +36,7 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
     super(ctx, env);
     void ctx.blockConcurrencyWhile(async () => {
       this.store = new SessionStore(ctx.storage);
+      this.chain = new ChainStore(ctx.storage.sql);
       this.state = this.store.load();
     });
   }
@@ -48,7 +54,17 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
     try {
       const cfg = loadConfig(this.env);
       const upstream = cfg.upstream;
-      let plan = planTurn(this.state.transcript, req.messages, (this.state.meta?.blob_bytes ?? 0) > 0);
+      const hasBlob = (this.state.meta?.blob_bytes ?? 0) > 0;
+      let plan: TurnPlan;
+      if (req.chain) {
+        const composed = chainMessages(this.chain, req.chain, this.state.meta?.evicted_tokens ?? 0);
+        if ("fork" in composed) {
+          this.running = null;
+          released();
+          return { ok: false, fork: composed.fork };
+        }
+        plan = planFullHistory(this.state.transcript, composed.messages, hasBlob);
+      } else plan = planTurn(this.state.transcript, req.messages, hasBlob);
       const call = (p: TurnPlan) =>
         generate(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
           sampling: req.sampling, return_blob: true }, p.useBlob ? this.store.loadBlob() : null, ac.signal);
@@ -66,7 +82,8 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
           }
           // Rebuilding a long conversation (no blob) can exceed what one prefill takes: send its
           // recent part, as the sliding cache would hold it. A single message too long still fails.
-          const trimmed = err.code === "context_length_exceeded" && !plan.useBlob && attempt < MAX_TRIMS
+          const mayTrim = req.chain?.allowTrim ?? true;
+          const trimmed = err.code === "context_length_exceeded" && mayTrim && !plan.useBlob && attempt < MAX_TRIMS
             ? trimToFit(plan, err.limits ?? null) : null;
           if (!trimmed) throw err;
           logEvent("info", { event: "session_trim", request_id: req.requestId, from: plan.send.length, to: trimmed.send.length });
@@ -76,7 +93,8 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
       // A byte stream (what RPC carries reliably); writes are not awaited, so the turn runs (and
       // commits) at the GPU service's pace even if the client reads slowly.
       const { readable, writable } = new IdentityTransformStream();
-      void this.pump(gen, plan, req, writable, ac, cfg.sessionTtlSeconds, released);
+      const ttl = req.chain ? cfg.responseTtlSeconds : cfg.sessionTtlSeconds;
+      void this.pump(gen, plan, req, writable, ac, ttl, released);
       return { ok: true, turnId, start: gen.start, stream: readable };
     } catch (err) {
       this.running = null;
@@ -121,7 +139,7 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
           outcome = `error:${ev.error.code ?? "unknown"}`;
         } else {
           const { blob, ...done } = ev;
-          this.commit(plan, req.model, reply, done, blob, ttlSeconds);
+          this.commit(plan, req.model, reply, done, blob, ttlSeconds, req.chain);
           outcome = "committed";
           write(done);
         }
@@ -147,9 +165,8 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
     if (this.running?.id === turnId) this.running.abort.abort();
   }
 
-  private commit(plan: TurnPlan, model: string, reply: string, done: { usage: { cached_tokens: number };
-    blob_bytes: number; session?: { tokens_seen: number; cache_tokens: number; evicted_tokens: number } },
-    blob: Uint8Array[], ttlSeconds: number): void {
+  private commit(plan: TurnPlan, model: string, reply: string, done: Omit<DoneEvent, "type">,
+    blob: Uint8Array[], ttlSeconds: number, chain?: ChainTurn): void {
     const now = Date.now();
     const prev = this.state.meta;
     const transcript = [...plan.conversation, { role: "assistant" as const, content: reply }];
@@ -164,7 +181,8 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
       created_at: prev?.created_at ?? now,
       updated_at: now,
     };
-    this.store.commit({ transcript, keep: Math.min(plan.keep, this.state.transcript.length), blob, meta });
+    this.store.commit({ transcript, keep: Math.min(plan.keep, this.state.transcript.length), blob, meta },
+      chain ? () => commitChainTurn(this.chain, chain, reply, done, now) : undefined);
     this.state = { meta, transcript };
     // Idle expiry: each commit moves the single alarm to now + TTL.
     void this.ctx.storage.setAlarm(now + ttlSeconds * 1000);
@@ -187,9 +205,14 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
   async remove(): Promise<"deleted" | "not_found" | "busy"> {
     if (this.running) return "busy";
     if (!this.state.meta) return "not_found";
-    await this.store.clear();
-    this.state = { meta: null, transcript: [] };
+    await this.clear();
     return "deleted";
+  }
+
+  private async clear(): Promise<void> {
+    await this.store.clear();
+    this.chain = new ChainStore(this.ctx.storage.sql);
+    this.state = { meta: null, transcript: [] };
   }
 
   /** Blob rows in storage (for operators and tests: proves the chunking). */
@@ -200,11 +223,85 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
   override async alarm(): Promise<void> {
     // The alarm is moved on every commit, so when it fires the session has been idle for the TTL.
     if (this.running) {
-      await this.ctx.storage.setAlarm(Date.now() + loadConfig(this.env).sessionTtlSeconds * 1000);
+      const cfg = loadConfig(this.env);
+      await this.ctx.storage.setAlarm(Date.now() + (this.chain.isEmpty() ? cfg.sessionTtlSeconds : cfg.responseTtlSeconds) * 1000);
       return;
     }
-    await this.store.clear();
-    this.state = { meta: null, transcript: [] };
+    await this.clear();
     logEvent("info", { event: "session_expired" });
+  }
+
+  // ---- Responses and Conversations: this object holds one chain or conversation (src/chain/) ----
+
+  private touch(): void {
+    void this.ctx.storage.setAlarm(Date.now() + loadConfig(this.env).responseTtlSeconds * 1000);
+  }
+
+  async response(id: string) {
+    return this.chain.response(id);
+  }
+
+  async deleteResponse(id: string): Promise<boolean> {
+    return this.chain.deleteResponse(id);
+  }
+
+  /** A response's history, or a conversation's items (by its id); null when it does not exist here. */
+  async history(id: string): Promise<ChatMessage[] | null> {
+    if (id.startsWith("conv_")) return this.chain.conversation()?.id === id ? this.chain.messages() : null;
+    return this.chain.historyOf(id);
+  }
+
+  /** A page of a conversation's items or of a response's input items (by its id). */
+  async items(q: PageQuery, id: string) {
+    if (id.startsWith("conv_")) return this.chain.conversation()?.id === id ? this.chain.items(q) : null;
+    return this.chain.items(q, id);
+  }
+
+  async createConversation(conv: ConversationRecord, items: ItemRecord[]): Promise<void> {
+    this.ctx.storage.transactionSync(() => this.chain.createConversation(conv.id, conv.metadata, items, conv.created_at));
+    this.touch();
+  }
+
+  async conversation(id: string): Promise<ConversationRecord | null> {
+    const conv = this.chain.conversation();
+    return conv?.id === id ? conv : null;
+  }
+
+  async updateConversation(id: string, metadata: Record<string, string>): Promise<ConversationRecord | null> {
+    if (!(await this.conversation(id))) return null;
+    this.chain.setMetadata(metadata);
+    this.touch();
+    return this.chain.conversation();
+  }
+
+  /** The conversation's state changes only between turns: "busy" while one runs. */
+  private async conversationOp(id: string, op: () => boolean): Promise<"done" | "not_found" | "busy"> {
+    if (!(await this.conversation(id))) return "not_found";
+    if (this.running) return "busy";
+    return op() ? "done" : "not_found";
+  }
+
+  async deleteConversation(id: string): Promise<"deleted" | "not_found" | "busy"> {
+    const r = await this.conversationOp(id, () => true);
+    if (r === "done") await this.clear();
+    return r === "done" ? "deleted" : r;
+  }
+
+  async addItems(conversationId: string, items: ItemRecord[]): Promise<"added" | "not_found" | "busy"> {
+    const r = await this.conversationOp(conversationId, () => {
+      this.ctx.storage.transactionSync(() => this.chain.appendItems(items, null));
+      return true;
+    });
+    if (r === "done") this.touch();
+    return r === "done" ? "added" : r;
+  }
+
+  async item(conversationId: string, itemId: string): Promise<ItemRecord | null> {
+    return (await this.conversation(conversationId)) ? this.chain.item(itemId) : null;
+  }
+
+  async deleteItem(conversationId: string, itemId: string): Promise<"deleted" | "not_found" | "busy"> {
+    const r = await this.conversationOp(conversationId, () => this.chain.deleteItem(itemId));
+    return r === "done" ? "deleted" : r;
   }
 }

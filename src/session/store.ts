@@ -71,9 +71,11 @@ export class SessionStore {
       .map((r) => new Uint8Array(r.data));
   }
 
-  commit(input: CommitInput): void {
+  /** `also` writes more rows (a response chain's) in the same transaction. */
+  commit(input: CommitInput, also?: () => void): void {
     const { transcript, keep, blob, meta } = input;
     this.storage.transactionSync(() => {
+      also?.();
       this.sql.exec("DELETE FROM messages WHERE seq >= ?", keep);
       for (let i = keep; i < transcript.length; i++) {
         this.sql.exec("INSERT INTO messages (seq, role, content) VALUES (?, ?, ?)", i, transcript[i]!.role, transcript[i]!.content);

@@ -90,3 +90,16 @@ export function trimToFit(plan: TurnPlan, limits: PromptLimits | null): TurnPlan
   while (drop < body.length - 1 && (drop === 0 || left > target || body[drop]!.role === "assistant")) left -= size(body[drop++]!);
   return { ...plan, send: [...send.slice(0, lead), ...body.slice(drop)] };
 }
+
+/**
+ * A Responses API turn always carries the whole history (instructions + the chain's items + the new
+ * input), so there is no "new messages only" reading: it extends the transcript (reuse the blob) or
+ * it does not (rebuild from it).
+ */
+export function planFullHistory(transcript: ChatMessage[], request: ChatMessage[], hasBlob: boolean): TurnPlan {
+  if (transcript.length === 0) return { mode: "new", send: request, useBlob: false, conversation: request, keep: 0 };
+  if (hasBlob && request.length > transcript.length && isPrefix(transcript, request)) {
+    return { mode: "reuse", send: request.slice(transcript.length), useBlob: true, conversation: request, keep: transcript.length };
+  }
+  return rebuild(transcript, request);
+}

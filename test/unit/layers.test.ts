@@ -11,8 +11,8 @@ type Layer = (typeof LAYERS)[number];
 /** The layer of a module, by its path under src/ (first match wins). */
 const RULES: [RegExp, Layer][] = [
   [/^(env|errors|log|text|config)\.ts$/, "foundation"],
-  [/^(upstream\/types|session\/rpc|ratelimit\/rpc|auth\/keys)\.ts$/, "foundation"],
-  [/^(upstream\/|session\/(store|transcript)\.ts|ratelimit\/bucket\.ts)/, "storage/upstream"],
+  [/^(upstream\/types|session\/rpc|ratelimit\/rpc|auth\/keys|chain\/types)\.ts$/, "foundation"],
+  [/^(upstream\/|session\/(store|transcript)\.ts|ratelimit\/bucket\.ts|chain\/(ids|store)\.ts)/, "storage/upstream"],
   [/^(generation|turn)\.ts$|^session\/|^ratelimit\//, "services"],
   [/^(index\.ts|app\.ts|spec\.ts|routes\/|middleware\/|openai\/)/, "routes"],
 ];
