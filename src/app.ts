@@ -10,6 +10,7 @@ import { rateLimit } from "./middleware/rate-limit";
 import { requestLog } from "./middleware/request-log";
 import { chat } from "./routes/chat";
 import { completions } from "./routes/completions";
+import { conversations } from "./routes/conversations";
 import { health } from "./routes/health";
 import { models } from "./routes/models";
 import { responses } from "./routes/responses";
@@ -25,6 +26,7 @@ app.route("/", completions);
 app.route("/", models);
 app.route("/", sessions);
 app.route("/", responses);
+app.route("/", conversations);
 
 const registry = app.openAPIRegistry;
 // the SSE chunks' schemas (a stream's payloads, not a response body of their own)
