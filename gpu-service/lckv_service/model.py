@@ -263,7 +263,7 @@ class LCKVModel(nn.Module):
                 raise ValueError(f"slot {slots[b]} holds {cache.length(slots[b])} tokens and cannot take "
                                  f"{t.numel()} more (capacity {cache.capacity}); evict first")
             toks.append(t.to(cache.device, torch.long))
-        if mode.kind == "exact":
+        if mode.kind == "exact" and self.cfg.iter_block is not None:
             step = mode.chunk
             passes, tol, cap = None, None, None
         else:

@@ -49,7 +49,7 @@ DECODERS = ("fast", "reference")
 
 
 def make_decoder(model: LCKVModel, cache: KVCache, decode: str = "fast", graphs: bool = False,
-                 bucket: int | None = None):
+                 bucket: int | None = None, pad_slot: int | None = None):
     """The decode step `(slots, tokens) -> logits`, with model.decode's contract."""
     if decode not in DECODERS:
         raise ConfigError(f"decode must be one of {', '.join(DECODERS)}, got {decode!r}", param="decode")
@@ -62,7 +62,8 @@ def make_decoder(model: LCKVModel, cache: KVCache, decode: str = "fast", graphs:
     attention = "triton" if cuda and triton_decode.available(cache.device, model.cfg.head_dim) else "sdpa"
     fd = FastDecode(model, cache, bucket=bucket or (256 if cuda else 16), graphs=graphs,
                     # the sdpa path's key rotation is compiled on CUDA, which needs Triton (inductor)
-                    compile_rope=cuda and triton_decode.triton is not None, attention=attention)
+                    compile_rope=cuda and triton_decode.triton is not None, attention=attention,
+                    pad_slot=pad_slot, max_graphs=256)
     log.info("decode: FastDecode attention=%s bucket=%d graphs=%s", attention, fd.bucket, graphs)
     return fd
 
@@ -76,12 +77,22 @@ class ModelRunner:
         self.dtype = dtype or next(model.parameters()).dtype
         self.sinks = sinks
         self.prefill_mode = prefill_mode
-        self.cache = KVCache(model.cfg, num_slots, capacity, self.device, self.dtype)
+        # graphs pad batches into one scratch slot beyond the scheduler's `num_slots`
+        self.cache = KVCache(model.cfg, num_slots + (1 if decode_graphs else 0), capacity, self.device, self.dtype)
+        self.num_slots = num_slots
         self.decode_kind = decode
-        self.decode = make_decoder(model, self.cache, decode, decode_graphs, decode_bucket)
+        self.last_device_s: float | None = None
+        self.decode = make_decoder(model, self.cache, decode, decode_graphs, decode_bucket,
+                                   pad_slot=num_slots if decode_graphs else None)
 
     def run(self, plan: StepPlan) -> list[tuple[Request, int]]:
-        """Apply the plan's cache operations, run the model, return (request, sampled token) pairs."""
+        """Apply the plan's cache operations, run the model, return (request, sampled token) pairs.
+        On CUDA `last_device_s` is then the device time span of the step's work."""
+        events = None
+        if self.device.type == "cuda":
+            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            events[0].record()
+        self.last_device_s = None
         for req in plan.admitted:
             self._load_turn_start(req)
             req.runner_state = make_stream(req.params)
@@ -93,22 +104,34 @@ class ModelRunner:
             self.cache.evict(slot, self.sinks, keep_recent)
 
         rows: list[tuple[Request, torch.Tensor]] = []
-        if plan.prefills:
-            tokens = [torch.tensor(p.tokens, dtype=torch.long, device=self.device) for p in plan.prefills]
-            logits = self.model.prefill(self.cache, [p.request.slot for p in plan.prefills], tokens,
+        chunks = [p for p in plan.prefills if len(p.tokens) > 1]
+        singles = [p for p in plan.prefills if len(p.tokens) == 1]
+        if chunks:
+            tokens = [torch.tensor(p.tokens, dtype=torch.long, device=self.device) for p in chunks]
+            logits = self.model.prefill(self.cache, [p.request.slot for p in chunks], tokens,
                                         mode=self.prefill_mode)
-            rows += [(p.request, logits[i]) for i, p in enumerate(plan.prefills) if p.sample]
-        if plan.decodes:
-            slots = torch.tensor([r.slot for r in plan.decodes], dtype=torch.long)  # CPU: no host sync
-            toks = torch.tensor([r.last_token for r in plan.decodes], dtype=torch.long, device=self.device)
+            rows += [(p.request, logits[i]) for i, p in enumerate(chunks) if p.sample]
+        if plan.decodes or singles:
+            # one decode step for sampled tokens and one-token prompt pieces alike
+            slots = torch.tensor([r.slot for r in plan.decodes] + [p.request.slot for p in singles],
+                                 dtype=torch.long)                             # CPU: no host sync
+            toks = torch.tensor([r.last_token for r in plan.decodes] + [p.tokens[0] for p in singles],
+                                dtype=torch.long).to(self.device, non_blocking=True)
             logits = self.decode(slots, toks)
             rows += list(zip(plan.decodes, logits))
+            nd = len(plan.decodes)
+            rows += [(p.request, logits[nd + i]) for i, p in enumerate(singles) if p.sample]
         if not rows:
             return []
         reqs = [r for r, _ in rows]
         out = sample(torch.stack([lg for _, lg in rows]), [r.params for r in reqs],
                      [r.runner_state for r in reqs])
-        return list(zip(reqs, out.tolist()))
+        if events is not None:
+            events[1].record()
+        ids = out.tolist()                                                     # the step's one host sync
+        if events is not None:
+            self.last_device_s = events[0].elapsed_time(events[1]) / 1000
+        return list(zip(reqs, ids))
 
     def _load_turn_start(self, req: Request) -> None:
         if req.restore_state is not None:

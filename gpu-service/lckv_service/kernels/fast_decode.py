@@ -12,9 +12,14 @@ whole active cache. Here, per step:
   with attention="triton", no pass at all: triton_decode.py rotates keys in registers while it
   streams K/V once (flash-decoding);
 - the key length is rounded up to a bucket (masked per row), so shapes repeat and a step can be
-  captured in a CUDA graph per (first slot, batch, bucket) and replayed (`graphs=True`, CUDA only;
-  contiguous slot ranges only and at most `max_graphs` of them, so a serving engine whose batches
-  change shape cannot grow graphs without bound; other steps run eagerly).
+  captured in a CUDA graph and replayed (`graphs=True`, CUDA only), at most `max_graphs` of them
+  (other steps run eagerly). Two kinds of graph:
+  * with `pad_slot` (serving): slot indices are a graph input and the batch is padded up to a batch
+    bucket (`BATCH_BUCKETS`), so any set of slots replays one graph per (batch bucket, key bucket);
+    padding rows decode token 0 into `pad_slot`, a scratch slot the caller never uses, whose length
+    stays 0 (so they write only its position 0 and their logits are dropped);
+  * without it (benchmarks): one graph per (first slot, batch, key bucket) of a contiguous slot range,
+    which reads K/V through views of the pool instead of indexing it.
 
 Semantics are the model's exactly (tests compare logits and cache contents in float64): new K/V
 written at each slot's length, no-diagonal layers see keys < position, a row with no key gets a zero
@@ -42,9 +47,21 @@ def rope_keys_fn(device: torch.device, compile_rope: bool):
     return _compiled_rope
 
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
+
+
+def batch_bucket(n: int) -> int:
+    """The padded batch a graph is captured for: the smallest bucket >= n (multiples of 256 beyond)."""
+    for b in BATCH_BUCKETS:
+        if b >= n:
+            return b
+    return -(-n // 256) * 256
+
+
 class FastDecode:
     def __init__(self, model: LCKVModel, cache, bucket: int = 256, graphs: bool = False,
-                 compile_rope: bool = True, attention: str = "sdpa", max_graphs: int = 64):
+                 compile_rope: bool = True, attention: str = "sdpa", max_graphs: int = 64,
+                 pad_slot: int | None = None):
         if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
             raise ValueError(f"bucket must be a positive integer, got {bucket!r}")
         if graphs and cache.device.type != "cuda":
@@ -53,8 +70,10 @@ class FastDecode:
             raise ValueError(f"attention must be 'sdpa' or 'triton', got {attention!r}")
         if attention == "triton" and not triton_decode.available(cache.device, model.cfg.head_dim):
             raise ValueError("attention='triton' needs Triton, a CUDA cache and head_dim >= 32")
+        if pad_slot is not None and not (isinstance(pad_slot, int) and 0 <= pad_slot < cache.num_slots):
+            raise ValueError(f"pad_slot must be a slot index of the cache, got {pad_slot!r}")
         self.model, self.cache, self.cfg = model, cache, model.cfg
-        self.attention = attention
+        self.attention, self.pad_slot = attention, pad_slot
         self.bucket, self.graphs, self.max_graphs = bucket, graphs, max_graphs
         self.rope_keys = rope_keys_fn(cache.device, compile_rope)
         cos, sin = model._rope(cache.capacity + 1, cache.device, cache.dtype)
@@ -86,10 +105,12 @@ class FastDecode:
             raise ValueError(f"tokens has ids outside [0, {self.cfg.vocab_size})")   # device ids: argmax, in range
         self._check_bounds(slot_list, lens, S)
         tokens = tokens.to(cache.device, torch.long).view(B)
-        key = (first, B, S)
+        if self.pad_slot is not None and self.pad_slot in slot_list:
+            raise ValueError(f"slot {self.pad_slot} is the padding slot")
+        key = (None, batch_bucket(B), S) if self.pad_slot is not None else (first, B, S) if contiguous else None
         slot_t = torch.tensor(slot_list, device=cache.device)
-        if self.graphs and contiguous and (key in self._graphs or len(self._graphs) < self.max_graphs):
-            logits, new_len = self._replay(key, tokens)
+        if self.graphs and key is not None and (key in self._graphs or len(self._graphs) < self.max_graphs):
+            logits, new_len = self._replay(key, tokens, slot_t)
         else:
             logits, new_len = self._step(tokens, slot_t, first if contiguous else None, S)
         cache.tokens[slot_t, new_len - 1] = tokens
@@ -158,20 +179,26 @@ class FastDecode:
         logits = self.model.lm_head(m.norm(x))                              # [B, V]
         return logits, pos + 1
 
-    # ---- CUDA graphs: one per (first slot or gather, B, S) ---------------------------------------
-    def _replay(self, key, tokens):
+    # ---- CUDA graphs: one per (first slot, B, S) or, with a padding slot, per (B bucket, S) --------
+    def _replay(self, key, tokens, slot_t):
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(*key)
-        graph, static_tokens, _slot_idx, out = entry
-        static_tokens.copy_(tokens)
+        graph, static_tokens, slot_idx, (logits, new_len) = entry
+        B = tokens.shape[0]
+        static_tokens[:B].copy_(tokens)
+        if key[0] is None:                      # gathered graph: slots are an input, the rest pads
+            slot_idx[:B].copy_(slot_t)
+            slot_idx[B:].fill_(self.pad_slot)
+            static_tokens[B:].zero_()
         graph.replay()
-        return out
+        return logits[:B], new_len[:B]
 
-    def _capture(self, first: int, B: int, S: int):
+    def _capture(self, first: int | None, B: int, S: int):
         cache = self.cache
         static_tokens = torch.zeros(B, dtype=torch.long, device=cache.device)
-        slot_idx = torch.arange(first, first + B, device=cache.device)
+        slot_idx = (torch.full((B,), self.pad_slot, device=cache.device) if first is None
+                    else torch.arange(first, first + B, device=cache.device))
         saved = (cache.lengths.clone(),)
         # warm up on a side stream (lazy inits, cuBLAS workspaces), then capture; the warm-up's
         # K/V writes land at positions the next real step overwrites, and lengths are unchanged
@@ -199,12 +226,15 @@ class FastDecode:
         return graph, static_tokens, slot_idx, out
 
     def warm(self, slots: list[int], max_lengths: list[int]) -> int:
-        """Capture (graphs) the steps for the contiguous `slots` whose longest row will hold each of
-        `max_lengths` tokens before the step, so timed runs replay only. Returns graphs held."""
+        """Capture (graphs) the steps for a batch of `slots` whose longest row will hold each of
+        `max_lengths` tokens before the step, so timed runs replay only. Returns graphs held.
+        Without a padding slot the slots must be a contiguous range."""
         if self.graphs:
             slot_list = self.cache.check_slots(slots)
             first, B = slot_list[0], len(slot_list)
-            if slot_list != list(range(first, first + B)):
+            if self.pad_slot is not None:
+                first, B = None, batch_bucket(B)
+            elif slot_list != list(range(first, first + B)):
                 raise ValueError("graphs are captured for contiguous slot ranges only")
             for n in sorted({min(self.cache.capacity, -(-(m + 1) // self.bucket) * self.bucket)
                              for m in max_lengths}):

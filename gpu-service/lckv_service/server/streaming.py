@@ -24,10 +24,20 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
         await resp.write(P.json_frame(P.start_event(echo_id, service.model_id,
                                                     req.cached_tokens + len(req.prompt_ids),
                                                     req.cached_tokens, int(time.time()))))
+        held = None
         while True:
-            ev = await queue.get()
+            ev, held = held or await queue.get(), None
             if ev.type == "delta":
-                await resp.write(P.json_frame(P.delta_event(ev.text, ev.token_ids)))
+                # deltas that queued up while the last frame was written go out as one frame
+                text, ids = [ev.text], list(ev.token_ids)
+                while not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt.type != "delta":
+                        held = nxt
+                        break
+                    text.append(nxt.text)
+                    ids += nxt.token_ids
+                await resp.write(P.json_frame(P.delta_event("".join(text), ids)))
                 continue
             if ev.type == "done":
                 data = await asyncio.to_thread(service.encode_blob, ev.state) if ev.state is not None else b""
