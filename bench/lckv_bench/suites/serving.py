@@ -135,6 +135,18 @@ class ServerProcess:
         self.log.close()
 
 
+def _pyspy(server: "ServerProcess", base: dict, n: int):
+    """Optional sampling profile of the server under the largest burst: env LCKV_BENCH_PYSPY names a
+    py-spy binary, LCKV_BENCH_PYSPY_OUT the folder for its raw (collapsed-stack) output."""
+    exe, out = os.environ.get("LCKV_BENCH_PYSPY"), os.environ.get("LCKV_BENCH_PYSPY_OUT")
+    if not exe or not out:
+        return None
+    name = f"pyspy-{base['shape']}-{base['variant']}-{'baseline' if base['server_src'] != 'this tree' else 'now'}-{n}.txt"
+    return subprocess.Popen([exe, "record", "--pid", str(server.proc.pid), "--rate", "100", "--duration", "15",
+                             "--format", "raw", "--threads", "--nonblocking", "-o", str(Path(out) / name)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def free_port() -> int:
     import socket
     with socket.socket() as s:
@@ -327,8 +339,11 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base) -
                     delays.append(t if arrival == "poisson" else 0.0)
                     t += rng.expovariate(rate)
                 before = server.metrics()
+                spy = _pyspy(server, base, n) if n == n_max and arrival == "burst" else None
                 with GpuUtil() as util:
                     results = asyncio.run(drive(server.url, prompts, gen, delays))
+                if spy is not None:
+                    spy.wait(timeout=120)
                 after = server.metrics()
                 summary = summarize(results)
                 rows.append(dict(base, streams=n, arrival=arrival, rate_per_s=round(rate, 3) if arrival == "poisson" else None,

@@ -80,6 +80,10 @@ class FastDecode:
         self.cos, self.sin = cos[: cache.capacity + 1], sin[: cache.capacity + 1]   # [cap+1, D]
         src = self.cfg.kv_source
         self.last_reader = {s: max(i for i in range(len(src)) if src[i] == s) for s in set(src)}
+        # sources whose keys rotated before the source layer stores its new K/V are stale for a
+        # reader from that layer on that sees the diagonal (the new position)
+        self.restale = {s for s in set(src) if any(src[i] == s and i >= s and not self.cfg.nodiag(i)
+                                                   for i in range(len(src)))}
         self._graphs: dict = {}
         self._pool = None
         self._stream = None   # one side stream for every capture's warm-up (see _capture)
@@ -131,52 +135,12 @@ class FastDecode:
 
     # ---- the step: pure tensor work, no host sync, shapes fixed by (B, S, contiguous) -------------
     def _step(self, tokens, slot_idx, first: int | None, S: int):
-        cfg, cache, m = self.cfg, self.cache, self.model.model
-        B = tokens.shape[0]
-        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        g = H // Hkv
+        cache = self.cache
         pos = cache.lengths[slot_idx]                                         # [B] new token positions
-        kp = torch.arange(S, device=cache.device)
-        allowed = {False: kp[None, :] <= pos[:, None], True: kp[None, :] < pos[:, None]}   # [B, S]
-        empty = (pos == 0)[:, None, None, None]                             # nodiag row without keys
-        # a fully masked row would make SDPA return NaN: let it see key 0, then zero its output
-        allowed[True] = allowed[True] | (empty[:, 0, 0] & (kp[None, :] == 0))
-        masks = {nd: a[:, None, None, :] for nd, a in allowed.items()}      # [B, 1, 1, S]
-        cq, sq = self.cos[pos][:, None, None, :], self.sin[pos][:, None, None, :]   # [B, 1, 1, D]
-        ck, sk = self.cos[None, :S], self.sin[None, :S]                      # [1, S, D]
-
-        def kv_rows(buf):  # [B, S, Hkv, D]: a view of the pool when slots are contiguous
-            return buf.narrow(0, first, B)[:, :S] if first is not None else buf[slot_idx, :S]
-
-        x = m.embed_tokens(tokens)                                          # [B, C]
-        rotated: dict[int, torch.Tensor] = {}
-        limits = {False: pos + 1, True: pos}                                # keys each row may see
-        for i, layer in enumerate(m.layers):
-            h = layer.input_layernorm(x)
-            attn = layer.self_attn
-            if cfg.kv_source[i] == i:                                       # own K/V: write at pos
-                li = cache.layer_index[i]
-                cache.k[li][slot_idx, pos] = attn.k_proj(h).view(B, Hkv, D)
-                cache.v[li][slot_idx, pos] = attn.v_proj(h).view(B, Hkv, D)
-            s = cfg.kv_source[i]
-            li = cache.layer_index[s]
-            q = apply_rope(attn.q_proj(h).view(B, 1, H, D), cq[:, 0], sq[:, 0])     # [B, 1, H, D]
-            if self.attention == "triton":                                  # keys rotated in-kernel
-                y = triton_decode.decode_attention(q.view(B, H, D), cache.k[li], cache.v[li], slot_idx,
-                                                   limits[layer.nodiag], self.cos, self.sin, S)
-            else:
-                if s not in rotated:                                        # once per source per step
-                    rotated[s] = self.rope_keys(kv_rows(cache.k[li]), ck, sk)      # [B, S, Hkv, D]
-                k, v = rotated[s], kv_rows(cache.v[li])
-                y = F.scaled_dot_product_attention(q.view(B, Hkv, g, D), k.transpose(1, 2), v.transpose(1, 2),
-                                                   attn_mask=masks[layer.nodiag])   # [B, Hkv, g, D]
-                if layer.nodiag:
-                    y = y.masked_fill(empty, 0.0)
-                if self.last_reader[s] == i:
-                    del rotated[s]
-            x = x + attn.o_proj(y.reshape(B, H * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.model.lm_head(m.norm(x))                              # [B, V]
+        cq, sq = self.cos[pos][:, None, :], self.sin[pos][:, None, :]         # [B, 1, D]
+        x = self.model.model.embed_tokens(tokens)[:, None]                    # [B, 1, C]
+        x = self.model.run_layers(x, PoolDecodeKV(self, slot_idx, first, pos, S), (cq, sq))
+        logits = self.model.lm_head(self.model.model.norm(x[:, 0]))          # [B, V]
         return logits, pos + 1
 
     # ---- CUDA graphs: one per (first slot, B, S) or, with a padding slot, per (B bucket, S) --------
@@ -246,3 +210,61 @@ class FastDecode:
         """Drop captured graphs (their memory pool goes once nothing references it)."""
         self._graphs.clear()
         self._pool = None
+
+
+class PoolDecodeKV:
+    """The model's KV backend for one FastDecode step (model.py, "KV backends"): own K/V written at
+    each row's position in the pool; attention reads the source layer's K/V in place (Triton, keys
+    rotated in registers) or through views / one gather with keys rotated once per source."""
+
+    def __init__(self, fd: FastDecode, slot_idx, first: int | None, pos, S: int):
+        self.fd, self.cache, self.slot_idx, self.first, self.pos, self.S = fd, fd.cache, slot_idx, first, pos, S
+        kp = torch.arange(S, device=pos.device)
+        self.empty = (pos == 0)[:, None, None, None]                        # nodiag row without keys
+        allowed = {False: kp[None, :] <= pos[:, None], True: kp[None, :] < pos[:, None]}   # [B, S]
+        # a fully masked row would make SDPA return NaN: let it see key 0, then zero its output
+        allowed[True] = allowed[True] | (self.empty[:, 0, 0] & (kp[None, :] == 0))
+        self.masks = {nd: a[:, None, None, :] for nd, a in allowed.items()}  # [B, 1, 1, S]
+        self.limits = {False: pos + 1, True: pos}                           # keys each row may see
+        self.rotated: dict[int, torch.Tensor] = {}
+
+    def _rows(self, buf):  # [B, S, Hkv, D]: a view of the pool when slots are contiguous
+        B = self.slot_idx.shape[0]
+        return buf.narrow(0, self.first, B)[:, :self.S] if self.first is not None else buf[self.slot_idx, :self.S]
+
+    def store(self, layer, k, v):                                            # [B, 1, Hkv, D]
+        li = self.cache.layer_index[layer]
+        self.cache.k[li][self.slot_idx, self.pos] = k[:, 0]
+        self.cache.v[li][self.slot_idx, self.pos] = v[:, 0]
+        if layer in self.fd.restale:
+            self.rotated.pop(layer, None)
+
+    def attend(self, layer, source, q, nodiag):                              # q: [B, 1, H, D]
+        fd, cache = self.fd, self.cache
+        B, _, H, D = q.shape
+        li = cache.layer_index[source]
+        if fd.attention == "triton":
+            y = triton_decode.decode_attention(q.view(B, H, D), cache.k[li], cache.v[li], self.slot_idx,
+                                               self.limits[nodiag], fd.cos, fd.sin, self.S)
+        else:
+            if source not in self.rotated:                                   # once per source per step
+                self.rotated[source] = fd.rope_keys(self._rows(cache.k[li]), fd.cos[None, :self.S],
+                                                    fd.sin[None, :self.S])   # [B, S, Hkv, D]
+            k, v = self.rotated[source], self._rows(cache.v[li])
+            Hkv = k.shape[2]
+            y = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, D), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=self.masks[nodiag])   # [B, Hkv, g, D]
+            if nodiag:
+                y = y.masked_fill(self.empty, 0.0)
+            if fd.last_reader[source] == layer:
+                del self.rotated[source]
+        return y.reshape(B, 1, H * D)
+
+    def begin_block(self):
+        pass
+
+    def begin_pass(self):
+        pass
+
+    def end_pass(self) -> bool:
+        return False
