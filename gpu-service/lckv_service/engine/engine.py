@@ -43,7 +43,10 @@ class Engine:
         self.runner = runner
         self.tokenizer = tokenizer
         self.metrics = metrics
-        self._lock = threading.Lock()
+        # guards the scheduler's queues and the request table against add/abort from other threads;
+        # per-request update work (detokenizing, re-encoding, export) runs on the engine thread only,
+        # outside it, so an arriving request never waits for a step's update
+        self._lock = threading.RLock()
         self._requests: dict[str, Request] = {}
         self._aborts: set[str] = set()
 
@@ -97,16 +100,15 @@ class Engine:
                     self._fail(req, e)
             return True
         t2 = time.perf_counter()
-        with self._lock:
-            now = time.monotonic()
-            for req, tok in sampled:
-                if not req.status.finished:
-                    self._guarded(req, self._on_token, req, tok, now)
-            if self.metrics:
-                self.metrics.count_tokens(len(sampled))
-            for req in list(self.scheduler.running):
-                if req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart:
-                    self._guarded(req, self._export, req)
+        now = time.monotonic()
+        for req, tok in sampled:
+            if not req.status.finished:
+                self._guarded(req, self._on_token, req, tok, now)
+        if self.metrics:
+            self.metrics.count_tokens(len(sampled))
+        for req in list(self.scheduler.running):   # only this thread changes `running`
+            if req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart:
+                self._guarded(req, self._export, req)
         if self.metrics:
             self.metrics.observe_step(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_device_s)
         return True
@@ -127,7 +129,7 @@ class Engine:
             for req in [*self.scheduler.waiting, *self.scheduler.running]:
                 self._fail(req, exc)
 
-    # ---- update (under the lock) ------------------------------------------------------------------
+    # ---- update (engine thread; the lock only where the scheduler or the request table change) ----
     def _on_token(self, req: Request, tok: int, now: float) -> None:
         req.output_ids.append(tok)
         if self.metrics:
@@ -177,15 +179,17 @@ class Engine:
             self._export(req)
 
     def _complete(self, req: Request, status: RequestStatus, state) -> None:
-        self.scheduler.finish(req, status)
-        self._requests.pop(req.request_id, None)
+        with self._lock:
+            self.scheduler.finish(req, status)
+            self._requests.pop(req.request_id, None)
         req.emit(Event("done", finish_reason=status.finish_reason, state=state))
 
     def _fail(self, req: Request, exc: BaseException) -> None:
         if req.status.finished:
             return
-        self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
-        self._requests.pop(req.request_id, None)
+        with self._lock:
+            self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
+            self._requests.pop(req.request_id, None)
         req.emit(Event("error", error=exc))
 
 
