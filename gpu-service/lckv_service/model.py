@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .device import to_device
 from .errors import ConfigError
 
 
@@ -411,13 +412,13 @@ class LCKVModel(nn.Module):
         B, N = idx.shape
         start = [cache.length(s) for s in slots]
         S = max(a + b for a, b in zip(start, n))
-        slot_t, start_t, n_t = torch.tensor([slots, start, n], device=dev)  # one host->device copy
+        slot_t, start_t, n_t = to_device([slots, start, n], dev)           # one host->device copy
         q_pos = start_t[:, None] + torch.arange(N, device=dev)             # [B, N] in-cache positions
         k_len = start_t + n_t                                              # [B] keys after this step
         if N == 1:  # decode: every row is real, no index lists needed
             rows, w_slot, w_pos = None, slot_t, start_t
         else:       # flat indices of the real (non-padding) tokens, computed on the host: no sync
-            rows = (torch.arange(N)[None, :] < torch.tensor(n)[:, None]).flatten().nonzero().squeeze(1).to(dev)
+            rows = to_device((torch.arange(N)[None, :] < torch.tensor(n)[:, None]).flatten().nonzero().squeeze(1).tolist(), dev)
             w_slot, w_pos = slot_t[:, None].expand(B, N).flatten()[rows], q_pos.flatten()[rows]
 
         def real(t):  # [B, N, ...] -> [number of real tokens, ...]

@@ -206,11 +206,17 @@ def pct(xs: list[float], q: float) -> float | None:
     return round(xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))], 5)
 
 
+def delivered(r: dict) -> bool:
+    """Every sampled id reached the client exactly once: usage counts them all, and an end-of-turn
+    token that stopped the stream is counted but not sent as text."""
+    got, usage = sum(k for _, k in r["frames"]), r["done"]["usage"]["completion_tokens"]
+    return got == usage or (r["done"]["finish_reason"] == "stop" and got == usage - 1)
+
+
 def summarize(results: list[dict]) -> dict:
     ok = [r for r in results if r.get("done") is not None and "error" not in r]
     errors = [r for r in results if r not in ok]
-    delivered_once = bool(ok) and not errors and all(
-        sum(k for _, k in r["frames"]) == r["done"]["usage"]["completion_tokens"] for r in ok)
+    delivered_once = bool(ok) and not errors and all(delivered(r) for r in ok)
     tokens = sum(r["done"]["usage"]["completion_tokens"] for r in ok)
     wall = (max(r["end"] for r in ok) - min(r["sent"] for r in ok)) if ok else 0.0
     ttft = [r["frames"][0][0] - r["sent"] for r in ok if r["frames"]]

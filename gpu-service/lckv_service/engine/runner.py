@@ -19,6 +19,7 @@ import torch
 
 from ..cache import CacheState, KVCache
 from ..config import ModelConfig
+from ..device import to_device
 from ..errors import ConfigError
 from ..kernels import FastDecode, triton_decode
 from ..model import LCKVModel, PrefillMode
@@ -103,28 +104,29 @@ class ModelRunner:
         for slot, keep_recent in plan.evictions:
             self.cache.evict(slot, self.sinks, keep_recent)
 
-        rows: list[tuple[Request, torch.Tensor]] = []
+        reqs: list[Request] = []            # the rows to sample, in order
+        parts: list[torch.Tensor] = []       # their logits, one tensor per model call
         chunks = [p for p in plan.prefills if len(p.tokens) > 1]
         singles = [p for p in plan.prefills if len(p.tokens) == 1]
         if chunks:
-            tokens = [torch.tensor(p.tokens, dtype=torch.long, device=self.device) for p in chunks]
+            tokens = [to_device(p.tokens, self.device) for p in chunks]
             logits = self.model.prefill(self.cache, [p.request.slot for p in chunks], tokens,
-                                        mode=self.prefill_mode)
-            rows += [(p.request, logits[i]) for i, p in enumerate(chunks) if p.sample]
+                                        mode=self.prefill_mode)                # [len(chunks), V]
+            self._take(logits, [i for i, p in enumerate(chunks) if p.sample], chunks, reqs, parts)
         if plan.decodes or singles:
             # one decode step for sampled tokens and one-token prompt pieces alike
             slots = torch.tensor([r.slot for r in plan.decodes] + [p.request.slot for p in singles],
                                  dtype=torch.long)                             # CPU: no host sync
-            toks = torch.tensor([r.last_token for r in plan.decodes] + [p.tokens[0] for p in singles],
-                                dtype=torch.long).to(self.device, non_blocking=True)
-            logits = self.decode(slots, toks)
-            rows += list(zip(plan.decodes, logits))
+            toks = to_device([r.last_token for r in plan.decodes] + [p.tokens[0] for p in singles], self.device)
+            logits = self.decode(slots, toks)                                  # [decodes + singles, V]
             nd = len(plan.decodes)
-            rows += [(p.request, logits[nd + i]) for i, p in enumerate(singles) if p.sample]
-        if not rows:
+            reqs += plan.decodes
+            rows = list(range(nd)) + [nd + i for i, p in enumerate(singles) if p.sample]
+            self._take(logits, rows, None, None, parts)
+            reqs += [p.request for p in singles if p.sample]
+        if not reqs:
             return []
-        reqs = [r for r, _ in rows]
-        out = sample(torch.stack([lg for _, lg in rows]), [r.params for r in reqs],
+        out = sample(parts[0] if len(parts) == 1 else torch.cat(parts), [r.params for r in reqs],
                      [r.runner_state for r in reqs])
         if events is not None:
             events[1].record()
@@ -132,6 +134,23 @@ class ModelRunner:
         if events is not None:
             self.last_device_s = events[0].elapsed_time(events[1]) / 1000
         return list(zip(reqs, ids))
+
+    def _take(self, logits: torch.Tensor, rows: list[int], items, reqs, parts) -> None:
+        """Append the logits of `rows` (all of them without an index copy) and, given the plan
+        items, their requests."""
+        if not rows:
+            return
+        parts.append(logits if len(rows) == logits.shape[0] else logits[to_device(rows, logits.device)])
+        if items is not None:
+            reqs += [items[i].request for i in rows]
+
+    def warm_graphs(self) -> int:
+        """Capture the decode step's CUDA graphs for every batch and key bucket the pool can need,
+        so serving replays only (captures take tens of ms each). Returns graphs held."""
+        fd = self.decode
+        if not isinstance(fd, FastDecode) or not fd.graphs or fd.pad_slot is None:
+            return 0
+        return fd.warm_buckets(self.num_slots)
 
     def _load_turn_start(self, req: Request) -> None:
         if req.restore_state is not None:

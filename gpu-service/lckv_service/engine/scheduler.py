@@ -129,14 +129,15 @@ class Scheduler:
                 self._append(req, [req.last_token])
                 plan.decodes.append(req)
                 budget -= 1
+        capacity, per_request = self.cfg.capacity, self.cfg.prefill_chunk
         for req in self.running:
             if budget == 0:
                 break
             if req.pending:
                 self._make_room(req, plan)
-                n = min(len(req.pending), budget, self.cfg.capacity - req.cache_len,
-                        self.cfg.prefill_chunk or budget)
-                chunk, req.pending = req.pending[:n], req.pending[n:]
+                n = min(len(req.pending), budget, capacity - req.cache_len, per_request or budget)
+                chunk = req.pending[:n]
+                del req.pending[:n]          # in place: no copy of the rest of a long prompt per step
                 self._append(req, chunk)
                 plan.prefills.append(PrefillItem(req, chunk, req.phase is Phase.PREFILL and not req.pending))
                 budget -= n

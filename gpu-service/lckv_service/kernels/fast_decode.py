@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..device import to_device
 from ..model import LCKVModel, apply_rope
 from . import triton_decode
 
@@ -112,7 +113,7 @@ class FastDecode:
         if self.pad_slot is not None and self.pad_slot in slot_list:
             raise ValueError(f"slot {self.pad_slot} is the padding slot")
         key = (None, batch_bucket(B), S) if self.pad_slot is not None else (first, B, S) if contiguous else None
-        slot_t = torch.tensor(slot_list, device=cache.device)
+        slot_t = to_device(slot_list, cache.device)
         if self.graphs and key is not None and (key in self._graphs or len(self._graphs) < self.max_graphs):
             logits, new_len = self._replay(key, tokens, slot_t)
         else:
@@ -204,6 +205,20 @@ class FastDecode:
                              for m in max_lengths}):
                 if (first, B, n) not in self._graphs and len(self._graphs) < self.max_graphs:
                     self._graphs[(first, B, n)] = self._capture(first, B, n)
+        return len(self._graphs)
+
+    def warm_buckets(self, max_batch: int) -> int:
+        """With a padding slot: capture every (batch bucket up to `max_batch`, key bucket) graph.
+        Returns graphs held."""
+        if not self.graphs or self.pad_slot is None:
+            return len(self._graphs)
+        cap = self.cache.capacity
+        keys = sorted({min(cap, s) for s in range(self.bucket, cap + self.bucket, self.bucket)})
+        batches = [b for b in BATCH_BUCKETS if b < batch_bucket(max_batch)] + [batch_bucket(max_batch)]
+        for B in batches:
+            for S in keys:
+                if (None, B, S) not in self._graphs and len(self._graphs) < self.max_graphs:
+                    self._graphs[(None, B, S)] = self._capture(None, B, S)
         return len(self._graphs)
 
     def reset_graphs(self) -> None:

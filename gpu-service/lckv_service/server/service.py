@@ -232,6 +232,9 @@ class ModelService:
     async def warmup(self) -> None:
         """One real generation through the engine, so /readyz means 'serves requests'."""
         t = time.monotonic()
+        graphs = await asyncio.to_thread(self.engine.runner.warm_graphs)
+        if graphs:
+            log.info("decode graphs captured: %d in %.2fs", graphs, time.monotonic() - t)
         g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "chat",
                             [{"role": "user", "content": "Hello"}], None, SamplingParams(max_tokens=2), True)
         req = self.make_request(g, None)
