@@ -65,6 +65,8 @@ def serve(argv: list[str]) -> int:
     ap.add_argument("--max-prompt-tokens", type=int, default=None)
     ap.add_argument("--max-tokens", type=int, default=4096, help="largest sampling.max_tokens")
     ap.add_argument("--max-request-bytes", type=int, default=64 * 2**20)
+    ap.add_argument("--chat-template", default=None,
+                    help="Jinja chat template file, used instead of the model folder's (or for a base model)")
     ap.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     ap.add_argument("--log-format", default=os.environ.get("LOG_FORMAT", "text"), choices=["text", "json"])
     a = ap.parse_args(argv)
@@ -84,7 +86,7 @@ def serve(argv: list[str]) -> int:
                           decode=a.decode, decode_graphs=a.decode_graphs,
                           max_batched_tokens=a.max_batched_tokens, max_waiting=a.max_waiting,
                           max_prompt_tokens=a.max_prompt_tokens, max_tokens=a.max_tokens,
-                          max_request_bytes=a.max_request_bytes)
+                          max_request_bytes=a.max_request_bytes, chat_template=a.chat_template)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,9 +39,10 @@ class RMSNorm(nn.Module):
 
 
 # ---- RoPE (HF "rotate_half" convention, so HF Llama weights load unchanged) ----------------------
-def rope_table(n: int, head_dim: int, theta: float, device, dtype):
-    """cos, sin: [n, D] for positions 0..n-1 (angles in float64, then cast)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+def rope_table(n: int, inv_freq: list[float], device, dtype):
+    """cos, sin: [n, D] for positions 0..n-1 from the D/2 inverse frequencies (cfg.rope_inv_freq():
+    theta and any scaling), angles in float64, then cast."""
+    inv_freq = torch.tensor(inv_freq, dtype=torch.float64, device=device)
     ang = torch.arange(n, dtype=torch.float64, device=device)[:, None] * inv_freq  # [n, D/2]
     ang = torch.cat((ang, ang), dim=-1)                                            # [n, D]
     return ang.cos().to(dtype), ang.sin().to(dtype)
@@ -174,10 +175,16 @@ class LCKVModel(nn.Module):
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
         ))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
         self._rope_cache: dict = {}
         self.last_prefill_passes = 0  # block passes of the last prefill (max over chunks), for metrics
         if not any(p.is_meta for p in self.parameters()):
             self.apply(self._init_weights)
+
+    def tie_weights(self):
+        """With cfg.tie_word_embeddings the LM head is the embedding matrix (one Parameter)."""
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @staticmethod
     def _init_weights(m):
@@ -190,7 +197,7 @@ class LCKVModel(nn.Module):
         cos, sin = self._rope_cache.get(key, (None, None))
         if cos is None or cos.shape[0] < n:
             size = max(n, self.cfg.max_position_embeddings)
-            cos, sin = self._rope_cache[key] = rope_table(size, self.cfg.head_dim, self.cfg.rope_theta, device, dtype)
+            cos, sin = self._rope_cache[key] = rope_table(size, self.cfg.rope_inv_freq(), device, dtype)
         return cos, sin
 
     def _layers(self, x, layers, kv_fn, rope, masks):
@@ -215,6 +222,8 @@ class LCKVModel(nn.Module):
             if cfg.kv_source[i] == i:
                 k, v = self.model.layers[i].self_attn.kv(h)
                 fresh[i] = (apply_rope(k, *rope), v)
+                if not cfg.nodiag(i):  # a target seeing its own token reads (and shares) this pass's K/V
+                    carried.pop(i, None)
             s = cfg.kv_source[i]
             return carried[s] if s in carried else fresh[s]
 
@@ -329,7 +338,7 @@ class LCKVModel(nn.Module):
         rope = (cos[q_pos], sin[q_pos])                                    # [B, N, D]
         k_rope = (cos[None, :S], sin[None, :S])                            # keys at positions 0..S-1
         masks = attention_masks(q_pos, k_len, S)
-        gathered, pending = {}, {}
+        gathered, pending, published = {}, {}, {}
 
         def write(layer, k, v):  # k, v: [B, N, Hkv, D] -> cache at each row's new positions
             li = cache.layer_index[layer]
@@ -340,9 +349,13 @@ class LCKVModel(nn.Module):
         def kv_fn(i, h):
             if cfg.kv_source[i] == i:
                 k, v = self.model.layers[i].self_attn.kv(h)
-                if i in pending:          # a target inside the block: written after the pass
+                if i in pending and cfg.nodiag(i):   # a target inside the block: written after the pass
                     pending[i] = (k, v)
-                else:
+                else:                     # a target seeing its own token needs this pass's K/V now
+                    if i in pending:
+                        if tol is not None:
+                            published[i] = (k, v)
+                        del pending[i]
                     write(i, k, v)
             s = cfg.kv_source[i]
             if s not in gathered:         # one gather (+RoPE) per source and pass, shared by readers
@@ -363,8 +376,12 @@ class LCKVModel(nn.Module):
                     write(t, z, z)
             for p in range(min(passes, N)):  # Theorem 1: N passes are exact, more change nothing
                 pending.update({t: None for t in cfg.cyclic_targets})
+                before = {t: (cache.k[cache.layer_index[t]][w_slot, w_pos], cache.v[cache.layer_index[t]][w_slot, w_pos])
+                          for t in cfg.cyclic_targets if not cfg.nodiag(t)} if tol is not None else {}
                 x = self._layers(x0, range(lo, hi + 1), kv_fn, rope, masks)
-                delta = self._kv_change(cache, pending, w_slot, w_pos, real) if tol is not None else None
+                delta = self._kv_change(cache, pending, w_slot, w_pos, real, published, before) \
+                    if tol is not None else None
+                published.clear()
                 for t, (k, v) in list(pending.items()):
                     write(t, k, v)
                 pending.clear()
@@ -379,11 +396,15 @@ class LCKVModel(nn.Module):
         return [logits[b, :n[b]] if all_rows else logits[b] for b in range(B)]
 
     @staticmethod
-    def _kv_change(cache, pending, w_slot, w_pos, real):
-        """Mean squared change of the targets' new K/V between this pass and the last (0-d)."""
+    def _kv_change(cache, pending, w_slot, w_pos, real, published, before):
+        """Mean squared change of the targets' new K/V between this pass and the last (0-d).
+        `published`: targets already written this pass, with their K/V of the last pass in `before`."""
         tot = []
         for t, (k, v) in pending.items():
             li = cache.layer_index[t]
             for new, buf in ((k, cache.k[li]), (v, cache.v[li])):
                 tot.append((real(new).float() - buf[w_slot, w_pos].float()).pow(2).mean())
+        for t, (k, v) in published.items():
+            for new, old in zip((k, v), before[t]):
+                tot.append((real(new).float() - old.float()).pow(2).mean())
         return torch.stack(tot).mean()

@@ -137,6 +137,7 @@ class FastDecode:
                 li = cache.layer_index[i]
                 cache.k[li][slot_idx, pos] = attn.k_proj(h).view(B, Hkv, D)
                 cache.v[li][slot_idx, pos] = attn.v_proj(h).view(B, Hkv, D)
+                rotated.pop(i, None)                                        # its keys changed at pos
             s = cfg.kv_source[i]
             li = cache.layer_index[s]
             q = apply_rope(attn.q_proj(h).view(B, 1, H, D), cq[:, 0], sq[:, 0])     # [B, 1, H, D]

@@ -216,9 +216,10 @@ class FastPrefill:
         def kv_of(i, h):  # LCKVModel._extend's kv_fn over static shapes: (k, v) as [B, Hkv, S, D]
             if cfg.kv_source[i] == i:
                 k, v = layers[i].self_attn.kv(h)
-                if i in pending:          # a target inside the block: written after the pass
+                if i in pending and cfg.nodiag(i):   # a target inside the block: written after the pass
                     pending[i] = (k, v)
-                else:
+                else:                     # a target seeing its own token needs this pass's K/V now
+                    pending.pop(i, None)
                     write(i, k, v)
             s = cfg.kv_source[i]
             li = cache.layer_index[s]
