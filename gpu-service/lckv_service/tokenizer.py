@@ -29,7 +29,6 @@ from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer, decoders, pre_tokenizers
-from tokenizers.decoders import DecodeStream
 
 from .errors import ConfigError, RequestError
 
@@ -283,22 +282,35 @@ class ChatTokenizer:
 class TextStream:
     """Turns generated ids into text that is safe to send: whole characters only, stop strings cut.
 
-    Text that could still be the start of a stop string is held back until it is not.
+    Text that could still be the start of a stop string is held back until it is not. Decoding is
+    incremental over a short window of ids (decode(window + new) minus decode(window)), so decoders
+    that strip a leading space or fall back to bytes (Llama's) give the text a whole decode gives;
+    text ending in U+FFFD is an unfinished UTF-8 sequence and waits for its next bytes.
     """
 
     def __init__(self, tok: ChatTokenizer, stop: tuple[str, ...]):
         self._tok = tok
-        self._ds = DecodeStream(skip_special_tokens=False)
+        self._ids: list[int] = []
+        self._prefix = self._read = 0   # window: ids[_prefix:_read] decoded, ids[_read:] not yet sent
         self._stop = stop
         self._text = ""          # decoded so far (whole characters only)
         self.emitted = ""        # handed out so far
         self.stopped = False     # a stop string was found
 
+    def _decode_step(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        window = self._tok.decode(self._ids[self._prefix:self._read])
+        text = self._tok.decode(self._ids[self._prefix:])
+        if len(text) > len(window) and not text.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return text[len(window):]
+        return ""
+
     def push(self, token_id: int) -> str:
         """Feed one generated id; returns the newly sendable text ('' if none yet)."""
         if self.stopped:
             return ""
-        chunk = self._ds.step(self._tok.tokenizer, token_id)
+        chunk = self._decode_step(token_id)
         if chunk:
             self._text += chunk
         pending = self._text[len(self.emitted):]
@@ -318,6 +330,9 @@ class TextStream:
         """
         if self.stopped:
             return ""
+        tail = self._tok.decode(self._ids[self._prefix:])[len(self._tok.decode(self._ids[self._prefix:self._read])):]
+        self._text += tail.rstrip("\ufffd")
+        self._read = len(self._ids)
         out = self._text[len(self.emitted):]
         self.emitted += out
         return out
