@@ -71,6 +71,10 @@ def _read_tensors(folder) -> dict[str, torch.Tensor]:
             files = sorted(set(json.loads((folder / INDEX_NAME).read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{INDEX_NAME} is malformed: {e}", param=INDEX_NAME) from e
+        for name in files:  # shards live beside the index, nowhere else
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise CheckpointError(f"{INDEX_NAME} names a shard outside the folder: {str(name)[:100]!r}",
+                                      param=INDEX_NAME)
     else:
         raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}", param=WEIGHTS_NAME)
     out = {}

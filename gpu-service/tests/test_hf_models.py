@@ -108,6 +108,15 @@ def test_base_model_serves_completions_and_refuses_chat_with_reason(folders, tmp
         assert r.status == 200 and len(r.token_ids) >= 1
         info = srv.service.info()
         assert info["context_window"] == LLAMA2_SHAPE["max_position_embeddings"]
+        # a completions prompt is text: "</s>" typed in it is not the end-of-sequence token
+        from lckv_service.sampling import SamplingParams
+        from lckv_service.server.protocol import GenerateRequest
+        req = srv.service.make_request(GenerateRequest("r", MODEL_ID, "completion", None, "the end</s><s> more",
+                                                       SamplingParams(max_tokens=1), False), None)
+        tok = srv.service.tokenizer
+        assert req.prompt_ids[0] == tok.tokenizer.token_to_id("<s>") and req.prompt_ids.count(req.prompt_ids[0]) == 1
+        assert tok.tokenizer.token_to_id("</s>") not in req.prompt_ids
+        assert tok.decode(req.prompt_ids[1:]) == "the end</s><s> more"
     template = tmp_path / "chat.jinja"
     template.write_text(TINYLLAMA_CHAT_TEMPLATE)
     with ServerThread(serve_config(d, chat_template=str(template))) as srv:
@@ -192,3 +201,15 @@ def test_conversion_to_lckv_keeps_the_layout(folders, tmp_path, name):
     idx = torch.randint(0, min(c.vocab_size, 400), (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(again(idx)[0], lckv(idx)[0])
+
+
+@pytest.mark.parametrize("shard", ["../model-00001-of-00002.safetensors", "/etc/passwd", 7])
+def test_a_shard_index_pointing_outside_the_folder_is_refused(folders, tmp_path, shard):
+    d = shutil.copytree(folders["gqa-sharded"][0], tmp_path / "m")
+    index = json.loads((d / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError) as e:
+        load_model(d)
+    assert e.value.param == "model.safetensors.index.json"
