@@ -338,7 +338,7 @@ class LCKVModel(nn.Module):
         rope = (cos[q_pos], sin[q_pos])                                    # [B, N, D]
         k_rope = (cos[None, :S], sin[None, :S])                            # keys at positions 0..S-1
         masks = attention_masks(q_pos, k_len, S)
-        gathered, pending, published = {}, {}, {}
+        gathered, pending, changes = {}, {}, []   # changes: adaptive mode's K/V change per pass
 
         def write(layer, k, v):  # k, v: [B, N, Hkv, D] -> cache at each row's new positions
             li = cache.layer_index[layer]
@@ -353,9 +353,9 @@ class LCKVModel(nn.Module):
                     pending[i] = (k, v)
                 else:                     # a target seeing its own token needs this pass's K/V now
                     if i in pending:
-                        if tol is not None:
-                            published[i] = (k, v)
                         del pending[i]
+                        if tol is not None:   # measured against the last pass before overwriting it
+                            changes.append(self._kv_change(cache, {i: (k, v)}, w_slot, w_pos, real))
                     write(i, k, v)
             s = cfg.kv_source[i]
             if s not in gathered:         # one gather (+RoPE) per source and pass, shared by readers
@@ -376,12 +376,11 @@ class LCKVModel(nn.Module):
                     write(t, z, z)
             for p in range(min(passes, N)):  # Theorem 1: N passes are exact, more change nothing
                 pending.update({t: None for t in cfg.cyclic_targets})
-                before = {t: (cache.k[cache.layer_index[t]][w_slot, w_pos], cache.v[cache.layer_index[t]][w_slot, w_pos])
-                          for t in cfg.cyclic_targets if not cfg.nodiag(t)} if tol is not None else {}
                 x = self._layers(x0, range(lo, hi + 1), kv_fn, rope, masks)
-                delta = self._kv_change(cache, pending, w_slot, w_pos, real, published, before) \
-                    if tol is not None else None
-                published.clear()
+                if tol is not None and pending:
+                    changes.append(self._kv_change(cache, pending, w_slot, w_pos, real))
+                delta = torch.stack(changes).mean() if tol is not None else None
+                changes.clear()
                 for t, (k, v) in list(pending.items()):
                     write(t, k, v)
                 pending.clear()
@@ -396,15 +395,11 @@ class LCKVModel(nn.Module):
         return [logits[b, :n[b]] if all_rows else logits[b] for b in range(B)]
 
     @staticmethod
-    def _kv_change(cache, pending, w_slot, w_pos, real, published, before):
-        """Mean squared change of the targets' new K/V between this pass and the last (0-d).
-        `published`: targets already written this pass, with their K/V of the last pass in `before`."""
+    def _kv_change(cache, pending, w_slot, w_pos, real):
+        """Mean squared change of the targets' new K/V between this pass and the last (0-d)."""
         tot = []
         for t, (k, v) in pending.items():
             li = cache.layer_index[t]
             for new, buf in ((k, cache.k[li]), (v, cache.v[li])):
                 tot.append((real(new).float() - buf[w_slot, w_pos].float()).pow(2).mean())
-        for t, (k, v) in published.items():
-            for new, old in zip((k, v), before[t]):
-                tot.append((real(new).float() - old.float()).pow(2).mean())
         return torch.stack(tot).mean()

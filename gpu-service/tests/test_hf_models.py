@@ -178,6 +178,9 @@ def test_authors_layout_prefill_and_decode_match_the_sequential_definition(tmp_p
     cache = KVCache(loaded.cfg, num_slots=2, capacity=40, dtype=torch.float64)
     got = loaded.prefill(cache, [1], [tokens], PrefillMode("exact", chunk=8), all_logits=True)[0]
     assert (got - want).abs().max().item() <= 1e-9
+    other = KVCache(loaded.cfg, num_slots=1, capacity=40, dtype=torch.float64)   # adaptive, never converging early
+    got = loaded.prefill(other, [0], [tokens], PrefillMode("adaptive", tol=0.0, max_iterations=32), all_logits=True)[0]
+    assert (got - want).abs().max().item() <= 1e-9 and loaded.last_prefill_passes == tokens.numel()
     fd = FastDecode(loaded, cache, bucket=8)
     for t in (3, 17, 9):
         step = fd(torch.tensor([1]), torch.tensor([t]))[0]
