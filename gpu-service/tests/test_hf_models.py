@@ -214,3 +214,24 @@ def test_a_shard_index_pointing_outside_the_folder_is_refused(folders, tmp_path,
     with pytest.raises(CheckpointError) as e:
         load_model(d)
     assert e.value.param == "model.safetensors.index.json"
+
+
+@pytest.mark.parametrize("layer_types", ["0_3_3_3_3_5", "0_2_2_4_4_5", "0_1_1_1_4_5"])
+def test_authors_rule_on_other_layer_types(layer_types):
+    """Their rule beyond the sandwich: a layer above a target reading it, two targets, a layer reading one
+    below it -- each keeps its own token. Exact prefill, decode and Theorem 1 against the definition."""
+    from lckv_service.config import ModelConfig
+    src = tuple(int(x) for x in layer_types.split("_"))
+    shape = {k: v for k, v in tiny_cfg(None, layers=6).__dict__.items() if k not in ("kv_source", "nodiag_rule")}
+    model = make_model(ModelConfig(**shape | {"kv_source": src, "nodiag_rule": "attends_above"}), seed=7)
+    tokens = torch.randint(0, model.cfg.vocab_size, (17,), generator=torch.Generator().manual_seed(2))
+    ref = ReferenceLCKV(model)
+    want = ref.run(tokens)
+    cache = KVCache(model.cfg, num_slots=1, capacity=32, dtype=torch.float64)
+    got = model.prefill(cache, [0], [tokens], PrefillMode("exact", chunk=5), all_logits=True)[0]
+    assert (got - want).abs().max().item() <= 1e-9
+    fd = FastDecode(model, cache, bucket=4)
+    for t in (11, 4):
+        assert (fd(torch.tensor([0]), torch.tensor([t]))[0] - ref.step(t)).abs().max().item() <= 1e-9
+    with torch.no_grad():
+        assert (model(tokens[None], iterations=tokens.numel())[0][0] - want).abs().max().item() <= 1e-9
