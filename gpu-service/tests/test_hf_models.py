@@ -235,3 +235,13 @@ def test_authors_rule_on_other_layer_types(layer_types):
         assert (fd(torch.tensor([0]), torch.tensor([t]))[0] - ref.step(t)).abs().max().item() <= 1e-9
     with torch.no_grad():
         assert (model(tokens[None], iterations=tokens.numel())[0][0] - want).abs().max().item() <= 1e-9
+
+
+def test_a_cpu_cache_pool_larger_than_memory_is_refused_at_start():
+    """Llama-3.x's 131,072 positions make the default window huge: refused with the knob to turn."""
+    from lckv_service.engine.runner import plan_slots
+    cfg, cpu = tiny_cfg(None), torch.device("cpu")
+    assert plan_slots(cfg, 1024, cpu, torch.float32, 8, 0.85) == 8
+    with pytest.raises(ConfigError) as e:
+        plan_slots(cfg, 2**40, cpu, torch.float32, 8, 0.85)
+    assert e.value.param == "window" and "--window" in e.value.message
