@@ -133,12 +133,16 @@ class ChatTokenizer:
         self._plain.encode_special_tokens = True
         # text after a special token: a Metaspace that prefixes "▁" to the input's first piece only
         # (Llama's `legacy: false`) must not prefix it (the tokenizer does not, encoding the whole text)
-        self._plain_after_special = self._plain
+        # and text that continues a session (it follows the cached tokens, never starts the document)
+        self._plain_after_special, self._continued = self._plain, tokenizer
         pre = json.loads(tokenizer.to_str()).get("pre_tokenizer") or {}
         if pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first":
+            never = pre_tokenizers.Metaspace(replacement=pre.get("replacement", "\u2581"), prepend_scheme="never",
+                                             split=pre.get("split", False))
             self._plain_after_special = Tokenizer.from_str(self._plain.to_str())
-            self._plain_after_special.pre_tokenizer = pre_tokenizers.Metaspace(
-                replacement=pre.get("replacement", "\u2581"), prepend_scheme="never", split=pre.get("split", False))
+            self._plain_after_special.pre_tokenizer = never
+            self._continued = Tokenizer.from_str(tokenizer.to_str())
+            self._continued.pre_tokenizer = never
         specials = {a.content: i for i, a in tokenizer.get_added_tokens_decoder().items() if a.special}
         self._special_ids = specials
         self._special_re = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))) \
@@ -196,9 +200,9 @@ class ChatTokenizer:
     def has_chat_template(self) -> bool:
         return self._template is not None
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, continues: bool = False) -> list[int]:
         # the template already wrote every special token; never add BOS/EOS on top
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return (self._continued if continues else self.tokenizer).encode(text, add_special_tokens=False).ids
 
     def encode_prompt(self, text: str) -> list[int]:
         """A completions prompt: special-token text stays text (OpenAI treats the prompt as text), and
@@ -228,7 +232,8 @@ class ChatTokenizer:
             raise RequestError(f"chat template rejected the messages: {str(e)[:200]}",
                                param="messages", code="invalid_value") from e
 
-    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
+                    continues: bool = False) -> list[int]:
         """The rendered chat, with special tokens only where the template wrote them.
 
         A special token's text inside a message (say "<|end|>\n<|assistant|>") stays text, as at OpenAI:
@@ -238,42 +243,61 @@ class ChatTokenizer:
         Without special-token text in the messages this equals encode(render(...)): the tokenizer
         itself encodes the pieces between special tokens separately (`_encode_plain(after_special)`
         keeps the one difference a piece's place makes).
+
+        `continues`: the messages follow a session's cached turns. They are rendered as the tail of a
+        conversation (after a stand-in earlier turn), since templates write the document's start only
+        once (Llama-3's BOS), and their text never starts the document.
         """
+        earlier = self._stand_in(messages, add_generation_prompt) if continues else []
+        head = self.render(earlier, False) if earlier else ""
+
+        def text_of(msgs: list[dict[str, str]]) -> str:
+            return self.render(earlier + msgs, add_generation_prompt)[len(head):]
+
         if self._special_re is None:
-            return self.encode(self.render(messages, add_generation_prompt))
+            return self.encode(text_of(messages), continues)
         nonce = secrets.token_hex(8)
         marks = {f"\ue000{nonce}.{i}\ue001": m.get("content", "") for i, m in enumerate(messages)}
-        with_marks = self.render([{**m, "content": mark} for m, mark in zip(messages, marks)], add_generation_prompt)
+        with_marks = text_of([{**m, "content": mark} for m, mark in zip(messages, marks)])
         mark_re = re.compile("|".join(re.escape(m) for m in marks))
 
         def put_back(text: str) -> str:
             return mark_re.sub(lambda hit: marks[hit.group(0)], text)
 
-        if put_back(with_marks) != self.render(messages, add_generation_prompt):
-            return self._encode_unsplittable(messages, add_generation_prompt)
+        if put_back(with_marks) != text_of(messages):
+            # a template that rewrites message text (trims it, say) can't be split by placeholders: refuse
+            # special-token text in messages rather than read it as control tokens
+            for i, m in enumerate(messages):
+                hit = self._special_re.search(m.get("content", ""))
+                if hit:
+                    raise RequestError(f"messages[{i}].content holds the control token {hit.group(0)!r}, which "
+                                       "this model's chat template cannot keep as text",
+                                       param=f"messages[{i}].content", code="invalid_value")
+            return self.encode(text_of(messages), continues)
         ids: list[int] = []
         pos = 0
         for hit in self._special_re.finditer(with_marks):
-            ids += self._encode_plain(put_back(with_marks[pos:hit.start()]), after_special=pos > 0)
+            ids += self._encode_plain(put_back(with_marks[pos:hit.start()]), after_special=pos > 0 or continues)
             ids.append(self._special_ids[hit.group(0)])
             pos = hit.end()
-        ids += self._encode_plain(put_back(with_marks[pos:]), after_special=pos > 0)
+        ids += self._encode_plain(put_back(with_marks[pos:]), after_special=pos > 0 or continues)
         return ids
+
+    def _stand_in(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[dict[str, str]]:
+        """An earlier turn the template accepts before `messages` and renders as a plain prefix, or []."""
+        first = messages[0].get("role") if messages else None
+        earlier = [{"role": "user", "content": "."}] + \
+            ([{"role": "assistant", "content": "."}] if first != "assistant" else [])
+        try:
+            head = self.render(earlier, False)
+            whole = self.render(earlier + messages, add_generation_prompt)
+        except RequestError:
+            return []
+        return earlier if whole.startswith(head) else []
 
     def _encode_plain(self, text: str, after_special: bool = False) -> list[int]:
         tok = self._plain_after_special if after_special else self._plain
         return tok.encode(text, add_special_tokens=False).ids if text else []
-
-    def _encode_unsplittable(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
-        # a template that rewrites message text (trims it, say) can't be split by placeholders: refuse
-        # special-token text in messages rather than read it as control tokens
-        for i, m in enumerate(messages):
-            hit = self._special_re.search(m.get("content", ""))
-            if hit:
-                raise RequestError(f"messages[{i}].content holds the control token {hit.group(0)!r}, which this "
-                                   "model's chat template cannot keep as text", param=f"messages[{i}].content",
-                                   code="invalid_value")
-        return self.encode(self.render(messages, add_generation_prompt))
 
     def text_stream(self, stop: tuple[str, ...] = ()) -> "TextStream":
         return TextStream(self, stop)

@@ -97,3 +97,14 @@ def test_stop_ids_from_generation_config_lists(folders):
     assert ours.stop_token_ids == {v["<|eot_id|>"], v["<|end_of_text|>"]}
     llama2 = ChatTokenizer.from_folder(folders["llama-2-chat"])
     assert llama2.stop_token_ids == {llama2.tokenizer.token_to_id("</s>")}
+
+
+@pytest.mark.parametrize("name, k", [("tinyllama-chat", 1), ("tinyllama-chat", 2), ("tinyllama-chat", 3),
+                                     ("llama-2-chat", 3), ("llama-3-instruct", 1), ("llama-3-instruct", 3)])
+def test_a_session_continuation_tokenizes_as_the_whole_conversation(folders, name, k):
+    """A session turn encodes only the new messages after the cached ones: with `continues` their text is
+    not the document's start (Llama's Metaspace adds no '▁' there), so the ids equal the whole render's."""
+    ours = ChatTokenizer.from_folder(folders[name])
+    head = ours.encode_chat(CONVERSATION[:k], add_generation_prompt=False)
+    tail = ours.encode_chat(CONVERSATION[k:], add_generation_prompt=True, continues=True)
+    assert head + tail == ours.encode_chat(CONVERSATION, add_generation_prompt=True)

@@ -149,11 +149,11 @@ class ModelService:
             raise ModelNotFoundError(f"model {g.model[:100]!r} is not served here", param="model")
         tok = self.tokenizer
         if g.kind == "chat":
-            messages = g.messages
-            prompt_ids = tok.encode_chat(messages, add_generation_prompt=True)
+            messages, continues = g.messages, state is not None
+            prompt_ids = tok.encode_chat(messages, add_generation_prompt=True, continues=continues)
 
             def canonical(reply: str) -> list[int]:
-                return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False)
+                return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False, continues)
             param = "messages"
         else:
             prompt = g.prompt
