@@ -7,8 +7,9 @@ file), optional generation_config.json and config.json. The way transformers doe
 - the template sees `messages`, `tools`, `documents`, `add_generation_prompt`, every special token
   (`bos_token`, `eos_token`, `unk_token`, `pad_token`), `raise_exception` and `strftime_now`, in
   transformers' Jinja settings (undefined names render empty, not an error);
-- a completions prompt gets BOS/EOS as `add_bos_token`/`add_eos_token` say, or, where the config does
-  not say, as tokenizer.json's post-processor adds them (what `tokenizer(prompt)` does);
+- a completions prompt gets BOS/EOS as tokenizer.json's post-processor adds them (what transformers 5's
+  `tokenizer(prompt)` does); `add_bos_token`/`add_eos_token`, where the config has them, win (transformers 4
+  rebuilt the post-processor from them; in published folders the two agree);
 - generation stops at `eos_token` and at generation_config's `eos_token_id` (int or list); without
   that file at config.json's `eos_token_id`, else at `pad_token` (the project's tokenizers pad with
   the document separator, which a model must never continue past).
