@@ -22,7 +22,8 @@ from .config import ModelConfig, RopeScaling
 from .errors import ConfigError
 
 LAYOUTS = ("lckv", "llama", "lckv-llama")
-_ARCHITECTURES = {"lckv": "LCKVForCausalLM", "llama": "LlamaForCausalLM", "lckv-llama": "LCKVLlamaForCausalLM"}
+_ARCHITECTURES = {"lckv": ("LCKVForCausalLM",), "llama": ("LlamaForCausalLM", "LLaMAForCausalLM"),  # 2023 spelling
+                  "lckv-llama": ("LCKVLlamaForCausalLM",)}
 
 
 def detect_layout(d: dict[str, Any]) -> str:
@@ -35,8 +36,8 @@ def detect_layout(d: dict[str, Any]) -> str:
         raise ConfigError(f"unsupported model_type {str(mt)[:60]!r} (expected llama, lckv-llama or lckv)",
                           param="model_type")
     arch = d.get("architectures")
-    if arch is not None and (not isinstance(arch, list) or any(a != _ARCHITECTURES[layout] for a in arch)):
-        raise ConfigError(f"architectures {str(arch)[:100]} is not {_ARCHITECTURES[layout]!r} "
+    if arch is not None and (not isinstance(arch, list) or any(a not in _ARCHITECTURES[layout] for a in arch)):
+        raise ConfigError(f"architectures {str(arch)[:100]} is not {_ARCHITECTURES[layout][0]!r} "
                           f"(model_type {layout!r})", param="architectures")
     return layout
 
