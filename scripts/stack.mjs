@@ -83,10 +83,12 @@ export function stopProcess(child, signal = "SIGTERM") {
   });
 }
 
-/** Start the GPU service on CPU. Resolves once /readyz answers 200 (model loaded and warm). */
-export async function startGpuService({ port, model, secret, logDir, extraArgs = [] }) {
-  const args = ["-m", "lckv_service", "serve", "--model", model, "--host", "127.0.0.1", "--port", String(port), "--device", "cpu", ...extraArgs];
-  const child = spawnLogged("gpu-service", VENV_PYTHON, args, { env: { GPU_SERVICE_SECRET: secret, OMP_NUM_THREADS: "1" }, logDir });
+/** Start the GPU service (CPU unless `device` says). Resolves once /readyz answers 200 (model loaded and warm). */
+export async function startGpuService({ port, model, secret, logDir, device = "cpu", extraArgs = [] }) {
+  const args = ["-m", "lckv_service", "serve", "--model", model, "--host", "127.0.0.1", "--port", String(port), "--device", device, ...extraArgs];
+  // one thread suits the tiny demo model (more only contend); a real model on CPU wants LCKV_CPU_THREADS=<cores>
+  const threads = process.env.LCKV_CPU_THREADS ?? "1";
+  const child = spawnLogged("gpu-service", VENV_PYTHON, args, { env: { GPU_SERVICE_SECRET: secret, OMP_NUM_THREADS: threads }, logDir });
   await waitFor(`http://127.0.0.1:${port}/readyz`, { timeoutMs: 180_000, child, name: "GPU service" });
   return child;
 }
@@ -117,9 +119,18 @@ export function newSecret() {
   return randomBytes(24).toString("hex");
 }
 
-/** The model folder to serve: the bundled trained model, or (if its weights are absent) a random test model. */
+const hasWeights = (folder) =>
+  existsSync(join(folder, "model.safetensors")) || existsSync(join(folder, "model.safetensors.index.json"));
+
+/**
+ * The model folder to serve: LCKV_MODEL (a Hugging Face folder: config.json, tokenizer files, one or
+ * sharded safetensors), else the bundled demo model, or (if its weights are absent) a random test model.
+ */
 export function resolveModel(preferred = process.env.LCKV_MODEL ?? DEFAULT_MODEL) {
-  if (existsSync(join(preferred, "model.safetensors"))) return preferred;
+  if (hasWeights(preferred)) return preferred;
+  if (resolve(preferred) !== resolve(DEFAULT_MODEL)) {
+    throw new Error(`LCKV_MODEL=${preferred} holds no model.safetensors or model.safetensors.index.json`);
+  }
   const fallback = join(ROOT, ".e2e", "test-model");
   if (!existsSync(join(fallback, "model.safetensors"))) {
     log(`no weights in ${preferred}; building a small random-weight test model in ${fallback}`);

@@ -1,7 +1,7 @@
 // `npm start`: the whole stack on this machine — GPU service on CPU + Worker in local workerd.
 import { join } from "node:path";
 import { buildPlayground } from "./build-playground.mjs";
-import { DEV_KEY, ROOT, ensureInstalled, newSecret, parseKeys, resolveModel, startGpuService, startWorker, stopProcess } from "./stack.mjs";
+import { DEFAULT_MODEL, DEV_KEY, ROOT, ensureInstalled, newSecret, parseKeys, resolveModel, startGpuService, startWorker, stopProcess } from "./stack.mjs";
 
 const port = Number(process.env.PORT ?? 8787);
 const gpuPort = Number(process.env.LCKV_GPU_PORT ?? 8000);
@@ -28,12 +28,18 @@ process.on("SIGTERM", () => shutdown(0));
 try {
   ensureInstalled();
   const model = resolveModel();
-  buildPlayground({ model }); // the in-browser engine's ONNX export and runtime files (public/generated)
+  // the in-browser engine's ONNX export and runtime files (public/generated): always the bundled demo
+  // model, small enough for a browser, whatever model the GPU service serves
+  buildPlayground({ model: resolveModel(DEFAULT_MODEL) });
   const secret = process.env.GPU_SERVICE_SECRET ?? newSecret();
-  console.error(`[stack] starting GPU service on CPU with ${model} and the Worker (logs in ${logDir})`);
+  const device = process.env.LCKV_DEVICE ?? "cpu";
+  const extraArgs = [];
+  if (process.env.LCKV_CHAT_TEMPLATE) extraArgs.push("--chat-template", process.env.LCKV_CHAT_TEMPLATE);
+  if (process.env.LCKV_WINDOW) extraArgs.push("--window", process.env.LCKV_WINDOW);
+  console.error(`[stack] starting GPU service (${device}) with ${model} and the Worker (logs in ${logDir})`);
   // Both start at once: the Worker needs the GPU service only when a request arrives.
   const started = await Promise.allSettled([
-    startGpuService({ port: gpuPort, model, secret, logDir }),
+    startGpuService({ port: gpuPort, model, secret, logDir, device, extraArgs }),
     startWorker({ port, gpuPort, secret, keys, persistDir: join(ROOT, ".wrangler", `state${suffix}`), logDir }),
   ]);
   for (const r of started) if (r.status === "fulfilled") children.push(r.value);

@@ -57,7 +57,7 @@ class DecodeStep(nn.Module):
         self.cfg = cfg
         self.layer_index = {layer: i for i, layer in enumerate(cfg.kv_layers)}
         # the model's own RoPE table (float64 angles, cast): positions are gathered, never recomputed
-        cos, sin = rope_table(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, "cpu", torch.float32)
+        cos, sin = rope_table(cfg.max_position_embeddings, cfg.rope_inv_freq(), "cpu", torch.float32)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
@@ -113,7 +113,7 @@ class ExportKV:
         pass
 
     def begin_pass(self):
-        self.pending = {t: None for t in self.step.cfg.cyclic_targets}
+        self.pending = {t: None for t in self.step.cfg.deferred_targets}
 
     def end_pass(self) -> bool:
         self.new.update(self.pending)

@@ -40,9 +40,10 @@ class RMSNorm(nn.Module):
 
 
 # ---- RoPE (HF "rotate_half" convention, so HF Llama weights load unchanged) ----------------------
-def rope_table(n: int, head_dim: int, theta: float, device, dtype):
-    """cos, sin: [n, D] for positions 0..n-1 (angles in float64, then cast)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+def rope_table(n: int, inv_freq: list[float], device, dtype):
+    """cos, sin: [n, D] for positions 0..n-1 from the D/2 inverse frequencies (cfg.rope_inv_freq():
+    theta and any scaling), angles in float64, then cast."""
+    inv_freq = torch.tensor(inv_freq, dtype=torch.float64, device=device)
     ang = torch.arange(n, dtype=torch.float64, device=device)[:, None] * inv_freq  # [n, D/2]
     ang = torch.cat((ang, ang), dim=-1)                                            # [n, D]
     return ang.cos().to(dtype), ang.sin().to(dtype)
@@ -162,12 +163,14 @@ class SequenceKV:
     previous pass's K/V of it (zeros before the first pass)."""
 
     def __init__(self, cfg: ModelConfig, rope, masks, zeros):
-        self.targets, self.rope, self.masks = cfg.cyclic_targets, rope, masks
+        self.targets, self.deferred, self.rope, self.masks = cfg.cyclic_targets, cfg.deferred_targets, rope, masks
         self.fresh: dict = {}
         self.carried = {t: (zeros, zeros) for t in self.targets} if cfg.iter_block is not None else {}
 
     def store(self, layer, k, v):
         self.fresh[layer] = (apply_rope(k, *self.rope), v)
+        if layer in self.carried and layer not in self.deferred:   # published within the pass
+            del self.carried[layer]
 
     def attend(self, layer, source, q, nodiag):
         k, v = self.carried[source] if source in self.carried else self.fresh[source]
@@ -195,7 +198,8 @@ class CachedKV:
         self.shape = shape                          # (B, N): rows and new tokens per row (padded)
         self.w_slot, self.w_pos, self.real, self.tol = w_slot, w_pos, real, tol
         self.gathered: dict = {}
-        self.pending: dict = {}
+        self.pending: dict = {}       # deferred targets' K/V of this pass
+        self.published: dict = {}     # adaptive: published targets' (new, old) K/V of this pass
         self.passes_run = 0
 
     def write(self, layer, k, v):  # k, v: [B, N, Hkv, D] -> the cache at each row's new positions
@@ -207,8 +211,12 @@ class CachedKV:
     def store(self, layer, k, v):
         if layer in self.pending:
             self.pending[layer] = (k, v)
-        else:
-            self.write(layer, k, v)
+            return
+        if self.tol is not None and layer in self.cfg.cyclic_targets:   # published now: its change
+            li = self.cache.layer_index[layer]
+            self.published[layer] = ((k, self.cache.k[li][self.w_slot, self.w_pos]),
+                                     (v, self.cache.v[li][self.w_slot, self.w_pos]))
+        self.write(layer, k, v)
 
     def attend(self, layer, source, q, nodiag):
         if source not in self.gathered:
@@ -226,7 +234,8 @@ class CachedKV:
                 self.write(t, z, z)
 
     def begin_pass(self):
-        self.pending = {t: None for t in self.cfg.cyclic_targets}
+        self.pending = {t: None for t in self.cfg.deferred_targets}
+        self.published = {}
 
     def end_pass(self) -> bool:
         delta = self._change() if self.tol is not None else None
@@ -238,12 +247,13 @@ class CachedKV:
 
     def _change(self):
         """Mean squared change of the targets' new K/V between this pass and the last (0-d)."""
-        tot = []
+        pairs = []
         for t, (k, v) in self.pending.items():
             li = self.cache.layer_index[t]
-            for new, buf in ((k, self.cache.k[li]), (v, self.cache.v[li])):
-                tot.append((self.real(new).float() - buf[self.w_slot, self.w_pos].float()).pow(2).mean())
-        return torch.stack(tot).mean()
+            pairs += [(k, self.cache.k[li][self.w_slot, self.w_pos]), (v, self.cache.v[li][self.w_slot, self.w_pos])]
+        for kv_pairs in self.published.values():
+            pairs += list(kv_pairs)
+        return torch.stack([(self.real(new).float() - old.float()).pow(2).mean() for new, old in pairs]).mean()
 
 
 # ---- inference schedule ------------------------------------------------------------------------
@@ -280,10 +290,16 @@ class LCKVModel(nn.Module):
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
         ))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
         self._rope_cache: dict = {}
         self.last_prefill_passes = 0  # block passes of the last prefill (max over chunks), for metrics
         if not any(p.is_meta for p in self.parameters()):
             self.apply(self._init_weights)
+
+    def tie_weights(self):
+        """With cfg.tie_word_embeddings the LM head is the embedding matrix (one Parameter)."""
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @staticmethod
     def _init_weights(m):
@@ -296,7 +312,7 @@ class LCKVModel(nn.Module):
         cos, sin = self._rope_cache.get(key, (None, None))
         if cos is None or cos.shape[0] < n:
             size = max(n, self.cfg.max_position_embeddings)
-            cos, sin = self._rope_cache[key] = rope_table(size, self.cfg.head_dim, self.cfg.rope_theta, device, dtype)
+            cos, sin = self._rope_cache[key] = rope_table(size, self.cfg.rope_inv_freq(), device, dtype)
         return cos, sin
 
     def _layers(self, x, layers, kv, rope):

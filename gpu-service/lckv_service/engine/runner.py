@@ -14,6 +14,7 @@ changes slots and size every step, and graphs serve contiguous slot ranges only.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -34,6 +35,12 @@ def plan_slots(cfg: ModelConfig, capacity: int, device: torch.device, dtype: tor
                max_slots: int, mem_fraction: float) -> int:
     """How many cache slots to allocate: CPU takes `max_slots`; CUDA what fits in a fraction of free memory."""
     if device.type != "cuda":
+        # refused up front: an overcommitted pool would be killed for memory later, mid-request
+        need, avail = KVCache.bytes_for(cfg, max_slots, capacity, dtype), _available_ram()
+        if avail is not None and need > avail:
+            raise ConfigError(f"the K/V pool ({max_slots} slots x {capacity} tokens) needs {need / 2**30:.1f} GiB, "
+                              f"more than the {avail / 2**30:.1f} GiB of memory available: lower --window or "
+                              f"--max-slots", param="window")
         return max_slots
     free, _total = torch.cuda.mem_get_info(device)
     per_slot = KVCache.bytes_for(cfg, 1, capacity, dtype)
@@ -44,6 +51,21 @@ def plan_slots(cfg: ModelConfig, capacity: int, device: torch.device, dtype: tor
     log.info("kv pool: %d slots x %d tokens (%.1f MiB of %.1f MiB free)", n, capacity,
              n * per_slot / 2**20, free / 2**20)
     return n
+
+
+def _available_ram() -> int | None:
+    """Linux's MemAvailable (free + reclaimable), else free pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 DECODERS = ("fast", "reference")

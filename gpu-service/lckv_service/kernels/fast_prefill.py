@@ -298,7 +298,7 @@ class StaticPrefillKV:
             self.write(t, z, z)
 
     def begin_pass(self):
-        self.pending = {t: None for t in self.fp.cfg.cyclic_targets}
+        self.pending = {t: None for t in self.fp.cfg.deferred_targets}
 
     def end_pass(self) -> bool:
         for t, (k, v) in list(self.pending.items()):

@@ -75,6 +75,8 @@ class ServeConfig:
     max_prompt_tokens: int | None = _opt(None, "longest new prompt (default: sinks + window)", kind=int)
     max_tokens: int = _opt(4096, "largest sampling.max_tokens", kind=int)
     max_request_bytes: int = _opt(64 * 2**20, "largest request body in bytes", kind=int)
+    chat_template: str | None = _opt(None, "Jinja chat template file, used instead of the model folder's "
+                                           "(or for a base model)")
 
     def __post_init__(self):
         if not self.secret:
@@ -138,7 +140,7 @@ class ModelService:
         device = resolve_device(cfg.device)
         auto = torch.bfloat16 if device.type == "cuda" else torch.float32
         dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else auto
-        self.tokenizer = ChatTokenizer.from_folder(folder)
+        self.tokenizer = ChatTokenizer.from_folder(folder, chat_template=_read_template(cfg.chat_template))
         self.model = load_model(folder, device=device, dtype=dtype).eval()
         self.model_cfg = self.model.cfg
         if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
@@ -199,20 +201,22 @@ class ModelService:
             raise ModelNotFoundError(f"model {g.model[:100]!r} is not served here", param="model")
         tok = self.tokenizer
         if g.kind == "chat":
-            messages = g.messages
-            prompt_ids = tok.encode_chat(messages, add_generation_prompt=True)
+            messages, continues = g.messages, state is not None
+            prompt_ids = tok.encode_chat(messages, add_generation_prompt=True, continues=continues)
 
             def canonical(reply: str) -> list[int]:
-                return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False)
+                return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False, continues)
             param = "messages"
         else:
             prompt = g.prompt
-            # an empty prompt starts a new document, as at OpenAI
-            start = [tok.document_separator_id] if not prompt and tok.document_separator_id is not None else []
-            prompt_ids = start + tok.encode(prompt)
+            prompt_ids = tok.encode_prompt(prompt)
+            # an empty prompt starts a new document, as at OpenAI: BOS where the tokenizer adds one,
+            # else the document separator
+            start = [tok.document_separator_id] if not prompt_ids and tok.document_separator_id is not None else []
+            prompt_ids = start + prompt_ids
 
             def canonical(reply: str) -> list[int]:
-                return start + tok.encode(prompt + reply)
+                return start + tok.encode_prompt(prompt + reply)
             param = "prompt"
         if len(prompt_ids) > self.max_prompt_tokens:
             raise RequestError(f"the new prompt has {len(prompt_ids)} tokens, more than the limit of "
@@ -235,8 +239,12 @@ class ModelService:
         graphs = await asyncio.to_thread(self.engine.runner.warm_graphs)
         if graphs:
             log.info("decode graphs captured: %d in %.2fs", graphs, time.monotonic() - t)
-        g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "chat",
-                            [{"role": "user", "content": "Hello"}], None, SamplingParams(max_tokens=2), True)
+        if self.tokenizer.has_chat_template:
+            g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "chat",
+                                [{"role": "user", "content": "Hello"}], None, SamplingParams(max_tokens=2), True)
+        else:  # a base model serves completions only
+            g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "completion",
+                                None, "Hello", SamplingParams(max_tokens=2), True)
         req = self.make_request(g, None)
         queue = self.async_engine.add(req)
         while True:
@@ -247,6 +255,18 @@ class ModelService:
                 await asyncio.to_thread(self.encode_blob, ev.state)
                 break
         log.info("warmup generation done in %.2fs", time.monotonic() - t)
+
+
+def _read_template(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the chat template file: {type(e).__name__}", param="chat_template") from e
+    if not text.strip():
+        raise ConfigError("the chat template file is empty", param="chat_template")
+    return text
 
 
 def describe_config(cfg: ServeConfig) -> str:
