@@ -141,7 +141,8 @@ export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob
   try {
     res = await call(opts, "/v1/internal/generate", {
       method: "POST",
-      headers: { "content-type": FRAMES_CONTENT_TYPE, accept: FRAMES_CONTENT_TYPE },
+      // the request id joins the service's log line to ours
+      headers: { "content-type": FRAMES_CONTENT_TYPE, accept: FRAMES_CONTENT_TYPE, "x-request-id": req.request_id },
       body,
       signal: watchdog.controller.signal,
     });
