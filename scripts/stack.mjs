@@ -38,8 +38,13 @@ export function tenantOf(key) {
   return `key-${sha256(key).slice(0, 12)}`;
 }
 
+/** One API_KEY_HASHES entry: "tenant:sha256hex(key)" (src/auth/keys.ts parses it). */
+export function keyHashEntry(tenant, key) {
+  return `${tenant}:${sha256(key)}`;
+}
+
 export function apiKeyHashes(keys) {
-  return keys.map((k) => `${tenantOf(k)}:${sha256(k)}`).join(",");
+  return keys.map((k) => keyHashEntry(tenantOf(k), k)).join(",");
 }
 
 export function parseKeys(value) {
