@@ -56,7 +56,8 @@ def serve(argv: list[str]) -> int:
                                  description="Serve a model folder over the internal protocol. "
                                              "The shared secret comes from env GPU_SERVICE_SECRET.")
     ap.add_argument("--model", default=os.environ.get("MODEL_DIR", "/models/default"), help="model folder")
-    ap.add_argument("--model-id", default=None, help="id clients use (default: the folder's name)")
+    ap.add_argument("--model-id", default=os.environ.get("MODEL_ID") or None,
+                    help="id clients use (env MODEL_ID; default: the folder's name)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
