@@ -39,6 +39,7 @@ export interface LogEntry {
   status: number;
   outcome: string;
   host: string;
+  x_request_id: string | null;
 }
 const log = new Map<string, LogEntry[]>();
 const replicaState = new Map<string, "up" | "down" | "frozen">();
@@ -98,7 +99,7 @@ async function generate(request: Request): Promise<Response> {
 
   const entry: LogEntry = { request_id: req.request_id, model: req.model, kind: req.kind, messages: req.messages ?? [],
     prompt: req.prompt, sampling: req.sampling ?? {}, blob_in_bytes: blobIn.length, return_blob: req.return_blob, status: 200, outcome: "started",
-    host: new URL(request.url).host };
+    host: new URL(request.url).host, x_request_id: request.headers.get("x-request-id") };
   log.set(req.request_id, [...(log.get(req.request_id) ?? []), entry]);
   const fail = (status: number, message: string, code: string, param: string | null = null, headers = {}) => {
     entry.status = status;

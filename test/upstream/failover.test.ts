@@ -90,6 +90,15 @@ describe("replicas", () => {
     expect((await chatOn([a], { messages: [user("three")] })).status).toBe(200);
   });
 
+  it("every attempt carries our request id to the service (X-Request-Id), the same on each replica tried", async () => {
+    const [a, b] = hosts(2) as [string, string];
+    const res = await chatOn([a, b], { messages: [user("@crash")] });
+    const rid = res.headers.get("x-request-id")!;
+    const calls = await doubleLog(rid);
+    expect(calls.map((c) => c.x_request_id)).toEqual([rid, rid]);
+    expect(calls.map((c) => c.host).sort()).toEqual([a, b].sort());
+  });
+
   it("the request's own errors are not retried elsewhere", async () => {
     const hs = hosts(2);
     const res = await chatOn(hs, { messages: [user("@ctx")] });
