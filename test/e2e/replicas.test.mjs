@@ -28,18 +28,25 @@ before(async () => {
 });
 after(async () => stack?.stop());
 
-/** Replicas (indexes) whose access log has a generate line for this request id. */
+/** A replica's access-log lines (JSON) for generations it finished. */
+function finished(replica) {
+  let text = "";
+  try {
+    text = readFileSync(join(ROOT, ".e2e", "logs", `gpu-service-${replica}.log`), "utf8");
+  } catch {
+    return [];
+  }
+  return text.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l))
+    .filter((e) => e.event === "request" && e.path === "/v1/internal/generate" && (e.outcome === "stop" || e.outcome === "length"));
+}
+
+/**
+ * Replicas (indexes) that finished a generation for this request id. (A frozen replica that is
+ * resumed still reads the request its caller gave up on; it logs that one as "disconnected".)
+ */
 async function servedBy(requestId) {
   for (let i = 0; i < 20; i++) {
-    const found = [0, 1].filter((r) => {
-      let text = "";
-      try {
-        text = readFileSync(join(ROOT, ".e2e", "logs", `gpu-service-${r}.log`), "utf8");
-      } catch {
-        return false;
-      }
-      return text.split("\n").some((line) => line.includes(`"request_id": "${requestId}"`) && line.includes("/v1/internal/generate"));
-    });
+    const found = [0, 1].filter((r) => finished(r).some((e) => e.request_id === requestId));
     if (found.length) return found;
     await sleep(100);
   }
