@@ -28,6 +28,7 @@ export class Supervisor {
   /** The first start: a failure here is the caller's (nothing to restart yet). */
   async launch() {
     this.child = await this.start();
+    this.log(`${this.name} is up (pid ${this.child.pid})`);
     this.watch(this.child);
     return this.child;
   }
@@ -85,7 +86,7 @@ export class Supervisor {
         continue;
       }
       if (this.stopped) return void (await this.stopChild(this.child));
-      this.log(`${this.name} is back (healthy after ${((Date.now() - t0) / 1000).toFixed(1)}s)`);
+      this.log(`${this.name} is back (pid ${this.child.pid}, healthy after ${((Date.now() - t0) / 1000).toFixed(1)}s)`);
       this.watch(this.child);
       return;
     }

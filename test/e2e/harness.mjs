@@ -9,7 +9,7 @@ import { ROOT, newSecret, resolveModel, startGpuService, startWorker, stopProces
 export const KEY_A = "sk-e2e-tenant-a";
 export const KEY_B = "sk-e2e-tenant-b";
 
-function freePort() {
+export function freePort() {
   return new Promise((res, rej) => {
     const s = createServer();
     s.once("error", rej);
