@@ -56,6 +56,7 @@ export async function startStack({ replicas = 1, vars = {} } = {}) {
       for (const g of this.gpus) if (g.exitCode === null && g.signalCode === null) try { process.kill(-g.pid, "SIGCONT"); } catch {}
       await Promise.all([stopProcess(this.worker), ...this.gpus.map((g) => stopProcess(g))]);
       rmSync(state, { recursive: true, force: true });
+      rmSync(join(ROOT, ".wrangler", "env", `worker-${port}.env`), { force: true }); // this stack's secrets
     },
     client(apiKey = KEY_A, opts = {}) {
       return new OpenAI({ baseURL: `${this.base}/v1`, apiKey, maxRetries: 0, timeout: 120_000, ...opts });
