@@ -2,10 +2,10 @@
 // naming the variable, instead of running with a silent default.
 import { ApiError } from "./errors";
 import type { Env } from "./env";
-import type { UpstreamOptions } from "./upstream/client";
+import type { UpstreamConfig } from "./upstream/balanced";
 
 export interface Config {
-  upstream: UpstreamOptions; // GPU service URL and credentials
+  upstream: UpstreamConfig; // GPU service replicas, credentials and timeouts
   sessionTtlSeconds: number;
   maxBodyBytes: number;
   rateLimitRpm: number;
@@ -35,21 +35,36 @@ function parseOverrides(raw: string | undefined): Map<string, number> {
   return out;
 }
 
+/** GPU_SERVICE_URL: one base URL, or several (self-hosted replicas) separated by commas or spaces. */
+function parseReplicaUrls(raw: string | undefined): string[] {
+  const items = (raw ?? "").split(/[\s,]+/).filter(Boolean);
+  if (items.length === 0) throw misconfigured("GPU_SERVICE_URL", "is not set");
+  const urls = items.map((item, i) => {
+    const where = items.length > 1 ? ` (entry ${i + 1})` : "";
+    let url: URL;
+    try {
+      url = new URL(item);
+    } catch {
+      throw misconfigured("GPU_SERVICE_URL", `must hold absolute URLs${where}`);
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") throw misconfigured("GPU_SERVICE_URL", `must hold http(s) URLs${where}`);
+    return url.toString().replace(/\/+$/, "");
+  });
+  if (new Set(urls).size !== urls.length) throw misconfigured("GPU_SERVICE_URL", "lists a URL twice");
+  return urls;
+}
+
 export function loadConfig(env: Env): Config {
-  let url: URL;
-  try {
-    url = new URL(env.GPU_SERVICE_URL);
-  } catch {
-    throw misconfigured("GPU_SERVICE_URL", "must be an absolute URL");
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") throw misconfigured("GPU_SERVICE_URL", "must be http(s)");
+  const urls = parseReplicaUrls(env.GPU_SERVICE_URL);
   if (!env.GPU_SERVICE_SECRET) throw misconfigured("GPU_SERVICE_SECRET", "is not set");
   return {
     upstream: {
-      baseUrl: url.toString().replace(/\/+$/, ""),
+      urls,
       secret: env.GPU_SERVICE_SECRET,
       ...(env.GPU_PLATFORM_KEY ? { platformKey: env.GPU_PLATFORM_KEY } : {}),
       idleTimeoutMs: positiveInt(env, "UPSTREAM_IDLE_SECONDS", 1) * 1000,
+      connectTimeoutMs: positiveInt(env, "UPSTREAM_CONNECT_SECONDS", 1) * 1000,
+      firstByteTimeoutMs: positiveInt(env, "UPSTREAM_FIRST_BYTE_SECONDS", 1) * 1000,
     },
     sessionTtlSeconds: positiveInt(env, "SESSION_TTL_SECONDS", 1),
     maxBodyBytes: positiveInt(env, "MAX_BODY_BYTES", 1024),

@@ -7,7 +7,8 @@ import { ApiError, toApiError, type SerializedApiError } from "../errors";
 import type { Env } from "../env";
 import { logEvent } from "../log";
 import { errorEvent, inBandError } from "../turn";
-import { generate, type GenerateStream } from "../upstream/client";
+import { generateBalanced } from "../upstream/balanced";
+import type { GenerateStream } from "../upstream/client";
 import { UpstreamError, upstreamToApiError } from "../upstream/errors";
 import { jsonFrame } from "../upstream/frames";
 import type { ChatMessage, Sampling, StartEvent } from "../upstream/types";
@@ -78,7 +79,7 @@ export class SessionObject extends DurableObject<Env> {
       const upstream = cfg.upstream;
       let plan = planTurn(this.state.transcript, req.messages, (this.state.meta?.blob_bytes ?? 0) > 0);
       const call = (p: TurnPlan) =>
-        generate(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
+        generateBalanced(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
           sampling: req.sampling, return_blob: true }, p.useBlob ? this.store.loadBlob() : null, ac.signal);
       let gen: GenerateStream | null = null;
       for (let attempt = 0; !gen; attempt++) {

@@ -306,8 +306,8 @@ def run(ctx: Context) -> None:
                     folder = make_model_folder(Path(tmp) / "model", shape, variant, prompt + gen + 8, dtype)
                     rows = _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base)
                     for row in rows:   # the engine alone, same folder, batch and lengths, after the server is gone
-                        if row.get("status") != "ok":
-                            continue
+                        if row.get("status") != "ok" or ctx.server_src:   # another tree: its rows compare
+                            continue                                     # with this tree's, engine included
                         try:
                             row.update(engine_baseline(folder, ctx.device, dtype, row["streams"], prompt, gen,
                                                        decoder, time.perf_counter() + min(60, ctx.budget.left() / 4)))

@@ -49,7 +49,7 @@ class ServeConfig:
     fields (`add_arguments` / `from_args`), tests and benchmarks construct it directly."""
     model: str = _opt("/models/default", "model folder", env="MODEL_DIR")
     secret: str = _opt("", "shared secret (env GPU_SERVICE_SECRET only, never a flag)", cli=False)
-    model_id: str | None = _opt(None, "id clients use (default: the folder's name)")
+    model_id: str | None = _opt(None, "id clients use (default: the folder's name)", env="MODEL_ID")
     host: str = _opt("127.0.0.1", "listen address")
     port: int = _opt(8000, "listen port", kind=int, env="PORT")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
@@ -103,7 +103,7 @@ class ServeConfig:
             if not m.get("cli"):
                 continue
             default = f.default
-            if m.get("env") and m["env"] in os.environ:
+            if m.get("env") and os.environ.get(m["env"]):
                 try:
                     default = m["kind"](os.environ[m["env"]])
                 except ValueError:
