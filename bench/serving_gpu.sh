@@ -20,7 +20,7 @@ log="$out/serving-$part.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$log" 2>&1
 case "$part" in
   now)
-    (cd gpu-service && timeout 90 "$py" -m pytest -q -p no:cacheprovider tests/test_bench_kernels.py \
+    (cd gpu-service && timeout 60 "$py" -m pytest -q -p no:cacheprovider tests/test_bench_kernels.py \
       tests/test_runner_decode.py -k "cuda or graph or bucket" >>"$log" 2>&1) || echo "kernel tests failed" >>"$log"
     src=() ;;
   baseline) src=(--server-src .baseline/gpu-service) ;;
