@@ -1,6 +1,6 @@
 // Bindings (wrangler.toml + secrets) and the per-request variables Hono carries.
-import type { SessionObject } from "./session/object";
-import type { RateLimiter } from "./ratelimit/object";
+import type { RateLimiterRpc } from "./ratelimit/rpc";
+import type { SessionRpc } from "./session/rpc";
 
 export interface Env {
   // vars (strings, parsed and validated by src/config.ts)
@@ -18,8 +18,8 @@ export interface Env {
   GPU_PLATFORM_KEY?: string; // optional: the GPU platform gateway's own key (RunPod, NVCF)
   API_KEY_HASHES?: string;
   // Durable Objects
-  SESSIONS: DurableObjectNamespace<SessionObject>;
-  RATE_LIMITER: DurableObjectNamespace<RateLimiter>;
+  SESSIONS: DurableObjectNamespace<SessionRpc>;
+  RATE_LIMITER: DurableObjectNamespace<RateLimiterRpc>;
 }
 
 export type AppEnv = {

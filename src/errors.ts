@@ -1,9 +1,7 @@
-// One error path: ApiError carries OpenAI's {type, param, code}; onError renders every failure
-// (including Hono's HTTPException from built-in middleware) as {"error": {...}}.
-import type { Context } from "hono";
+// One error path: ApiError carries OpenAI's {type, param, code} and renders itself as
+// {"error": {...}}; toApiError turns anything thrown (Hono's HTTPException from built-in middleware
+// included) into one. middleware/on-error.ts is the app's error handler.
 import { HTTPException } from "hono/http-exception";
-import type { AppEnv } from "./env";
-import { logEvent } from "./log";
 
 export type ErrorType =
   | "invalid_request_error"
@@ -63,6 +61,10 @@ export class ApiError extends Error {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
   }
 
+  toResponse(): Response {
+    return new Response(JSON.stringify(this.toBody()), { status: this.status, headers: errorHeaders(this) });
+  }
+
   /** Plain data for crossing Durable Object RPC (custom Error fields do not survive it). */
   toJSON(): SerializedApiError {
     return { status: this.status, message: this.message, type: this.type, param: this.param,
@@ -104,18 +106,4 @@ export function toApiError(err: unknown): ApiError {
     return new ApiError(status, message, { code: status === 400 ? "invalid_request" : null });
   }
   return new ApiError(500, "Internal server error.", { code: "internal_error" });
-}
-
-export function renderError(c: Context<AppEnv>, err: ApiError): Response {
-  return new Response(JSON.stringify(err.toBody()), { status: err.status, headers: errorHeaders(err) });
-}
-
-export function onError(err: unknown, c: Context<AppEnv>): Response {
-  const apiErr = toApiError(err);
-  if (apiErr.status >= 500 && !(err instanceof ApiError)) {
-    // Unexpected: log the class and message for operators, never the stack to clients.
-    logEvent("error", { request_id: c.get("requestId"), error: err instanceof Error ? err.name : typeof err,
-      message: err instanceof Error ? err.message.slice(0, 200) : undefined });
-  }
-  return renderError(c, apiErr);
 }

@@ -5,10 +5,10 @@ import { loadConfig } from "./config";
 import type { AppEnv } from "./env";
 import { ApiError } from "./errors";
 import { sessionStub } from "./session/key";
-import type { TurnReply } from "./session/object";
+import type { TurnReply } from "./session/rpc";
 import { turnFromFrames, turnFromUpstream, type Turn } from "./turn";
 import { generateBalanced } from "./upstream/balanced";
-import { UpstreamError, upstreamToApiError } from "./upstream/errors";
+import { toPublicError } from "./upstream/errors";
 import type { ChatMessage, GenerateRequest, Sampling } from "./upstream/types";
 
 export async function statelessTurn(c: Context<AppEnv>, req: Omit<GenerateRequest, "request_id" | "return_blob">): Promise<Turn> {
@@ -23,7 +23,7 @@ export async function statelessTurn(c: Context<AppEnv>, req: Omit<GenerateReques
     return turnFromUpstream(gen, ac);
   } catch (err) {
     signal.removeEventListener("abort", onAbort);
-    throw err instanceof UpstreamError ? upstreamToApiError(err) : err;
+    throw toPublicError(err);
   }
 }
 

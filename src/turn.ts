@@ -1,11 +1,9 @@
 // A running generation as the routes see it, whether it goes straight to the GPU service
 // (stateless) or through a session Durable Object: the start event, then deltas and exactly one
-// done or error. cancel() stops it (client went away) and is safe to call more than once.
-import { ApiError, type ErrorType } from "./errors";
-import { readFrames } from "./upstream/frames";
+// done or error (already the public error). cancel() stops it (client went away) and is safe to call more than once.
 import type { GenerateStream } from "./upstream/client";
-import { upstreamToApiError } from "./upstream/errors";
-import type { ErrorEvent, StartEvent, TurnEvent } from "./upstream/types";
+import { readFrames } from "./upstream/frames";
+import type { StartEvent, TurnEvent } from "./upstream/types";
 
 export interface Turn {
   start: StartEvent;
@@ -45,18 +43,4 @@ export function turnFromFrames(start: StartEvent, stream: ReadableStream<Uint8Ar
       onCancel?.();
     },
   };
-}
-
-/**
- * Map an in-band error event to our error. Events from the session DO carry `status`: they are
- * already public errors. Raw service events: request problems stay 400, the rest is a 502.
- */
-export function inBandError(ev: ErrorEvent): ApiError {
-  if (ev.status !== undefined) return new ApiError(ev.status, ev.error.message, { ...ev.error, type: ev.error.type as ErrorType });
-  return upstreamToApiError(ev.error, ev.error.type === "invalid_request_error" ? 400 : 500);
-}
-
-/** A public error as an in-band event (what the session DO streams to the route). */
-export function errorEvent(err: ApiError): ErrorEvent {
-  return { type: "error", status: err.status, error: err.toBody().error };
 }

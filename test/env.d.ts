@@ -7,3 +7,7 @@ declare namespace Cloudflare {
     TEST_KEYS_JSON: string;
   }
 }
+// Vite's import.meta.glob (test/unit/layers.test.ts reads src/ through it).
+interface ImportMeta {
+  glob(pattern: string, options: { query: "?raw"; import: "default"; eager: true }): Record<string, string>;
+}

@@ -1,9 +1,11 @@
-// openapi.yaml stays true: every app route is documented, and real responses (JSON bodies, SSE
+// openapi.yaml stays true: it is the document generated from the route declarations (the schemas
+// the Worker validates with), every app route is in it, and real responses (JSON bodies, SSE
 // chunks, errors) validate against the documented schemas.
 import { Validator } from "@cfworker/json-schema";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
 import app from "../src/index";
+import { openApiYaml } from "../src/spec";
 import spec from "../openapi.yaml?raw";
 import { call, chat, MODEL, sseData, user } from "./helpers";
 
@@ -34,6 +36,10 @@ async function check(method: string, path: string, res: Response): Promise<any> 
 }
 
 describe("openapi.yaml", () => {
+  it("is the document the route declarations generate (run `npm run openapi` after changing them)", () => {
+    expect(spec === openApiYaml(), "openapi.yaml differs from the generated document: run `npm run openapi`").toBe(true);
+  });
+
   it("is OpenAPI 3.1 and documents every route the app serves", () => {
     expect(doc.openapi).toBe("3.1.0");
     const routes = app.routes.filter((r) => r.method !== "ALL").map((r) => [r.method.toLowerCase(), toOpenApiPath(r.path)] as const);
@@ -51,12 +57,14 @@ describe("openapi.yaml", () => {
     await check("POST", "/v1/chat/completions", await chat({ model: MODEL, messages: [user("hi")] }, { tenant: null }));
     await check("POST", "/v1/chat/completions", await chat({ model: MODEL, messages: [user("@overload")] }));
     await check("POST", "/v1/chat/completions", await chat({ model: MODEL, messages: [user("@crash")] }));
+    await check("POST", "/v1/chat/completions", await chat({ model: MODEL, messages: [user("@hang")] })); // 504 upstream_timeout
+    await check("POST", "/v1/chat/completions", await chat({ model: MODEL, messages: [user("x")], stream_options: { include_usage: true } }));
     await check("POST", "/v1/completions", await call("/v1/completions", { method: "POST", json: { model: MODEL, prompt: "x" } }));
     await check("POST", "/v1/completions", await call("/v1/completions", { method: "POST", body: "x", headers: { "content-type": "text/plain" } }));
-    await check("GET", "/v1/sessions/{id}", await call("/v1/sessions/oa-1"));
-    await check("GET", "/v1/sessions/{id}", await call("/v1/sessions/bad%20id"));
-    await check("DELETE", "/v1/sessions/{id}", await call("/v1/sessions/oa-1", { method: "DELETE" }));
-    await check("DELETE", "/v1/sessions/{id}", await call("/v1/sessions/oa-1", { method: "DELETE" }));
+    await check("GET", "/v1/sessions/{session_id}", await call("/v1/sessions/oa-1"));
+    await check("GET", "/v1/sessions/{session_id}", await call("/v1/sessions/bad%01id"));
+    await check("DELETE", "/v1/sessions/{session_id}", await call("/v1/sessions/oa-1", { method: "DELETE" }));
+    await check("DELETE", "/v1/sessions/{session_id}", await call("/v1/sessions/oa-1", { method: "DELETE" }));
   });
 
   it("SSE chunks validate as ChatCompletionChunk / TextCompletionChunk", async () => {
@@ -76,6 +84,20 @@ describe("openapi.yaml", () => {
       choices: [{ index: 0, delta: { content: 1 }, logprobs: null, finish_reason: null }] })).toBe(false);
     expect(v("Usage", { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2, prompt_tokens_details: {} })).toBe(false);
     expect(v("Session", { id: "x" })).toBe(false);
+  });
+
+  it("the request schemas are as strict as the server", () => {
+    const ok = (ref: string, x: unknown) =>
+      new Validator({ $ref: `#/components/schemas/${ref}`, components: doc.components } as any, "2020-12").validate(x).valid;
+    const base = { model: MODEL, messages: [user("hi")] };
+    expect(ok("ChatCompletionRequest", base)).toBe(true);
+    expect(ok("ChatCompletionRequest", { ...base, model: "" })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, stream_options: { include_usage: true } })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, stream: true, stream_options: { include_usage: true } })).toBe(true);
+    expect(ok("ChatCompletionRequest", { ...base, response_format: {} })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, response_format: { type: "json_object" } })).toBe(false);
+    expect(ok("ChatCompletionRequest", { ...base, n: 2 })).toBe(false);
+    expect(ok("CompletionRequest", { model: MODEL, prompt: ["a", "b"] })).toBe(false);
   });
 
   it("request examples the tests send validate against the request schemas", () => {

@@ -9,7 +9,8 @@ Layout (all integers little-endian; byte-by-byte description in docs/cache-blob.
   12 32  model identity (sha256)    60  8  u64 tokens_seen
 
 Every failure is a BlobError: blob_version (unknown format version), blob_model_mismatch
-(another model's identity), blob_invalid (anything else: truncated, corrupted, inconsistent).
+(another model's identity, or another dtype than the model computes in), blob_invalid (anything
+else: truncated, corrupted, inconsistent).
 """
 from __future__ import annotations
 
@@ -57,6 +58,23 @@ def _to_bytes(t: torch.Tensor, np_dtype: str) -> bytes:
 MAX_TOKENS_SEEN = 2 ** 53 - 1
 
 
+def _counts_problem(n: int, tokens_seen: int) -> str | None:
+    """The one bound on a blob's counters, applied by the writer and the reader alike."""
+    if tokens_seen < n:
+        return f"tokens_seen {tokens_seen} is smaller than the {n} cached tokens"
+    if tokens_seen > MAX_TOKENS_SEEN:
+        return f"tokens_seen {tokens_seen} is beyond {MAX_TOKENS_SEEN}"
+    return None
+
+
+def check_room(state: CacheState, new_tokens: int) -> None:
+    """Refuse, before any work, a turn whose result the writer could not encode: the restored
+    tokens_seen plus the turn's prompt and longest reply must stay within MAX_TOKENS_SEEN."""
+    if state.tokens_seen + new_tokens > MAX_TOKENS_SEEN:
+        raise BlobError(f"blob tokens_seen {state.tokens_seen} leaves no room for {new_tokens} more tokens "
+                        f"(at most {MAX_TOKENS_SEEN})")
+
+
 def encode(state: CacheState, cfg: ModelConfig, identity: str) -> bytes:
     ident = _identity_bytes(identity)
     if state.k.dtype not in _CODES or state.v.dtype != state.k.dtype:
@@ -65,8 +83,9 @@ def encode(state: CacheState, cfg: ModelConfig, identity: str) -> bytes:
     shape = (len(cfg.kv_layers), n, cfg.num_kv_heads, cfg.head_dim)
     if tuple(state.k.shape) != shape or tuple(state.v.shape) != shape:
         raise ValueError(f"cache state shape {tuple(state.k.shape)} does not match the model's {shape}")
-    if not n <= state.tokens_seen <= MAX_TOKENS_SEEN:
-        raise ValueError(f"tokens_seen must be in [number of cached tokens, {MAX_TOKENS_SEEN}]")
+    problem = _counts_problem(n, state.tokens_seen)
+    if problem:
+        raise ValueError(problem)
     code = _CODES[state.k.dtype]
     np_dtype = _DTYPES[code][1]
     header = _HEADER.pack(MAGIC, VERSION, code, 0, ident, *shape[:1], n, *shape[2:], state.tokens_seen)
@@ -75,7 +94,9 @@ def encode(state: CacheState, cfg: ModelConfig, identity: str) -> bytes:
     return body + _CRC.pack(zlib.crc32(body))
 
 
-def decode(data: bytes, cfg: ModelConfig, identity: str) -> CacheState:
+def decode(data: bytes, cfg: ModelConfig, identity: str, dtype: torch.dtype | None = None) -> CacheState:
+    """Bytes -> CacheState for the model `cfg`/`identity`. A server passes the `dtype` it computes in:
+    a blob of another dtype (made by a replica serving another precision) is a blob_model_mismatch."""
     ident = _identity_bytes(identity)
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BlobError("blob must be bytes")
@@ -90,7 +111,7 @@ def decode(data: bytes, cfg: ModelConfig, identity: str) -> CacheState:
                         code="blob_version")
     if code not in _DTYPES or reserved != 0:
         raise BlobError(f"blob has unknown dtype code {code} or reserved byte {reserved}")
-    dtype, np_dtype = _DTYPES[code]
+    blob_dtype, np_dtype = _DTYPES[code]
     elems = n_layers * n * heads * head_dim
     esize = np.dtype(np_dtype).itemsize
     expected = _HEADER.size + 4 * n + 2 * elems * esize + _CRC.size
@@ -104,10 +125,12 @@ def decode(data: bytes, cfg: ModelConfig, identity: str) -> CacheState:
     shape = (len(cfg.kv_layers), n, cfg.num_kv_heads, cfg.head_dim)
     if (n_layers, n, heads, head_dim) != shape:
         raise BlobError(f"blob shape {(n_layers, n, heads, head_dim)} does not match the model's {shape}")
-    if seen < n:
-        raise BlobError("blob tokens_seen is smaller than its number of cached tokens")
-    if seen > MAX_TOKENS_SEEN:
-        raise BlobError(f"blob tokens_seen {seen} is beyond {MAX_TOKENS_SEEN}")
+    if dtype is not None and blob_dtype != dtype:
+        raise BlobError(f"blob holds {str(blob_dtype).removeprefix('torch.')} keys and values; this model computes in "
+                        f"{str(dtype).removeprefix('torch.')}", code="blob_model_mismatch")
+    problem = _counts_problem(n, seen)
+    if problem:
+        raise BlobError(f"blob {problem}")
     off = _HEADER.size
     ids = np.frombuffer(data, dtype="<u4", count=n, offset=off)
     if n and int(ids.max()) >= cfg.vocab_size:
@@ -120,7 +143,7 @@ def decode(data: bytes, cfg: ModelConfig, identity: str) -> CacheState:
         if np.any(np.bitwise_and(arr.view(bits), mask) == mask):
             raise BlobError("blob holds non-finite K/V values")
         t = torch.from_numpy(arr)
-        t = (t.view(torch.int16).view(torch.bfloat16) if dtype == torch.bfloat16 else t).reshape(shape)
+        t = (t.view(torch.int16).view(torch.bfloat16) if blob_dtype == torch.bfloat16 else t).reshape(shape)
         kv.append(t)
         off += elems * esize
     return CacheState(k=kv[0], v=kv[1], token_ids=ids.tolist(), tokens_seen=seen)

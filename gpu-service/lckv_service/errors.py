@@ -55,6 +55,15 @@ class RequestError(LCKVError):
     """Bad request content; `.code` e.g. invalid_value, invalid_frame, invalid_json, context_length_exceeded."""
 
 
+class ContextLengthError(RequestError):
+    """A prompt over the service's limit; `.limits` travels as structured fields of the error body."""
+
+    def __init__(self, prompt_tokens: int, max_prompt_tokens: int, param: str):
+        super().__init__(f"the new prompt has {prompt_tokens} tokens, more than the limit of {max_prompt_tokens}",
+                         param=param, code="context_length_exceeded")
+        self.limits = {"prompt_tokens": prompt_tokens, "max_prompt_tokens": max_prompt_tokens}
+
+
 class AuthError(LCKVError):
     default_code = "invalid_service_secret"
 

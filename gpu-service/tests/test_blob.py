@@ -138,6 +138,41 @@ def test_other_layout_is_a_model_mismatch():
     assert e.value.code == "blob_model_mismatch"
 
 
+@pytest.mark.parametrize("seen", [6, 7, blob.MAX_TOKENS_SEEN, blob.MAX_TOKENS_SEEN + 1])
+def test_writer_and_reader_bound_tokens_seen_alike(seen):
+    s = _state(n=7, seen=7)
+    data = blob.encode(s, CFG, IDENT)
+    patched = _reseal(data[:60] + struct.pack("<Q", seen) + data[68:])
+    ok = 7 <= seen <= blob.MAX_TOKENS_SEEN
+    try:
+        blob.encode(dataclasses.replace(s, tokens_seen=seen), CFG, IDENT)
+        written = True
+    except ValueError:
+        written = False
+    try:
+        read = blob.decode(patched, CFG, IDENT).tokens_seen == seen
+    except BlobError as e:
+        assert e.code == "blob_invalid"
+        read = False
+    assert written == read == ok
+
+
+def test_check_room_refuses_a_turn_the_writer_could_not_encode():
+    s = _state(n=7, seen=blob.MAX_TOKENS_SEEN - 5)
+    blob.check_room(s, 5)
+    with pytest.raises(BlobError) as e:
+        blob.check_room(s, 6)
+    assert e.value.code == "blob_invalid"
+
+
+def test_dtype_is_checked_against_the_model():
+    data = blob.encode(_state(torch.bfloat16), CFG, IDENT)
+    assert blob.decode(data, CFG, IDENT, dtype=torch.bfloat16).k.dtype == torch.bfloat16
+    with pytest.raises(BlobError) as e:
+        blob.decode(data, CFG, IDENT, dtype=torch.float32)
+    assert e.value.code == "blob_model_mismatch" and "bfloat16" in e.value.message
+
+
 def test_encode_rejects_bad_arguments():
     with pytest.raises(ValueError):
         blob.encode(_state(), CFG, "xyz")

@@ -266,6 +266,10 @@ def test_unknown_model_is_404(srv):
 def test_prompt_over_the_limit(srv):
     r = run_one(srv.url, chat([{"role": "user", "content": "fox " * 300}]))
     assert r.status == 400 and r.error["code"] == "context_length_exceeded" and r.error["param"] == "messages"
+    # the numbers travel as fields (the edge trims a rebuild by them), and agree with the message
+    limits = r.error["limits"]
+    assert limits["max_prompt_tokens"] == srv.service.max_prompt_tokens < limits["prompt_tokens"]
+    assert f"has {limits['prompt_tokens']} tokens, more than the limit of {limits['max_prompt_tokens']}" in r.error["message"]
 
 
 def test_oversize_body_is_413(srv):
@@ -305,6 +309,32 @@ def test_foreign_blob_is_409(srv, tmp_path_factory):
     foreign = blob_codec.encode(state, other.cfg, model_identity(other))
     r = run_one(srv.url, chat(HELLO), blob=foreign)
     assert r.status == 409 and r.error["code"] == "blob_model_mismatch" and r.error["param"] == "blob"
+
+
+def test_blob_of_another_dtype_is_409(srv):
+    # a replica computing in bfloat16 made it; this one computes in float32: rebuild, never reinterpret
+    state = blob_codec.decode(_blob(srv), srv.service.model_cfg, srv.service.identity)
+    assert state.k.dtype == srv.service.dtype == torch.float32
+    state.k, state.v = state.k.to(torch.bfloat16), state.v.to(torch.bfloat16)
+    bf16 = blob_codec.encode(state, srv.service.model_cfg, srv.service.identity)
+    r = run_one(srv.url, chat(HELLO), blob=bf16)
+    assert r.status == 409 and r.error["code"] == "blob_model_mismatch" and r.error["param"] == "blob"
+    assert "bfloat16" in r.error["message"] and "float32" in r.error["message"]
+
+
+def test_blob_whose_counter_has_no_room_is_refused_before_work(srv):
+    # the reader accepts tokens_seen up to the writer's bound; a turn that would pass it is refused up
+    # front (400 blob_invalid: the edge rebuilds), not when its result cannot be encoded
+    state = blob_codec.decode(_blob(srv), srv.service.model_cfg, srv.service.identity)
+    state.tokens_seen = blob_codec.MAX_TOKENS_SEEN
+    full = blob_codec.encode(state, srv.service.model_cfg, srv.service.identity)
+    r = run_one(srv.url, chat(HELLO, max_tokens=4), blob=full)
+    assert r.status == 400 and r.error["code"] == "blob_invalid" and "no room" in r.error["message"]
+    state.tokens_seen = blob_codec.MAX_TOKENS_SEEN - 1000
+    roomy = blob_codec.encode(state, srv.service.model_cfg, srv.service.identity)
+    r = run_one(srv.url, chat(HELLO, max_tokens=4, return_blob=True), blob=roomy)
+    assert r.status == 200
+    assert blob_codec.decode(r.blob, srv.service.model_cfg, srv.service.identity).tokens_seen <= blob_codec.MAX_TOKENS_SEEN
 
 
 def test_non_finite_blob_values_are_400(srv):

@@ -3,7 +3,7 @@
 import type { MiddlewareHandler } from "hono";
 import { loadConfig } from "../config";
 import type { AppEnv } from "../env";
-import { ApiError, renderError } from "../errors";
+import { ApiError } from "../errors";
 
 export function rateLimit(): MiddlewareHandler<AppEnv> {
   return async function rateLimit(c, next) {
@@ -14,9 +14,9 @@ export function rateLimit(): MiddlewareHandler<AppEnv> {
     const r = await stub.take(rpm);
     if (!r.allowed) {
       // rendered here (not thrown) so the 429 carries the limit headers too, as OpenAI's does
-      const res = renderError(c, new ApiError(429, `Rate limit of ${rpm} requests per minute reached; retry after ${r.retryAfterSeconds}s.`, {
+      const res = new ApiError(429, `Rate limit of ${rpm} requests per minute reached; retry after ${r.retryAfterSeconds}s.`, {
         code: "rate_limit_exceeded", retryAfter: r.retryAfterSeconds,
-      }));
+      }).toResponse();
       res.headers.set("x-ratelimit-limit-requests", String(rpm));
       res.headers.set("x-ratelimit-remaining-requests", "0");
       res.headers.set("x-ratelimit-reset-requests", `${r.resetSeconds}s`);

@@ -9,13 +9,10 @@ export function requestLog(): MiddlewareHandler<AppEnv> {
     const started = Date.now();
     const requestId = `req_${crypto.randomUUID().replaceAll("-", "")}`;
     c.set("requestId", requestId);
-    c.header("x-request-id", requestId);
     await next();
-    if (c.res.headers.get("x-request-id") !== requestId) {
-      // Error responses are built outside the context; re-wrap so the header is never missing.
-      c.res = new Response(c.res.body, c.res);
-      c.res.headers.set("x-request-id", requestId);
-    }
+    // set on the final response (error responses are built outside the context, with immutable headers)
+    c.res = new Response(c.res.body, c.res);
+    c.res.headers.set("x-request-id", requestId);
     logEvent("info", {
       request_id: requestId,
       tenant: c.get("tenant") ?? null,

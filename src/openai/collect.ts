@@ -1,7 +1,8 @@
 // Non-streaming responses: drain a turn into its full text. Nothing has been sent yet, so an
 // in-band error becomes a normal HTTP error.
 import { ApiError } from "../errors";
-import { inBandError, type Turn } from "../turn";
+import type { Turn } from "../turn";
+import { eventError } from "../upstream/errors";
 import type { DoneEvent } from "../upstream/types";
 
 export async function collect(turn: Turn): Promise<{ text: string; done: DoneEvent }> {
@@ -10,7 +11,7 @@ export async function collect(turn: Turn): Promise<{ text: string; done: DoneEve
     for await (const ev of turn.events) {
       if (ev.type === "delta") text += ev.text;
       else if (ev.type === "done") return { text, done: ev };
-      else throw inBandError(ev);
+      else throw eventError(ev);
     }
   } catch (err) {
     turn.cancel();

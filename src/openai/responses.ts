@@ -1,17 +1,12 @@
 // Builders for OpenAI response objects: chat.completion, chat.completion.chunk, text_completion,
-// usage (with prompt_tokens_details.cached_tokens reporting cache reuse).
+// usage (with prompt_tokens_details.cached_tokens reporting cache reuse), typed by the response
+// schemas the routes declare.
 import type { Usage } from "../upstream/types";
+import type { ChatCompletionBody, ChatCompletionChunkBody, TextCompletionBody, TextCompletionChunkBody, UsageBody } from "./response-schemas";
 
 export type FinishReason = "stop" | "length";
 
-export interface OpenAIUsage {
-  prompt_tokens: number;
-  completion_tokens: number;
-  total_tokens: number;
-  prompt_tokens_details: { cached_tokens: number };
-}
-
-export function toUsage(u: Usage): OpenAIUsage {
+export function toUsage(u: Usage): UsageBody {
   return {
     prompt_tokens: u.prompt_tokens,
     completion_tokens: u.completion_tokens,
@@ -28,7 +23,7 @@ export interface ResponseIdentity {
 
 export const newId = (prefix: "chatcmpl" | "cmpl"): string => `${prefix}-${crypto.randomUUID().replaceAll("-", "")}`;
 
-export function chatCompletion(idn: ResponseIdentity, text: string, finish: FinishReason, usage: Usage) {
+export function chatCompletion(idn: ResponseIdentity, text: string, finish: FinishReason, usage: Usage): ChatCompletionBody {
   return {
     id: idn.id,
     object: "chat.completion" as const,
@@ -39,7 +34,7 @@ export function chatCompletion(idn: ResponseIdentity, text: string, finish: Fini
   };
 }
 
-export function textCompletion(idn: ResponseIdentity, text: string, finish: FinishReason, usage: Usage) {
+export function textCompletion(idn: ResponseIdentity, text: string, finish: FinishReason, usage: Usage): TextCompletionBody {
   return {
     id: idn.id,
     object: "text_completion" as const,
@@ -53,7 +48,7 @@ export function textCompletion(idn: ResponseIdentity, text: string, finish: Fini
 type ChatDelta = { role?: "assistant"; content?: string };
 
 /** One streamed chat chunk; `usage` is null on every chunk but the trailing usage chunk. */
-export function chatChunk(idn: ResponseIdentity, delta: ChatDelta, finish: FinishReason | null, withUsage: boolean) {
+export function chatChunk(idn: ResponseIdentity, delta: ChatDelta, finish: FinishReason | null, withUsage: boolean): ChatCompletionChunkBody {
   return {
     id: idn.id,
     object: "chat.completion.chunk" as const,
@@ -64,11 +59,11 @@ export function chatChunk(idn: ResponseIdentity, delta: ChatDelta, finish: Finis
   };
 }
 
-export function chatUsageChunk(idn: ResponseIdentity, usage: Usage) {
+export function chatUsageChunk(idn: ResponseIdentity, usage: Usage): ChatCompletionChunkBody {
   return { id: idn.id, object: "chat.completion.chunk" as const, created: idn.created, model: idn.model, choices: [], usage: toUsage(usage) };
 }
 
-export function textChunk(idn: ResponseIdentity, text: string, finish: FinishReason | null, withUsage: boolean) {
+export function textChunk(idn: ResponseIdentity, text: string, finish: FinishReason | null, withUsage: boolean): TextCompletionChunkBody {
   return {
     id: idn.id,
     object: "text_completion" as const,
@@ -79,6 +74,6 @@ export function textChunk(idn: ResponseIdentity, text: string, finish: FinishRea
   };
 }
 
-export function textUsageChunk(idn: ResponseIdentity, usage: Usage) {
+export function textUsageChunk(idn: ResponseIdentity, usage: Usage): TextCompletionChunkBody {
   return { id: idn.id, object: "text_completion" as const, created: idn.created, model: idn.model, choices: [], usage: toUsage(usage) };
 }

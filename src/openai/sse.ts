@@ -6,7 +6,8 @@ import type { Context } from "hono";
 import { streamSSE, type SSEStreamingApi } from "hono/streaming";
 import type { AppEnv } from "../env";
 import { toApiError } from "../errors";
-import { inBandError, type Turn } from "../turn";
+import type { Turn } from "../turn";
+import { eventError } from "../upstream/errors";
 import { chatChunk, chatUsageChunk, textChunk, textUsageChunk, type ResponseIdentity } from "./responses";
 
 export type StreamFormat = "chat" | "text";
@@ -58,7 +59,7 @@ export function sseResponse(c: Context<AppEnv>, turn: Turn, fmt: StreamFormat, i
           outcome = "done";
           return;
         } else {
-          await send(stream, inBandError(ev).toBody());
+          await send(stream, eventError(ev).toBody());
           outcome = `error:${ev.error.code ?? "unknown"}`;
           return;
         }

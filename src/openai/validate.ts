@@ -1,6 +1,8 @@
-// JSON body -> typed request, with OpenAI-style errors that name the offending parameter.
+// Schema validation failures as OpenAI-style errors that name the offending parameter. The routes'
+// validators (routes/router.ts) report through here.
 import type { z } from "zod";
 import { ApiError } from "../errors";
+import { SUPPORTED_ONLY } from "./schemas";
 
 /** ["messages", 0, "role"] -> "messages[0].role" */
 export function paramPath(path: readonly PropertyKey[]): string {
@@ -12,8 +14,8 @@ export function paramPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
-function valueAt(body: unknown, path: readonly PropertyKey[]): unknown {
-  let v: unknown = body;
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let v: unknown = input;
   for (const seg of path) {
     if (typeof v !== "object" || v === null) return undefined;
     v = (v as Record<PropertyKey, unknown>)[seg];
@@ -21,24 +23,21 @@ function valueAt(body: unknown, path: readonly PropertyKey[]): unknown {
   return v;
 }
 
-export function issueToApiError(issue: z.core.$ZodIssue, body: unknown): ApiError {
+export function issueToApiError(issue: z.core.$ZodIssue, input: unknown): ApiError {
+  const field = issue.code === "unrecognized_keys" ? (issue.path.length > 0 ? issue.path[0] : undefined) : issue.path[0];
+  const supported = typeof field === "string" ? SUPPORTED_ONLY.get(field) : undefined;
+  if (supported !== undefined && valueAt(input, issue.path) !== undefined) {
+    const param = paramPath(issue.path);
+    return new ApiError(400, `Unsupported value for '${param}': this API supports only ${supported}.`, { param, code: "unsupported_parameter" });
+  }
   if (issue.code === "unrecognized_keys") {
     const param = paramPath([...issue.path, issue.keys[0]!]);
     return new ApiError(400, `Unrecognized request argument supplied: '${param}'.`, { param, code: "unknown_parameter" });
   }
   const param = paramPath(issue.path);
   // a field typed as a union (prompt, content, stop) reports a missing value as invalid_union
-  if ((issue.code === "invalid_type" || issue.code === "invalid_union") && valueAt(body, issue.path) === undefined) {
+  if ((issue.code === "invalid_type" || issue.code === "invalid_union") && valueAt(input, issue.path) === undefined) {
     return new ApiError(400, `Missing required parameter: '${param}'.`, { param, code: "missing_required_parameter" });
   }
   return new ApiError(400, `Invalid value for '${param || "body"}': ${issue.message}.`, { param: param || null, code: "invalid_value" });
-}
-
-export function parseWith<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
-  if (typeof body !== "object" || body === null || Array.isArray(body)) {
-    throw new ApiError(400, "The request body must be a JSON object.", { code: "invalid_json" });
-  }
-  const r = schema.safeParse(body);
-  if (!r.success) throw issueToApiError(r.error.issues[0]!, body);
-  return r.data;
 }

@@ -1,16 +1,11 @@
 // Token bucket (pure): capacity = requests per minute, refilled continuously.
+import type { TakeResult } from "./rpc";
 
 export interface Bucket {
   tokens: number;
   at: number; // ms
 }
 
-export interface TakeResult {
-  allowed: boolean;
-  remaining: number;
-  retryAfterSeconds: number; // 0 when allowed
-  resetSeconds: number; // until the bucket is full again (OpenAI's x-ratelimit-reset-requests)
-}
 
 export function take(bucket: Bucket | null, rpm: number, now: number): { bucket: Bucket; result: TakeResult } {
   const perMs = rpm / 60_000;

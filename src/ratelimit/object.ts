@@ -4,9 +4,10 @@
 // counters are per-location and approximate, and which cannot report a precise Retry-After.)
 import { DurableObject } from "cloudflare:workers";
 import type { Env } from "../env";
-import { take, type Bucket, type TakeResult } from "./bucket";
+import { take, type Bucket } from "./bucket";
+import type { RateLimiterRpc, TakeResult } from "./rpc";
 
-export class RateLimiter extends DurableObject<Env> {
+export class RateLimiter extends DurableObject<Env> implements RateLimiterRpc {
   private bucket: Bucket | null = null;
 
   async take(rpm: number): Promise<TakeResult> {

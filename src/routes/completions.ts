@@ -1,22 +1,46 @@
 // POST /v1/completions (legacy text completions): always stateless, no session.
-import { Hono } from "hono";
+import { createRoute } from "@hono/zod-openapi";
 import { loadConfig } from "../config";
-import type { AppEnv } from "../env";
 import { statelessTurn } from "../generation";
 import { logEvent } from "../log";
-import { readJsonBody } from "../middleware/json-body";
+import { jsonBody } from "../middleware/json-body";
 import { collect } from "../openai/collect";
+import { AUTHENTICATED, errorResponses } from "../openai/error-responses";
 import { normalizeCompletion } from "../openai/normalize";
+import { TextCompletion, sseEvent } from "../openai/response-schemas";
 import { newId, textCompletion } from "../openai/responses";
 import { completionRequestSchema } from "../openai/schemas";
 import { sseResponse } from "../openai/sse";
-import { parseWith } from "../openai/validate";
 import { requireModel } from "../upstream/models";
+import { OK_HEADERS } from "./headers";
+import { router } from "./router";
 
-export const completions = new Hono<AppEnv>();
+export const completionsRoute = createRoute({
+  method: "post",
+  path: "/v1/completions",
+  tags: ["generation"],
+  operationId: "createCompletion",
+  summary: "Create a text completion (legacy; always stateless).",
+  middleware: [jsonBody()] as const,
+  request: { body: { required: true, content: { "application/json": { schema: completionRequestSchema } } } },
+  responses: {
+    200: {
+      description: "`stream: false`: a `text_completion` object. `stream: true`: SSE of text_completion chunks (schema "
+        + "TextCompletionChunk), the same usage rules, then `data: [DONE]`.",
+      headers: OK_HEADERS,
+      content: {
+        "application/json": { schema: TextCompletion },
+        "text/event-stream": { schema: sseEvent("TextCompletionChunk") },
+      },
+    },
+    ...errorResponses(...AUTHENTICATED, 400, 404, 413, 415, 502, 503, 504),
+  },
+});
 
-completions.post("/v1/completions", async (c) => {
-  const req = normalizeCompletion(parseWith(completionRequestSchema, await readJsonBody(c)));
+export const completions = router();
+
+completions.openapi(completionsRoute, async (c) => {
+  const req = normalizeCompletion(c.req.valid("json"));
   await requireModel(loadConfig(c.env), req.model);
   const turn = await statelessTurn(c, { model: req.model, kind: "completion", prompt: req.prompt, sampling: req.sampling });
   const idn = { id: newId("cmpl"), created: turn.start.created, model: req.model };
@@ -25,5 +49,5 @@ completions.post("/v1/completions", async (c) => {
       logEvent("info", { event: "stream_end", request_id: c.get("requestId"), outcome }));
   }
   const { text, done } = await collect(turn);
-  return c.json(textCompletion(idn, text, done.finish_reason, done.usage));
+  return c.json(textCompletion(idn, text, done.finish_reason, done.usage), 200);
 });

@@ -1,29 +1,40 @@
-// Session ids come from OpenAI's prompt_cache_key or an x-session-id header. The Durable Object is
-// derived from "tenant:session", so a tenant can only ever address its own sessions (tenant ids
-// cannot contain ':').
-import { ApiError } from "../errors";
+// Session ids come from OpenAI's prompt_cache_key, an x-session-id header, or the path of
+// /v1/sessions/{session_id}. The Durable Object is derived from "tenant:session", so a tenant can
+// only ever address its own sessions (tenant ids cannot contain ':').
+import { z } from "zod";
 import type { Env } from "../env";
-import { hasLoneSurrogate } from "../openai/schemas";
+import { ApiError } from "../errors";
+import { hasLoneSurrogate } from "../text";
 
 // Like OpenAI's prompt_cache_key, any text (an e-mail address, "conv/123", non-Latin scripts), bounded,
 // without control characters or unpaired surrogates. A header value carries printable ASCII only.
 const MAX_SESSION_ID = 256;
 // eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
+const TEXT_ID = /^[^\u0000-\u001f\u007f-\u009f]+$/;
 const HEADER_ID = /^[\x20-\x7e]+$/;
 
+/** A session id in a body field or the URL path. */
+export const sessionIdSchema = z.string()
+  .min(1, `use 1-${MAX_SESSION_ID} characters of text without control characters`)
+  .max(MAX_SESSION_ID, `use 1-${MAX_SESSION_ID} characters of text without control characters`)
+  .regex(TEXT_ID, `use 1-${MAX_SESSION_ID} characters of text without control characters`)
+  .refine((s) => !hasLoneSurrogate(s), "the id contains an unpaired UTF-16 surrogate")
+  // a URL path normalises them away: GET/DELETE /v1/sessions/{id} could never reach such a session
+  .refine((s) => s !== "." && s !== "..", '"." and ".." cannot name a session')
+  .meta({ id: "SessionId", description: "Any text without control characters (in the x-session-id header, printable ASCII)." });
+
+/** A session id in the x-session-id header. */
+export const sessionIdHeaderSchema = z.string()
+  .min(1, `use 1-${MAX_SESSION_ID} characters of printable ASCII`)
+  .max(MAX_SESSION_ID, `use 1-${MAX_SESSION_ID} characters of printable ASCII`)
+  .regex(HEADER_ID, `use 1-${MAX_SESSION_ID} characters of printable ASCII`)
+  .refine((s) => s !== "." && s !== "..", '"." and ".." cannot name a session')
+  .meta({ description: "Session to continue (alternative to prompt_cache_key; both must agree if both are sent)." });
+
 export function validateSessionId(value: string, param: string): string {
-  if (value === "." || value === "..") {
-    // a URL path normalises them away: GET/DELETE /v1/sessions/{id} could never reach such a session
-    throw new ApiError(400, `Invalid ${param}: "." and ".." cannot name a session.`, { param, code: "invalid_value" });
-  }
-  const ok = value.length >= 1 && value.length <= MAX_SESSION_ID && !CONTROL.test(value) && !hasLoneSurrogate(value)
-    && (param !== "x-session-id" || HEADER_ID.test(value));
-  if (!ok) {
-    const what = param === "x-session-id" ? "printable ASCII" : "text without control characters";
-    throw new ApiError(400, `Invalid ${param}: use 1-${MAX_SESSION_ID} characters of ${what}.`, { param, code: "invalid_value" });
-  }
-  return value;
+  const r = (param === "x-session-id" ? sessionIdHeaderSchema : sessionIdSchema).safeParse(value);
+  if (!r.success) throw new ApiError(400, `Invalid ${param}: ${r.error.issues[0]!.message}.`, { param, code: "invalid_value" });
+  return r.data;
 }
 
 /**

@@ -3,44 +3,16 @@
 // after the GPU service finished it completely; a failed, cancelled or cut-off turn changes nothing.
 import { DurableObject } from "cloudflare:workers";
 import { loadConfig } from "../config";
-import { ApiError, toApiError, type SerializedApiError } from "../errors";
+import { ApiError } from "../errors";
 import type { Env } from "../env";
 import { logEvent } from "../log";
-import { errorEvent, inBandError } from "../turn";
 import { generateBalanced } from "../upstream/balanced";
 import type { GenerateStream } from "../upstream/client";
-import { UpstreamError, upstreamToApiError } from "../upstream/errors";
+import { errorEvent, toPublicError, UpstreamError } from "../upstream/errors";
 import { jsonFrame } from "../upstream/frames";
-import type { ChatMessage, Sampling, StartEvent } from "../upstream/types";
+import type { SessionInfo, SessionRpc, TurnReply, TurnRequest } from "./rpc";
 import { SessionStore, type SessionState } from "./store";
-import { planTurn, promptOverflow, rebuildPlan, trimToFit, type TurnPlan } from "./transcript";
-
-export interface TurnRequest {
-  requestId: string;
-  model: string;
-  messages: ChatMessage[];
-  sampling: Sampling;
-}
-
-export type TurnReply =
-  | { ok: true; turnId: string; start: StartEvent; mode: TurnPlan["mode"]; stream: ReadableStream<Uint8Array> }
-  | { ok: false; error: SerializedApiError };
-
-export interface SessionInfo {
-  id: string;
-  object: "session";
-  model: string;
-  turns: number;
-  messages: number;
-  tokens_seen: number;
-  cache_tokens: number;
-  cached_tokens: number;
-  cache_bytes: number;
-  evicted_tokens: number;
-  created_at: number; // unix seconds
-  updated_at: number;
-  expires_at: number;
-}
+import { planTurn, rebuildPlan, trimToFit, type TurnPlan } from "./transcript";
 
 const BLOB_REFUSED = new Set(["blob_model_mismatch", "blob_version", "blob_invalid"]);
 const MAX_TRIMS = 6;
@@ -50,7 +22,7 @@ const CANCELLED_TURN_WAIT_MS = 5_000;
 const busyError = () =>
   new ApiError(409, "Another turn of this session is in progress; wait for it to finish.", { code: "session_busy", shouldRetry: false });
 
-export class SessionObject extends DurableObject<Env> {
+export class SessionObject extends DurableObject<Env> implements SessionRpc {
   private store!: SessionStore;
   private state: SessionState = { meta: null, transcript: [] };
   /** The turn in progress (one at a time), from its start to its release. */
@@ -96,7 +68,7 @@ export class SessionObject extends DurableObject<Env> {
           // Rebuilding a long conversation (no blob) can exceed what one prefill takes: send its
           // recent part, as the sliding cache would hold it. A single message too long still fails.
           const trimmed = err.code === "context_length_exceeded" && !plan.useBlob && attempt < MAX_TRIMS
-            ? trimToFit(plan, ...promptOverflow(err.message)) : null;
+            ? trimToFit(plan, err.limits ?? null) : null;
           if (!trimmed) throw err;
           logEvent("info", { event: "session_trim", request_id: req.requestId, from: plan.send.length, to: trimmed.send.length });
           plan = trimmed;
@@ -106,12 +78,11 @@ export class SessionObject extends DurableObject<Env> {
       // commits) at the GPU service's pace even if the client reads slowly.
       const { readable, writable } = new IdentityTransformStream();
       void this.pump(gen, plan, req, writable, ac, cfg.sessionTtlSeconds, released);
-      return { ok: true, turnId, start: gen.start, mode: plan.mode, stream: readable };
+      return { ok: true, turnId, start: gen.start, stream: readable };
     } catch (err) {
       this.running = null;
       released();
-      const apiErr = err instanceof UpstreamError ? upstreamToApiError(err) : toApiError(err);
-      return { ok: false, error: apiErr.toJSON() };
+      return { ok: false, error: toPublicError(err).toJSON() };
     }
   }
 
@@ -147,7 +118,7 @@ export class SessionObject extends DurableObject<Env> {
           reply += ev.text;
           write(ev);
         } else if (ev.type === "error") {
-          write(errorEvent(inBandError(ev)));
+          write(ev);
           outcome = `error:${ev.error.code ?? "unknown"}`;
         } else {
           const { blob, ...done } = ev;
@@ -158,8 +129,9 @@ export class SessionObject extends DurableObject<Env> {
       }
       if (clientGone && outcome === "incomplete") outcome = "client_closed";
     } catch (err) {
-      outcome = clientGone ? "client_closed" : `error:${toApiError(err).code ?? "internal_error"}`;
-      if (!clientGone) write(errorEvent(toApiError(err)));
+      const apiErr = toPublicError(err);
+      outcome = clientGone ? "client_closed" : `error:${apiErr.code ?? "internal_error"}`;
+      if (!clientGone) write(errorEvent(apiErr));
     } finally {
       this.running = null;
       released();

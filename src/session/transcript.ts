@@ -11,7 +11,7 @@
 //   5. otherwise the request carries only new messages: "append" them after the transcript.
 // A request with no assistant message is never read as a full history that rewrites the
 // conversation: saying "hi" again, or "continue" every turn, appends it.
-import type { ChatMessage } from "../upstream/types";
+import type { ChatMessage, PromptLimits } from "../upstream/types";
 
 export type PlanMode = "new" | "append" | "reuse" | "rebuild";
 
@@ -68,14 +68,14 @@ export function rebuildPlan(plan: TurnPlan): TurnPlan {
 }
 
 /**
- * A plan without the blob whose prompt the service found too long (`tokens` > `limit`, from its
- * context_length_exceeded message when it says them): the same plan sending fewer messages, the
+ * A plan without the blob whose prompt the service found too long (its context_length_exceeded
+ * error's `limits`, when it sent them): the same plan sending fewer messages, the
  * oldest dropped, aiming at ~90% of the limit by text length. The leading instructions and the last
  * message stay; only when those two alone are too long do the instructions go too. The stored
  * conversation stays whole; the cache then holds what a long-running session's StreamingLLM cache
  * would (instructions + the recent past). null when only the last message is left.
  */
-export function trimToFit(plan: TurnPlan, tokens: number | null, limit: number | null): TurnPlan | null {
+export function trimToFit(plan: TurnPlan, limits: PromptLimits | null): TurnPlan | null {
   const send = plan.send;
   let lead = 0;
   while (lead < send.length - 1 && isInstruction(send[lead]!)) lead++;
@@ -83,15 +83,10 @@ export function trimToFit(plan: TurnPlan, tokens: number | null, limit: number |
   if (body.length <= 1) return lead > 0 ? { ...plan, send: body } : null;
   const size = (m: ChatMessage) => m.content.length + 8; // + the template's role markers
   const total = body.reduce((n, m) => n + size(m), 0);
-  const target = tokens && limit && tokens > limit ? total * (limit / tokens) * 0.9 : total / 2;
+  const over = limits && limits.prompt_tokens > limits.max_prompt_tokens ? limits : null;
+  const target = over ? total * (over.max_prompt_tokens / over.prompt_tokens) * 0.9 : total / 2;
   let drop = 0;
   let left = total;
   while (drop < body.length - 1 && (drop === 0 || left > target || body[drop]!.role === "assistant")) left -= size(body[drop++]!);
   return { ...plan, send: [...send.slice(0, lead), ...body.slice(drop)] };
-}
-
-/** "the new prompt has N tokens, more than the limit of M" (the GPU service's wording) -> [N, M]. */
-export function promptOverflow(message: string): [number | null, number | null] {
-  const m = /has (\d+) tokens, more than the limit of (\d+)/.exec(message);
-  return m ? [Number(m[1]), Number(m[2])] : [null, null];
 }

@@ -4,13 +4,10 @@
 // that fails is taken out for a backoff and comes back once its readiness endpoint says so.
 import { ApiError } from "../errors";
 import { logEvent } from "../log";
-import { checkReady, generate, listModels, type GenerateStream, type UpstreamOptions } from "./client";
+import { checkReady, generate, listModels, type GenerateStream } from "./client";
 import { UpstreamError } from "./errors";
 import { ReplicaPool, type FailureKind, type ReplicaView, type Transition } from "./replicas";
-import type { GenerateRequest, ModelInfo } from "./types";
-
-/** The service's settings with every replica's base URL (a self-balancing platform endpoint is one). */
-export type UpstreamConfig = Omit<UpstreamOptions, "baseUrl"> & { urls: string[] };
+import type { GenerateRequest, ModelInfo, UpstreamConfig, UpstreamOptions } from "./types";
 
 const pools = new Map<string, ReplicaPool>();
 
@@ -75,7 +72,7 @@ async function onReplicas<T>(cfg: UpstreamConfig, requestId: string | null, sign
   attempt: (opts: UpstreamOptions) => Promise<T>): Promise<T> {
   const pool = replicaPool(cfg);
   const tried = new Set<number>();
-  let answered: UpstreamError | null = null; // the last replica that answered with an error
+  let answered: UpstreamError | ApiError | null = null; // the last replica that answered, with an error or a broken stream
   for (;;) {
     const replica = await nextReplica(pool, cfg, tried);
     if (!replica) break;
@@ -92,7 +89,7 @@ async function onReplicas<T>(cfg: UpstreamConfig, requestId: string | null, sign
         throw err;
       }
       if (c.kind) pool.failed(replica.index, c.kind);
-      if (err instanceof UpstreamError) answered = err;
+      if (err instanceof UpstreamError || c.kind === "answer") answered = err as UpstreamError | ApiError;
       logEvent("warn", { event: "upstream_attempt_failed", request_id: requestId, replica: replica.index,
         code: err instanceof UpstreamError ? err.code ?? `http_${err.status}` : (err as ApiError).code });
     }

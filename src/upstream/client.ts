@@ -2,22 +2,8 @@
 // parsed as they stream in. Aborting `signal` cancels the HTTP request, which cancels generation.
 import { ApiError } from "../errors";
 import { blobFrames, concatBytes, endFrame, FRAMES_CONTENT_TYPE, FrameError, jsonFrame, readFrames, type Frame } from "./frames";
-import { readUpstreamError, UpstreamError } from "./errors";
-import type { DoneEvent, GenerateRequest, ModelInfo, StartEvent, TurnEvent } from "./types";
-
-export interface UpstreamOptions {
-  baseUrl: string;
-  secret: string;
-  /** Behind a GPU platform's gateway (RunPod, NVCF) `Authorization` carries the platform's key and our
-   * shared secret travels in `X-Service-Secret` (docs/internal-protocol.md). */
-  platformKey?: string;
-  /** The longest the service may stay silent between frames once it has started a reply. */
-  idleTimeoutMs?: number;
-  /** Until the service answers with response headers (a frozen or unreachable replica). */
-  connectTimeoutMs?: number;
-  /** Until the service's first frame (`start`): it accepted the request. */
-  firstByteTimeoutMs?: number;
-}
+import { errorEvent, inBandUpstreamError, readErrorBody, readUpstreamError, toPublicError } from "./errors";
+import type { DoneEvent, GenerateRequest, ModelInfo, StartEvent, TurnEvent, UpstreamOptions } from "./types";
 
 const DEFAULT_IDLE_MS = 120_000;
 const DEFAULT_CONNECT_MS = 5_000;
@@ -129,7 +115,8 @@ export async function checkReady(opts: UpstreamOptions): Promise<boolean> {
 
 /**
  * Start a generation. Resolves once the service has accepted it (HTTP 200 and the `start` frame);
- * errors before that throw UpstreamError (HTTP error body) or ApiError (transport).
+ * errors before that throw UpstreamError (the service's error) or ApiError (transport). After it, the
+ * service's in-band errors arrive as public error events.
  */
 export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob: Uint8Array[] | null,
   signal: AbortSignal): Promise<GenerateStream> {
@@ -166,7 +153,7 @@ export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob
   if (first?.kind !== "J" || first.json.type !== "start") {
     watchdog.stop();
     await frames.return(undefined);
-    if (first?.kind === "J" && first.json.type === "error") throw new UpstreamError(500, (first.json as { error: never }).error);
+    if (first?.kind === "J" && first.json.type === "error") throw inBandUpstreamError(readErrorBody(first.json.error, "model service error"));
     throw broken("missing start frame");
   }
   return { start: first.json as unknown as StartEvent, events: turnEvents(frames, req.return_blob, watchdog) };
@@ -197,7 +184,7 @@ async function* turnEvents(frames: AsyncGenerator<Frame>, expectBlob: boolean, w
         if (typeof ev.text !== "string") throw broken("delta without text");
         yield ev;
       } else if (ev.type === "error") {
-        yield { type: "error", error: ev.error };
+        yield errorEvent(toPublicError(inBandUpstreamError(readErrorBody(f.json.error, "model service error"))));
         return;
       } else if (ev.type === "done") {
         yield { ...ev, blob: await readBlob(frames, expectBlob ? ev.blob_bytes : 0, watchdog) };

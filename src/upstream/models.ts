@@ -3,7 +3,7 @@
 import { ApiError, clip } from "../errors";
 import type { Config } from "../config";
 import { listModelsBalanced } from "./balanced";
-import { UpstreamError, upstreamToApiError } from "./errors";
+import { toPublicError } from "./errors";
 import type { ModelInfo } from "./types";
 
 let cached: { urls: string; at: number; models: ModelInfo[] } | null = null;
@@ -17,7 +17,7 @@ export async function getModels(cfg: Config): Promise<ModelInfo[]> {
     cached = { urls, at: now, models };
     return models;
   } catch (err) {
-    throw err instanceof UpstreamError ? upstreamToApiError(err) : err;
+    throw toPublicError(err);
   }
 }
 
@@ -27,9 +27,4 @@ export async function requireModel(cfg: Config, id: string, param = "model"): Pr
     throw new ApiError(404, `The model '${clip(id, 100)}' does not exist or you do not have access to it.`, { code: "model_not_found", param });
   }
   return model;
-}
-
-/** Drop the cache (tests; or after the service reports an unknown model). */
-export function forgetModels(): void {
-  cached = null;
 }

@@ -1,4 +1,22 @@
 // Shapes of the internal protocol's JSON (docs/internal-protocol.md), as the Worker uses them.
+import type { ErrorType } from "../errors";
+
+export interface UpstreamOptions {
+  baseUrl: string;
+  secret: string;
+  /** Behind a GPU platform's gateway (RunPod, NVCF) `Authorization` carries the platform's key and our
+   * shared secret travels in `X-Service-Secret` (docs/internal-protocol.md). */
+  platformKey?: string;
+  /** The longest the service may stay silent between frames once it has started a reply. */
+  idleTimeoutMs?: number;
+  /** Until the service answers with response headers (a frozen or unreachable replica). */
+  connectTimeoutMs?: number;
+  /** Until the service's first frame (`start`): it accepted the request. */
+  firstByteTimeoutMs?: number;
+}
+
+/** The service's settings with every replica's base URL (a self-balancing platform endpoint is one). */
+export type UpstreamConfig = Omit<UpstreamOptions, "baseUrl"> & { urls: string[] };
 
 export type Role = "system" | "developer" | "user" | "assistant";
 
@@ -61,18 +79,26 @@ export interface DoneEvent {
   session?: SessionCounters;
 }
 
+/** Sent with context_length_exceeded: the new prompt's tokens and the most one request may carry. */
+export interface PromptLimits {
+  prompt_tokens: number;
+  max_prompt_tokens: number;
+}
+
+/** The service's error object (HTTP error body or in-band error event). */
 export interface ErrorEventBody {
   message: string;
   type: string;
   param: string | null;
   code: string | null;
+  limits?: PromptLimits;
 }
 
+/** A turn's failure once mapped to the public error (status, and OpenAI's error object). */
 export interface ErrorEvent {
   type: "error";
-  error: ErrorEventBody;
-  /** set by the session DO: the error is already mapped to our public error with this status */
-  status?: number;
+  status: number;
+  error: { message: string; type: ErrorType; param: string | null; code: string | null };
 }
 
 /** What a caller sees of a turn after `start`: text deltas, then exactly one done or error. */

@@ -5,7 +5,8 @@
 // Directives in the text sent (messages or prompt) steer it: @blob=N (blob pattern bytes),
 // @slow (30 ms per delta), @slowstart (the start frame 300 ms late), @drip (200 deltas, 40 ms apart), @hang (stall after the first delta until cancelled), @fail (in-band
 // error after 2 deltas), @cut (close the stream after 2 deltas), @reset (the connection fails after
-// 2 deltas, as when the service process dies), @cutblob (close mid-blob),
+// 2 deltas, as when the service process dies), @cutblob (close mid-blob), @shortblob (fewer blob
+// bytes than `done` announced, then E), @nostart (a delta before the start frame),
 // @ctx (400 context_length_exceeded), @limit=N (the same when the prompt is over N bytes: 1 byte = 1 token), @overload (503 + retry-after), @crash (500),
 // @unauth (401, as if the shared secret were wrong), @blobversion / @blobinvalid (refuse the blob sent
 // with this request as of another format version / as corrupt).
@@ -44,8 +45,9 @@ export interface LogEntry {
 const log = new Map<string, LogEntry[]>();
 const replicaState = new Map<string, "up" | "down" | "frozen">();
 
-const err = (status: number, message: string, code: string, param: string | null = null, headers: Record<string, string> = {}) =>
-  new Response(JSON.stringify({ error: { message, type: status >= 500 ? "server_error" : status === 401 ? "authentication_error" : "invalid_request_error", param, code } }),
+const err = (status: number, message: string, code: string, param: string | null = null, headers: Record<string, string> = {},
+  extra: Record<string, unknown> = {}) =>
+  new Response(JSON.stringify({ error: { message, type: status >= 500 ? "server_error" : status === 401 ? "authentication_error" : "invalid_request_error", param, code, ...extra } }),
     { status, headers: { "content-type": "application/json", ...headers } });
 
 const render = (msgs: { role: string; content: string }[]) => msgs.map((m) => `<|${m.role}|>\n${m.content}<|end|>\n`).join("");
@@ -101,10 +103,10 @@ async function generate(request: Request): Promise<Response> {
     prompt: req.prompt, sampling: req.sampling ?? {}, blob_in_bytes: blobIn.length, return_blob: req.return_blob, status: 200, outcome: "started",
     host: new URL(request.url).host, x_request_id: request.headers.get("x-request-id") };
   log.set(req.request_id, [...(log.get(req.request_id) ?? []), entry]);
-  const fail = (status: number, message: string, code: string, param: string | null = null, headers = {}) => {
+  const fail = (status: number, message: string, code: string, param: string | null = null, headers = {}, extra = {}) => {
     entry.status = status;
     entry.outcome = code;
-    return err(status, message, code, param, headers);
+    return err(status, message, code, param, headers, extra);
   };
 
   const model = MODELS.find((m) => m.id === req.model);
@@ -126,7 +128,8 @@ async function generate(request: Request): Promise<Response> {
   if (newText.includes("@ctx")) return fail(400, "prompt too long", "context_length_exceeded", "messages");
   const limit = /@limit=(\d+)/.exec(newText);
   if (limit && bytes(newText) > Number(limit[1])) {
-    return fail(400, `the new prompt has ${bytes(newText)} tokens, more than the limit of ${limit[1]}`, "context_length_exceeded", "messages");
+    return fail(400, `the new prompt has ${bytes(newText)} tokens, more than the limit of ${limit[1]}`, "context_length_exceeded", "messages", {},
+      { limits: { prompt_tokens: bytes(newText), max_prompt_tokens: Number(limit[1]) } });
   }
   if (newText.includes("@crash")) return fail(500, "internal error", "internal_error");
   if (newText.includes("@unauth")) return fail(401, "bad secret", "invalid_service_secret");
@@ -156,6 +159,7 @@ async function generate(request: Request): Promise<Response> {
     async start(ctl) {
       const send = (chunk: Uint8Array) => !cancelled && ctl.enqueue(chunk);
       if (newText.includes("@slowstart")) await sleep(300); // a cold replica: the first frame comes late
+      if (newText.includes("@nostart")) send(J({ type: "delta", text: "early", token_ids: [0] })); // a delta before start
       send(J({ type: "start", request_id: req.request_id, model: model.id, prompt_tokens: promptTokens, cached_tokens: prev.tokens, created: 1764500000 }));
       let reply = "";
       let finish: "stop" | "length" = "stop";
@@ -193,8 +197,9 @@ async function generate(request: Request): Promise<Response> {
       const completion = reply.split(" ").filter(Boolean).length;
       const tail = reply + "<|end|>\n";
       const blob = req.return_blob ? encodeBlob({ fingerprint: model.fingerprint, tokens: promptTokens + bytes(tail), hash: fnv1a(promptHash, tail), pad }) : new Uint8Array(0);
+      const announced = blob.length + (newText.includes("@shortblob") ? 10 : 0); // @shortblob: fewer bytes than announced
       send(J({ type: "done", finish_reason: finish, usage: { prompt_tokens: promptTokens, completion_tokens: completion,
-        total_tokens: promptTokens + completion, cached_tokens: prev.tokens }, blob_bytes: blob.length,
+        total_tokens: promptTokens + completion, cached_tokens: prev.tokens }, blob_bytes: announced,
         session: { tokens_seen: promptTokens + bytes(tail), cache_tokens: promptTokens + bytes(tail), evicted_tokens: 0 } }));
       for (let off = 0; off < blob.length; off += 1024 * 1024) {
         if (newText.includes("@cutblob") && off > 0) { entry.outcome = "cutblob"; return ctl.close(); }

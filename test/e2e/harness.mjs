@@ -22,9 +22,10 @@ export function freePort() {
 
 /**
  * `replicas` GPU-service processes (one by default) behind one Worker; `vars` are extra Worker vars
- * (e.g. shorter upstream timeouts). `gpu` is replica 0, `gpus` all of them.
+ * (e.g. shorter upstream timeouts), `gpuArgs` go to every replica's command line. `gpu` is replica 0,
+ * `gpus` all of them.
  */
-export async function startStack({ replicas = 1, vars = {} } = {}) {
+export async function startStack({ replicas = 1, vars = {}, gpuArgs = [] } = {}) {
   const port = await freePort();
   const gpuPorts = [];
   for (let i = 0; i < replicas; i++) gpuPorts.push(await freePort());
@@ -32,7 +33,8 @@ export async function startStack({ replicas = 1, vars = {} } = {}) {
   const logDir = join(ROOT, ".e2e", "logs");
   const secret = newSecret();
   const model = resolveModel();
-  const startReplica = (i) => startGpuService({ port: gpuPorts[i], model, secret, logDir, name: replicas === 1 ? "gpu-service" : `gpu-service-${i}` });
+  const startReplica = (i) => startGpuService({ port: gpuPorts[i], model, secret, logDir, extraArgs: gpuArgs,
+    name: replicas === 1 ? "gpu-service" : `gpu-service-${i}` });
   const stack = {
     base: `http://127.0.0.1:${port}`,
     gpuPorts,

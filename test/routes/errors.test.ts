@@ -36,6 +36,11 @@ describe("auth", () => {
     const put = await call("/v1/sessions/abc", { method: "PUT" });
     expect(put.headers.get("allow")).toBe("GET, DELETE");
     expect(put.status).toBe(405);
+    // the methods come from the route declarations: /healthz included
+    const postHealth = await call("/healthz", { method: "POST", tenant: null });
+    expect(postHealth.headers.get("allow")).toBe("GET");
+    await expectError(postHealth, 405, { code: "method_not_allowed" });
+    expect((await call("/v1/models", { method: "DELETE" })).headers.get("allow")).toBe("GET");
   });
 });
 
@@ -56,6 +61,10 @@ describe("request validation", () => {
     ["logprobs", { model: MODEL, messages: [user("x")], logprobs: true }, "logprobs", "unsupported_parameter"],
     ["json_schema", { model: MODEL, messages: [user("x")], response_format: { type: "json_schema", json_schema: {} } }, "response_format.type", "unsupported_parameter"],
     ["penalty", { model: MODEL, messages: [user("x")], presence_penalty: 0.5 }, "presence_penalty", "unsupported_parameter"],
+    ["logit_bias", { model: MODEL, messages: [user("x")], logit_bias: { "50256": -100 } }, "logit_bias", "unsupported_parameter"],
+    ["tool_choice required", { model: MODEL, messages: [user("x")], tool_choice: "required" }, "tool_choice", "unsupported_parameter"],
+    ["audio modality", { model: MODEL, messages: [user("x")], modalities: ["text", "audio"] }, "modalities[1]", "unsupported_parameter"],
+    ["audio", { model: MODEL, messages: [user("x")], audio: { voice: "alloy" } }, "audio", "unsupported_parameter"],
     ["stream_options without stream", { model: MODEL, messages: [user("x")], stream_options: { include_usage: true } }, "stream_options", "invalid_value"],
     ["max tokens disagree", { model: MODEL, messages: [user("x")], max_tokens: 5, max_completion_tokens: 6 }, "max_completion_tokens", "invalid_value"],
     // an unpaired surrogate is a valid JSON escape but not text: 400 here, never a 502 from the tokenizer
@@ -70,15 +79,22 @@ describe("request validation", () => {
     });
   }
 
-  it("seed takes any 64-bit integer; a fraction or a bigger number is refused in words", async () => {
-    for (const seed of [-1, -(2 ** 63), 2 ** 63 - 1, 2 ** 60, 0]) {
-      const res = await chat({ model: MODEL, messages: [user("x")], seed, temperature: 1 });
+  it("seed takes any 64-bit integer, read exactly; a fraction or a bigger number is refused in words", async () => {
+    // raw JSON: integer literals beyond 2^53 are read digit for digit, not rounded to a double
+    const withSeed = (seed: string) => call("/v1/chat/completions", { method: "POST", headers: { "content-type": "application/json" },
+      body: `{"model": "${MODEL}", "messages": [{"role": "user", "content": "x"}], "temperature": 1, "seed": ${seed}}` });
+    const folded: number[] = [];
+    for (const seed of ["-1", "-9223372036854775808", "9223372036854775807", "9223372036854775806", String(2 ** 60), "0"]) {
+      const res = await withSeed(seed);
       expect(res.status).toBe(200);
       const log = await doubleLog(res.headers.get("x-request-id")!);
       expect(Number.isSafeInteger(log[0]!.sampling.seed)).toBe(true);
+      folded.push(log[0]!.sampling.seed);
     }
-    for (const [seed, words] of [[1.5, /seed must be an integer/], [2 ** 64, /64-bit integer/]] as const) {
-      const res = await chat({ model: MODEL, messages: [user("x")], seed });
+    expect(folded[2]).not.toBe(folded[3]); // neighbours beyond 2^53 stay different seeds
+    for (const [seed, words] of [["1.5", /seed must be an integer/], ["9223372036854775808", /64-bit integer/],
+      ["-9223372036854775809", /64-bit integer/], ["18446744073709551616", /64-bit integer/]] as const) {
+      const res = await withSeed(seed);
       expect(res.status).toBe(400);
       const err = ((await res.json()) as any).error;
       expect(err.param).toBe("seed");
@@ -97,6 +113,10 @@ describe("request validation", () => {
     ["missing prompt", { model: MODEL }, "prompt", "missing_required_parameter"],
     ["unpaired surrogate in prompt", { model: MODEL, prompt: "x\ud83d" }, "prompt", "invalid_value"],
     ["unpaired surrogate in prompt[0]", { model: MODEL, prompt: ["x\ud83d"] }, "prompt[0]", "invalid_value"],
+    ["a batch of prompts", { model: MODEL, prompt: ["a", "b"] }, "prompt", "invalid_value"],
+    ["echo", { model: MODEL, prompt: "x", echo: true }, "echo", "unsupported_parameter"],
+    ["best_of", { model: MODEL, prompt: "x", best_of: 3 }, "best_of", "unsupported_parameter"],
+    ["suffix", { model: MODEL, prompt: "x", suffix: "end" }, "suffix", "unsupported_parameter"],
   ];
   for (const [name, body, param, code] of completionCases) {
     it(`completions: 400 for ${name} (param ${param})`, async () => {
@@ -110,6 +130,23 @@ describe("request validation", () => {
     const e = await expectError(await chat({ model: MODEL, messages: [user("x")], max_tokens: 5000 }), 400,
       { type: "invalid_request_error", param: "max_tokens", code: "invalid_value" });
     expect(e.message).toBe("max_tokens must be an integer in 1..4096");
+  });
+
+  it("defaults sent to the service: temperature 1 (OpenAI's), completions max_tokens 16", async () => {
+    const chatRes = await chat({ model: MODEL, messages: [user("x")] });
+    const chatLog = await doubleLog(chatRes.headers.get("x-request-id")!);
+    expect(chatLog[0]!.sampling.temperature).toBe(1);
+    expect(chatLog[0]!.sampling.max_tokens).toBeUndefined(); // the service's own default (256)
+    const text = await call("/v1/completions", { method: "POST", json: { model: MODEL, prompt: "x" } });
+    expect((await doubleLog(text.headers.get("x-request-id")!))[0]!.sampling).toMatchObject({ temperature: 1, max_tokens: 16 });
+  });
+
+  it("a Content-Length over the limit is refused before any byte is read", async () => {
+    // a body that never ends: only the declared length can answer in time
+    const endless = new ReadableStream<Uint8Array>({ start(c) { c.enqueue(new TextEncoder().encode('{"model":')); } });
+    const res = await call("/v1/chat/completions", { method: "POST", body: endless,
+      headers: { "content-type": "application/json", "content-length": String(1048576 + 1) } });
+    await expectError(res, 413, { code: "request_too_large" });
   });
 
   it("emoji and other astral characters (paired surrogates) are accepted", async () => {
@@ -135,6 +172,14 @@ describe("request validation", () => {
       400, { code: "invalid_json" });
     await expectError(await call("/v1/chat/completions", { method: "POST", body: "[1]", headers: { "content-type": "application/json" } }),
       400, { code: "invalid_json" });
+  });
+
+  it("a Content-Length that is not a number of bytes is a 400 naming the header", async () => {
+    for (const bad of ["abc", "-1", "1.5", "12 34"]) {
+      const res = await call("/v1/chat/completions", { method: "POST", body: "{}", headers: { "content-type": "application/json", "content-length": bad } });
+      await expectError(res, 400, { code: "invalid_header", param: "content-length", type: "invalid_request_error" });
+      expect(await doubleLog(res.headers.get("x-request-id")!)).toEqual([]);
+    }
   });
 
   it("413 from Content-Length and from the bytes actually read", async () => {
@@ -196,6 +241,16 @@ describe("GPU service failures", () => {
 });
 
 describe("rate limit", () => {
+  it("successful responses carry the tenant's limit, what is left and when the bucket is full", async () => {
+    const res = await call("/v1/models", { tenant: "tenant-b" });
+    expect(res.status).toBe(200);
+    expect(res.headers.get("x-ratelimit-limit-requests")).toBe("1000"); // RATE_LIMIT_RPM in vitest.config.ts
+    const remaining = Number(res.headers.get("x-ratelimit-remaining-requests"));
+    expect(remaining).toBeGreaterThanOrEqual(0);
+    expect(remaining).toBeLessThan(1000);
+    expect(res.headers.get("x-ratelimit-reset-requests")).toMatch(/^\d+s$/);
+  });
+
   it("429 with retry-after once a tenant exceeds its requests per minute; others unaffected", async () => {
     let limited: Response | undefined;
     for (let i = 0; i < 10 && !limited; i++) {

@@ -142,6 +142,26 @@ describe("session failures", () => {
     expect(log[0]!.outcome).toBe("cancelled");
   });
 
+  it("a reply whose blob is shorter than announced, or that does not begin with start, is a protocol error and commits nothing", async () => {
+    await okTurn("s-short", "hello");
+    const before = await info("s-short");
+    const short = await sessionChat("s-short", [user("@shortblob")]);
+    expect(short.status).toBe(502);
+    expect(((await short.json()) as any).error).toMatchObject({ code: "upstream_protocol_error", type: "server_error" });
+    const early = await sessionChat("s-short", [user("@nostart")]);
+    expect(early.status).toBe(502);
+    expect(((await early.json()) as any).error).toMatchObject({ code: "upstream_protocol_error", message: expect.stringMatching(/missing start frame/) });
+    expect(await info("s-short")).toEqual(before);
+  });
+
+  it("the idle limit is per silence, not per reply: a reply that keeps coming outlasts it", async () => {
+    const t0 = Date.now();
+    const res = await chat({ model: MODEL, messages: [user("@drip long")], max_tokens: 70 }); // 70 deltas 40 ms apart
+    expect(res.status).toBe(200);
+    expect(Date.now() - t0).toBeGreaterThan(2500); // longer than UPSTREAM_IDLE_SECONDS (2)
+    expect(((await res.json()) as any).usage.completion_tokens).toBe(70);
+  });
+
   it("a client that disconnects cancels the upstream and commits nothing", async () => {
     await okTurn("s-abort", "hello");
     const before = await info("s-abort");
@@ -237,6 +257,20 @@ describe("session failures", () => {
     const rows = await runInDurableObject(stub, (_o, state) =>
       state.storage.sql.exec("SELECT (SELECT COUNT(*) FROM messages) + (SELECT COUNT(*) FROM blob_chunks) AS n").one().n);
     expect(rows).toBe(0);
+  });
+
+  it("the alarm firing during a turn only moves itself: the turn commits onto the whole session", async () => {
+    await okTurn("s-ttl-busy", "hello");
+    const stub = sessionStub(env, "tenant-a", "s-ttl-busy");
+    const res = await sessionChat("s-ttl-busy", [user("@drip and more")], { stream: true, max_tokens: 20 });
+    const reader = res.body!.getReader();
+    await reader.read(); // the turn is running
+    expect(await runDurableObjectAlarm(stub)).toBe(true);
+    const moved = await runInDurableObject(stub, (_o, state) => state.storage.getAlarm());
+    expect(moved).toBeGreaterThan(Date.now() + (Number(env.SESSION_TTL_SECONDS) - 60) * 1000);
+    while (!(await reader.read()).done);
+    const after = await eventually(() => info("s-ttl-busy"), (i) => i.turns === 2);
+    expect(after).toMatchObject({ turns: 2, messages: 4 });
   });
 
   it("errors before generation (context length, overload) change nothing", async () => {

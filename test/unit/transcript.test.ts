@@ -1,6 +1,6 @@
 // The session message-matching rule (pure).
 import { describe, expect, it } from "vitest";
-import { planTurn, promptOverflow, rebuildPlan, trimToFit } from "../../src/session/transcript";
+import { planTurn, rebuildPlan, trimToFit } from "../../src/session/transcript";
 import type { ChatMessage } from "../../src/upstream/types";
 
 const u = (content: string): ChatMessage => ({ role: "user", content });
@@ -78,7 +78,7 @@ describe("trimToFit", () => {
   const plan = planTurn([], long, false);
 
   it("drops the oldest messages, never the instructions nor the last message, aiming under the limit", () => {
-    const p = trimToFit(plan, 440, 200)!;
+    const p = trimToFit(plan, { prompt_tokens: 440, max_prompt_tokens: 200 })!;
     expect(p.send[0]).toEqual(s("rules"));
     expect(p.send.at(-1)).toEqual(u("last"));
     expect(p.send.length).toBeLessThan(long.length);
@@ -87,10 +87,10 @@ describe("trimToFit", () => {
   });
 
   it("without the numbers it halves; it gives up when only the last message is left", () => {
-    const half = trimToFit(plan, null, null)!;
+    const half = trimToFit(plan, null)!;
     expect(half.send.length).toBeLessThan(long.length);
     const sends = [plan.send];
-    for (let p = trimToFit(plan, null, null); p; p = trimToFit(p, null, null)) {
+    for (let p = trimToFit(plan, null); p; p = trimToFit(p, null)) {
       expect(p.send.length).toBeLessThan(sends.at(-1)!.length);
       sends.push(p.send);
     }
@@ -98,11 +98,6 @@ describe("trimToFit", () => {
     // the instructions go last, only when they and the last message alone are still too long
     expect(sends.at(-2)).toEqual([s("rules"), u("last")]);
     expect(sends.at(-1)).toEqual([u("last")]);
-    expect(trimToFit(planTurn([], [u("only")], false), 900, 100)).toBeNull();
-  });
-
-  it("reads the service's numbers", () => {
-    expect(promptOverflow("the new prompt has 2797 tokens, more than the limit of 512")).toEqual([2797, 512]);
-    expect(promptOverflow("prompt too long")).toEqual([null, null]);
+    expect(trimToFit(planTurn([], [u("only")], false), { prompt_tokens: 900, max_prompt_tokens: 100 })).toBeNull();
   });
 });

@@ -9,7 +9,7 @@ import signal
 
 from aiohttp import web
 
-from ..errors import AuthError, OverloadedError, RequestTooLargeError, http_error
+from ..errors import AuthError, ContextLengthError, OverloadedError, RequestTooLargeError, http_error
 from . import metrics as M
 from .access_log import access_log
 from . import protocol as P
@@ -31,7 +31,8 @@ STATE = M.STATE
 def _error_response(exc: BaseException) -> web.Response:
     status, type_, param, code, message = http_error(exc)
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, OverloadedError) else None
-    return web.json_response(P.error_body(type_, message, param, code), status=status, headers=headers)
+    limits = exc.limits if isinstance(exc, ContextLengthError) else None
+    return web.json_response(P.error_body(type_, message, param, code, limits), status=status, headers=headers)
 
 
 @web.middleware

@@ -197,8 +197,10 @@ def done_event(finish_reason: str, prompt_tokens: int, completion_tokens: int, c
                         "evicted_tokens": tokens_seen - cache_tokens}}
 
 
-def error_body(type_: str, message: str, param: str | None, code: str) -> dict:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def error_body(type_: str, message: str, param: str | None, code: str, limits: dict | None = None) -> dict:
+    """An error object; context_length_exceeded adds `limits` {prompt_tokens, max_prompt_tokens}."""
+    body = {"message": message, "type": type_, "param": param, "code": code}
+    return {"error": {**body, "limits": limits} if limits is not None else body}
 
 
 def error_event(type_: str, message: str, param: str | None, code: str) -> dict:

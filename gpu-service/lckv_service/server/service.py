@@ -19,7 +19,7 @@ import torch
 from .. import blob as blob_codec
 from ..cache import CacheState
 from ..checkpoint import load_model, model_identity
-from ..errors import BlobError, ConfigError, ModelNotFoundError, RequestError
+from ..errors import ConfigError, ContextLengthError, ModelNotFoundError, RequestError
 from ..engine.engine import AsyncEngine, Engine
 from ..engine.request import Request
 from ..engine.runner import ModelRunner, plan_slots
@@ -141,6 +141,7 @@ class ModelService:
         auto = torch.bfloat16 if device.type == "cuda" else torch.float32
         dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else auto
         self.tokenizer = ChatTokenizer.from_folder(folder, chat_template=_read_template(cfg.chat_template))
+        self.dtype = dtype
         self.model = load_model(folder, device=device, dtype=dtype).eval()
         self.model_cfg = self.model.cfg
         if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
@@ -182,11 +183,8 @@ class ModelService:
                 "sinks": self.sched_cfg.sinks, "window": self.sched_cfg.window, "created": self.created}
 
     def decode_blob(self, data: bytes) -> CacheState:
-        state = blob_codec.decode(data, self.model_cfg, self.identity)
-        if not (torch.isfinite(state.k).all() and torch.isfinite(state.v).all()):
-            raise BlobError("the blob holds non-finite keys or values")
-        if any(not 0 <= t < self.model_cfg.vocab_size for t in state.token_ids):
-            raise BlobError("the blob holds token ids outside the vocabulary")
+        # the codec checks finiteness, vocabulary, shape, dtype and counters
+        state = blob_codec.decode(data, self.model_cfg, self.identity, dtype=self.dtype)
         n, sc = len(state.token_ids), self.sched_cfg
         if n > sc.capacity:  # made by a replica with a larger window: apply our eviction rule once
             keep = sc.sinks + sc.keep_recent
@@ -219,10 +217,11 @@ class ModelService:
                 return start + tok.encode_prompt(prompt + reply)
             param = "prompt"
         if len(prompt_ids) > self.max_prompt_tokens:
-            raise RequestError(f"the new prompt has {len(prompt_ids)} tokens, more than the limit of "
-                               f"{self.max_prompt_tokens}", param=param, code="context_length_exceeded")
+            raise ContextLengthError(len(prompt_ids), self.max_prompt_tokens, param=param)
         if not prompt_ids:
             raise RequestError("the prompt encodes to no tokens", param=param, code="invalid_value")
+        if state is not None:
+            blob_codec.check_room(state, len(prompt_ids) + g.sampling.max_tokens)
         # the engine keys requests by a fresh id: a caller reusing a request_id cannot collide
         return Request(request_id=f"req_{uuid.uuid4().hex}", prompt_ids=prompt_ids,
                        params=g.sampling, restore_state=state,
