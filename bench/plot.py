@@ -210,6 +210,25 @@ def targets_md(rows, groups) -> str:
 
 
 # ---- plots ---------------------------------------------------------------------------------------
+def _serving_key(r):
+    return (r["device"], r["shape"], r["variant"], r.get("server_src", "this tree"), r["prompt_len"], r["gen_len"],
+            r["arrival"], r["streams"])
+
+
+def serving_md(rows) -> str:
+    sv = latest(rows, "serving", _serving_key)
+    body = [[d, s, v, src, f"{p}+{g}", a, fmt(n), fmt(r["tokens_per_s"]), fmt(r.get("engine_tokens_per_s")),
+             fmt(r.get("service_vs_engine"), 2), fmt(r["ttft_p50_s"], 2), fmt(r["ttft_p95_s"], 2),
+             fmt(1e3 * r["itl_p50_s"], 1) if r.get("itl_p50_s") is not None else "—",
+             fmt(1e3 * r["engine_step_s"], 1) if r.get("engine_step_s") is not None else "—",
+             fmt(r.get("step_ms"), 1), fmt(r.get("gpu_busy_frac"), 2), fmt(r["all_tokens_delivered_once"])]
+            for (d, s, v, src, p, g, a, n), r in sorted(sv.items(), key=lambda kv: (kv[0][0], kv[0][1], vkey(kv[0][2]),
+                                                                                 kv[0][3], kv[0][4:]))]
+    return table(["device", "shape", "variant", "server", "prompt+gen", "arrival", "streams", "service tok/s",
+                  "engine tok/s", "service/engine", "TTFT p50 s", "TTFT p95 s", "ITL p50 ms", "engine step ms",
+                  "service step ms", "GPU busy", "tokens once"], body)
+
+
 def plots(rows, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -298,6 +317,30 @@ def plots(rows, out: Path) -> list[str]:
         plt.close(fig)
         made.append("streaming.png")
 
+    sv = latest(rows, "serving", _serving_key)
+    burst = {k: r for k, r in sv.items() if k[6] == "burst"}
+    if burst:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        for key in sorted({k[:6] for k in burst}, key=lambda k: (vkey(k[2]), k[3])):
+            pts = sorted((k[7], r) for k, r in burst.items() if k[:6] == key)
+            ns = [n for n, _ in pts]
+            tag = f"{key[2]}" + ("" if key[3] == "this tree" else f" ({key[3]})")
+            line = a1.plot(ns, [r["tokens_per_s"] for _, r in pts], "o-", label=f"{tag} service")[0]
+            eng = [(n, r["engine_tokens_per_s"]) for n, r in pts if r.get("engine_tokens_per_s")]
+            if eng and key[3] == "this tree":
+                a1.plot([n for n, _ in eng], [e for _, e in eng], "x--", color=line.get_color(), label=f"{tag} engine alone")
+            a2.plot(ns, [r["ttft_p50_s"] for _, r in pts], "o-", color=line.get_color(), label=f"{tag} p50")
+            a2.plot(ns, [r["ttft_p95_s"] for _, r in pts], "v:", color=line.get_color(), label=f"{tag} p95")
+        dev, shape, _, _, p, g = next(iter(burst))[:6]
+        a1.set_title(f"{shape}, {p}+{g}, all streams at once, {dev}", fontsize=9)
+        a1.set_xlabel("concurrent streams"); a1.set_ylabel("output tokens/s")
+        a2.set_xlabel("concurrent streams"); a2.set_ylabel("time to first token (s)")
+        a1.legend(fontsize=7); a2.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "serving.png", dpi=110)
+        plt.close(fig)
+        made.append("serving.png")
+
     ss = latest(rows, "sessions", lambda r: (r["device"], r["shape"], r["variant"], r["history_len"]))
     if ss:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -319,7 +362,8 @@ def plots(rows, out: Path) -> list[str]:
 
 def report(rows, pngs: list[str], png_rel: str) -> str:
     tp_md, groups = throughput_md(rows)
-    parts = ["### Targets", targets_md(rows, groups), "### Throughput (FlexGen protocol)", tp_md,
+    parts = ["### Serving: the real server under load vs the engine alone", serving_md(rows),
+             "### Targets", targets_md(rows, groups), "### Throughput (FlexGen protocol, engine only)", tp_md,
              "### Roofline (decode)", roofline_md(rows), "### Prefill: time to first token (× llama), top-1 agreement with exact",
              prefill_md(rows), "### Streaming (4 sinks): ms per decode step / KV cache size", streaming_md(rows),
              "### Sessions: resume from blob vs re-prefill", sessions_md(rows)]

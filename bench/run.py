@@ -33,9 +33,9 @@ from lckv_bench.common import BenchError, Budget, Context, Recorder, device_info
 from lckv_bench.shapes import SHAPES, VARIANTS  # noqa: E402
 from lckv_bench.suites.throughput import SETTINGS, TINY_SETTINGS, _weight  # noqa: E402
 
-SUITES = ("throughput", "roofline", "prefill", "streaming", "sessions")
+SUITES = ("throughput", "roofline", "prefill", "streaming", "sessions", "serving")
 DEFAULT_SHAPES = {"throughput": ("llama2-7b", "tinyllama-1.1b"), "roofline": (), "prefill": ("tinyllama-1.1b",),
-                  "streaming": ("tinyllama-1.1b",), "sessions": ("tinyllama-1.1b",)}
+                  "streaming": ("tinyllama-1.1b",), "sessions": ("tinyllama-1.1b",), "serving": ("tinyllama-1.1b",)}
 
 
 def parse_suites(spec: str, total: float) -> list[tuple[str, float]]:
@@ -86,6 +86,18 @@ def parse_list(spec: str | None, known, param: str) -> tuple[str, ...] | None:
     return out
 
 
+def parse_ints(spec: str | None, param: str) -> tuple[int, ...] | None:
+    if not spec:
+        return None
+    try:
+        out = tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise BenchError(f"--{param} must be a comma list of positive integers, got {spec!r}", param=param) from None
+    if not out or min(out) < 1:
+        raise BenchError(f"--{param} must be a comma list of positive integers, got {spec!r}", param=param)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="throughput,roofline", help="comma list of suite[:seconds]")
@@ -109,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="throughput suite, LCKV variants: prompts as batched decode steps (exact, 1x the "
                          "FLOPs), the paper's m+b parallel iterations, or auto: both measured at the run's "
                          "batch, the cheaper runs")
+    ap.add_argument("--streams", help="serving: comma list of concurrent streams (default 64,128,256)")
+    ap.add_argument("--arrivals", help="serving: comma list of burst, poisson (default both)")
+    ap.add_argument("--rate", type=float, help="serving: Poisson arrivals per second (default streams/10s)")
+    ap.add_argument("--server-src", help="serving: another tree's gpu-service folder to serve from (a baseline)")
+    ap.add_argument("--server-args", help="serving: extra flags for `lckv_service serve`, one string")
     ap.add_argument("--hw-json", help="a previous run's hw row (JSON): reuse its ceilings instead of measuring")
     ap.add_argument("--quiet", action="store_true")
     # internal: how a parent hands a worker its share of the run
@@ -125,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
         shapes = parse_list(args.shapes, tuple(SHAPES), "shape")
         variants = parse_list(args.variants, VARIANTS, "variant")
         settings = parse_settings(args.settings)
+        args.streams_list = parse_ints(args.streams, "streams")
+        args.arrivals_list = parse_list(args.arrivals, ("burst", "poisson"), "arrival")
+        if args.rate is not None and not args.rate > 0:
+            raise BenchError("--rate must be positive", param="rate")
+        if args.server_src and not (Path(args.server_src) / "lckv_service").is_dir():
+            raise BenchError("--server-src must be a gpu-service folder (holding lckv_service/)", param="server_src")
         if args.max_run_batch is not None and args.max_run_batch < 1:
             raise BenchError("--max-run-batch must be >= 1", param="max_run_batch")
         if args.worker_startup_s is None:
@@ -175,7 +198,9 @@ def _run_suite(name, secs, device, rec, args, shapes, settings, variants, hw_row
     ctx = Context(device=device, rec=rec, budget=Budget(secs), tiny=args.tiny,
                   shapes=("tiny",) if args.tiny else (shapes or DEFAULT_SHAPES[name]),
                   settings=settings, variants=variants, hw=hw_row, max_run_batch=args.max_run_batch,
-                  graphs=args.graphs == "on", lckv_prefill=args.lckv_prefill)
+                  graphs=args.graphs == "on", lckv_prefill=args.lckv_prefill,
+                  streams=getattr(args, "streams_list", None), arrivals=getattr(args, "arrivals_list", None),
+                  rate=args.rate, server_src=args.server_src, server_args=args.server_args)
     t = time.perf_counter()
     importlib.import_module(f"lckv_bench.suites.{name}").run(ctx)
     if not args.worker:   # a worker runs a share of a suite: its parent records the suite's end
@@ -193,6 +218,9 @@ def _parent(args, suites, device, run_id, settings, shapes, variants) -> int:
     common += ["--max-run-batch", str(args.max_run_batch)] if args.max_run_batch else []
     common += ["--settings", args.settings] if args.settings else []
     common += ["--graphs", args.graphs, "--lckv-prefill", args.lckv_prefill]
+    for flag, v in (("--streams", args.streams), ("--arrivals", args.arrivals), ("--rate", args.rate),
+                    ("--server-src", args.server_src), ("--server-args", args.server_args)):
+        common += [flag, str(v)] if v is not None else []
     if args.hw_json:   # ceilings measured earlier on this machine: recorded again under this run_id
         hw_full = {"device": device.type, **json.loads(args.hw_json)}
         Recorder(out, base={"device": hw_full["device"], "run_id": run_id}).write(

@@ -38,8 +38,13 @@ export function tenantOf(key) {
   return `key-${sha256(key).slice(0, 12)}`;
 }
 
+/** One API_KEY_HASHES entry: "tenant:sha256hex(key)" (src/auth/keys.ts parses it). */
+export function keyHashEntry(tenant, key) {
+  return `${tenant}:${sha256(key)}`;
+}
+
 export function apiKeyHashes(keys) {
-  return keys.map((k) => `${tenantOf(k)}:${sha256(k)}`).join(",");
+  return keys.map((k) => keyHashEntry(tenantOf(k), k)).join(",");
 }
 
 export function parseKeys(value) {
@@ -83,12 +88,29 @@ export function stopProcess(child, signal = "SIGTERM") {
   });
 }
 
-/** Start the GPU service on CPU. Resolves once /readyz answers 200 (model loaded and warm). */
-export async function startGpuService({ port, model, secret, logDir, extraArgs = [] }) {
-  const args = ["-m", "lckv_service", "serve", "--model", model, "--host", "127.0.0.1", "--port", String(port), "--device", "cpu", ...extraArgs];
-  const child = spawnLogged("gpu-service", VENV_PYTHON, args, { env: { GPU_SERVICE_SECRET: secret, OMP_NUM_THREADS: "1" }, logDir });
-  await waitFor(`http://127.0.0.1:${port}/readyz`, { timeoutMs: 180_000, child, name: "GPU service" });
-  return child;
+/** Wait until `url` is healthy; a process that never gets there is killed, not left behind. */
+async function started(child, url, opts) {
+  try {
+    await waitFor(url, { child, ...opts });
+    return child;
+  } catch (e) {
+    await stopProcess(child, "SIGKILL");
+    throw e;
+  }
+}
+
+/**
+ * Start the GPU service (CPU unless `device` says). Resolves once /readyz answers 200 (model loaded
+ * and warm). Its log lines are JSON (one per request, with the Worker's request id) unless
+ * LOG_FORMAT says otherwise.
+ */
+export async function startGpuService({ port, model, secret, logDir, device = "cpu", extraArgs = [], name = "gpu-service" }) {
+  const args = ["-m", "lckv_service", "serve", "--model", model, "--host", "127.0.0.1", "--port", String(port), "--device", device, ...extraArgs];
+  // one thread suits the tiny demo model (more only contend); a real model on CPU wants LCKV_CPU_THREADS=<cores>
+  const threads = process.env.LCKV_CPU_THREADS ?? "1";
+  const env = { GPU_SERVICE_SECRET: secret, OMP_NUM_THREADS: threads, LOG_FORMAT: process.env.LOG_FORMAT ?? "json" };
+  const child = spawnLogged(name, VENV_PYTHON, args, { env, logDir });
+  return started(child, `http://127.0.0.1:${port}/readyz`, { timeoutMs: 180_000, name });
 }
 
 /**
@@ -96,7 +118,7 @@ export async function startGpuService({ port, model, secret, logDir, extraArgs =
  * (by port), so stacks side by side on other ports never overwrite each other's secrets. The log
  * level keeps the Worker's own JSON lines (access log, session turns) in the log file.
  */
-export async function startWorker({ port, gpuPort, secret, keys, persistDir, logDir, vars = {} }) {
+export async function startWorker({ port, gpuPorts, secret, keys, persistDir, logDir, vars = {} }) {
   const devVars = [
     `GPU_SERVICE_SECRET=${JSON.stringify(secret)}`,
     `API_KEY_HASHES=${JSON.stringify(apiKeyHashes(keys))}`,
@@ -105,21 +127,30 @@ export async function startWorker({ port, gpuPort, secret, keys, persistDir, log
   mkdirSync(envDir, { recursive: true, mode: 0o700 });
   const envFile = join(envDir, `worker-${port}.env`);
   writeFileSync(envFile, devVars + "\n", { mode: 0o600 });
-  const varArgs = Object.entries({ GPU_SERVICE_URL: `http://127.0.0.1:${gpuPort}`, ...vars }).flatMap(([k, v]) => ["--var", `${k}:${v}`]);
+  const replicas = gpuPorts.map((p) => `http://127.0.0.1:${p}`).join(",");
+  const varArgs = Object.entries({ GPU_SERVICE_URL: replicas, ...vars }).flatMap(([k, v]) => ["--var", `${k}:${v}`]);
   const args = [join(ROOT, "node_modules", "wrangler", "bin", "wrangler.js"), "dev", "--ip", "127.0.0.1", "--port", String(port),
     "--persist-to", persistDir, "--env-file", envFile, "--show-interactive-dev-session=false", "--log-level", "log", ...varArgs];
   const child = spawnLogged("worker", process.execPath, args, { env: { WRANGLER_SEND_METRICS: "false", NO_COLOR: "1" }, logDir });
-  await waitFor(`http://127.0.0.1:${port}/healthz`, { timeoutMs: 120_000, child, name: "Worker (wrangler dev)" });
-  return child;
+  return started(child, `http://127.0.0.1:${port}/healthz`, { timeoutMs: 120_000, name: "Worker (wrangler dev)" });
 }
 
 export function newSecret() {
   return randomBytes(24).toString("hex");
 }
 
-/** The model folder to serve: the bundled trained model, or (if its weights are absent) a random test model. */
+const hasWeights = (folder) =>
+  existsSync(join(folder, "model.safetensors")) || existsSync(join(folder, "model.safetensors.index.json"));
+
+/**
+ * The model folder to serve: LCKV_MODEL (a Hugging Face folder: config.json, tokenizer files, one or
+ * sharded safetensors), else the bundled demo model, or (if its weights are absent) a random test model.
+ */
 export function resolveModel(preferred = process.env.LCKV_MODEL ?? DEFAULT_MODEL) {
-  if (existsSync(join(preferred, "model.safetensors"))) return preferred;
+  if (hasWeights(preferred)) return preferred;
+  if (resolve(preferred) !== resolve(DEFAULT_MODEL)) {
+    throw new Error(`LCKV_MODEL=${preferred} holds no model.safetensors or model.safetensors.index.json`);
+  }
   const fallback = join(ROOT, ".e2e", "test-model");
   if (!existsSync(join(fallback, "model.safetensors"))) {
     log(`no weights in ${preferred}; building a small random-weight test model in ${fallback}`);

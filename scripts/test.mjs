@@ -1,5 +1,6 @@
 // `npm test`: every test suite — Python (model, engine, server, training), Worker (vitest in workerd),
-// end-to-end (official openai client against the real local stack). Installs what is missing first.
+// the deploy bundle (dry run), end-to-end (official openai client against the real local stack).
+// Installs what is missing first.
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { ROOT, VENV_PYTHON, ensureInstalled } from "./stack.mjs";
@@ -8,6 +9,8 @@ const only = process.argv.slice(2); // e.g. `npm test -- python worker`
 const suites = [
   ["python", VENV_PYTHON, ["-m", "pytest", "-p", "no:cacheprovider", "-rs", "tests"], join(ROOT, "gpu-service")],
   ["worker", "npm", ["run", "--silent", "test:worker"], ROOT],
+  // the deploy path without an account: every asset built, the Worker bundled by `wrangler deploy --dry-run`
+  ["bundle", process.execPath, [join(ROOT, "scripts", "deploy.mjs"), "--dry-run"], ROOT],
   ["e2e", process.execPath, [join(ROOT, "scripts", "e2e.mjs")], ROOT],
 ];
 

@@ -5,10 +5,10 @@ import { z } from "zod";
 import { parseKeyHashes, type KeyEntry } from "./auth/keys";
 import type { Env } from "./env";
 import { ApiError } from "./errors";
-import type { UpstreamOptions } from "./upstream/types";
+import type { UpstreamConfig } from "./upstream/types";
 
 export interface Config {
-  upstream: UpstreamOptions; // GPU service URL and credentials
+  upstream: UpstreamConfig; // GPU service replicas, credentials and timeouts
   apiKeys: KeyEntry[];
   sessionTtlSeconds: number;
   responseTtlSeconds: number; // a stored response chain or conversation, idle this long, is deleted
@@ -25,19 +25,34 @@ const integer = (min: number) =>
   required().refine((s) => /^\d+$/.test(s.trim()) && Number.isSafeInteger(Number(s.trim())) && Number(s.trim()) >= min,
     `must be an integer >= ${min}`).transform((s) => Number(s.trim()));
 
-const serviceUrl = required().transform((s, ctx) => {
-  let url: URL;
-  try {
-    url = new URL(s);
-  } catch {
-    ctx.addIssue({ code: "custom", message: "must be an absolute URL" });
+/** GPU_SERVICE_URL: one base URL, or several (self-hosted replicas) separated by commas or spaces. */
+const replicaUrls = required().transform((s, ctx) => {
+  const items = s.split(/[\s,]+/).filter(Boolean);
+  if (items.length === 0) {
+    ctx.addIssue({ code: "custom", message: "is not set" });
     return z.NEVER;
   }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    ctx.addIssue({ code: "custom", message: "must be http(s)" });
+  const urls: string[] = [];
+  for (const [i, item] of items.entries()) {
+    const where = items.length > 1 ? ` (entry ${i + 1})` : "";
+    let url: URL;
+    try {
+      url = new URL(item);
+    } catch {
+      ctx.addIssue({ code: "custom", message: `must hold absolute URLs${where}` });
+      return z.NEVER;
+    }
+    if (url.protocol !== "http:" && url.protocol !== "https:") {
+      ctx.addIssue({ code: "custom", message: `must hold http(s) URLs${where}` });
+      return z.NEVER;
+    }
+    urls.push(url.toString().replace(/\/+$/, ""));
+  }
+  if (new Set(urls).size !== urls.length) {
+    ctx.addIssue({ code: "custom", message: "lists a URL twice" });
     return z.NEVER;
   }
-  return url.toString().replace(/\/+$/, "");
+  return urls;
 });
 
 const keyHashes = required().min(1, "is not set").transform((s, ctx) => {
@@ -64,7 +79,7 @@ const overrides = z.string().optional().transform((raw, ctx) => {
 });
 
 const envSchema = z.object({
-  GPU_SERVICE_URL: serviceUrl,
+  GPU_SERVICE_URL: replicaUrls,
   GPU_SERVICE_SECRET: required().min(1, "is not set"),
   GPU_PLATFORM_KEY: z.string().optional(),
   API_KEY_HASHES: keyHashes,
@@ -75,6 +90,8 @@ const envSchema = z.object({
   RATE_LIMIT_OVERRIDES: overrides,
   MODELS_CACHE_SECONDS: integer(0),
   UPSTREAM_IDLE_SECONDS: integer(1),
+  UPSTREAM_CONNECT_SECONDS: integer(1),
+  UPSTREAM_FIRST_BYTE_SECONDS: integer(1),
 });
 
 function parseConfig(env: Env): Config {
@@ -86,10 +103,12 @@ function parseConfig(env: Env): Config {
   const e = r.data;
   return {
     upstream: {
-      baseUrl: e.GPU_SERVICE_URL,
+      urls: e.GPU_SERVICE_URL,
       secret: e.GPU_SERVICE_SECRET,
       ...(e.GPU_PLATFORM_KEY ? { platformKey: e.GPU_PLATFORM_KEY } : {}),
       idleTimeoutMs: e.UPSTREAM_IDLE_SECONDS * 1000,
+      connectTimeoutMs: e.UPSTREAM_CONNECT_SECONDS * 1000,
+      firstByteTimeoutMs: e.UPSTREAM_FIRST_BYTE_SECONDS * 1000,
     },
     apiKeys: e.API_KEY_HASHES,
     sessionTtlSeconds: e.SESSION_TTL_SECONDS,

@@ -4,7 +4,7 @@ import type { SessionRpc } from "./session/rpc";
 
 export interface Env {
   // vars (strings, parsed and validated by src/config.ts)
-  GPU_SERVICE_URL: string;
+  GPU_SERVICE_URL: string; // one URL, or several replicas separated by commas
   SESSION_TTL_SECONDS: string;
   RESPONSE_TTL_SECONDS: string;
   MAX_BODY_BYTES: string;
@@ -12,6 +12,8 @@ export interface Env {
   RATE_LIMIT_OVERRIDES?: string;
   MODELS_CACHE_SECONDS: string;
   UPSTREAM_IDLE_SECONDS: string;
+  UPSTREAM_CONNECT_SECONDS: string;
+  UPSTREAM_FIRST_BYTE_SECONDS: string;
   // secrets
   GPU_SERVICE_SECRET?: string;
   GPU_PLATFORM_KEY?: string; // optional: the GPU platform gateway's own key (RunPod, NVCF)

@@ -7,7 +7,7 @@ import { ApiError } from "./errors";
 import { sessionStub } from "./session/key";
 import type { TurnReply, TurnRequest } from "./session/rpc";
 import { turnFromFrames, turnFromUpstream, type Turn } from "./turn";
-import { generate } from "./upstream/client";
+import { generateBalanced } from "./upstream/balanced";
 import { toPublicError } from "./upstream/errors";
 import type { ChatMessage, GenerateRequest, Sampling } from "./upstream/types";
 
@@ -18,7 +18,7 @@ export async function statelessTurn(c: Context<AppEnv>, req: Omit<GenerateReques
   const onAbort = () => ac.abort();
   signal.addEventListener("abort", onAbort);
   try {
-    const gen = await generate(cfg.upstream,
+    const gen = await generateBalanced(cfg.upstream,
       { ...req, request_id: c.get("requestId"), return_blob: false }, null, ac.signal);
     return turnFromUpstream(gen, ac);
   } catch (err) {

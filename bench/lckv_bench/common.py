@@ -107,6 +107,11 @@ class Context:
     max_run_batch: int | None = None                      # cap on the batch a throughput run uses
     graphs: bool = True                                   # let decoders replay CUDA graphs
     lckv_prefill: str = "auto"                            # throughput prefill of LCKV: auto | tokenwise | iterative
+    streams: tuple[int, ...] | None = None                # serving: concurrent streams per run
+    arrivals: tuple[str, ...] | None = None               # serving: burst | poisson
+    rate: float | None = None                             # serving: Poisson arrivals per second
+    server_src: str | None = None                         # serving: another tree's gpu-service (a baseline)
+    server_args: str | None = None                        # serving: extra `serve` flags
 
     def preferred_decoder(self) -> str:
         """The decoder pick_decoder tries first here (it falls back from it step by step)."""

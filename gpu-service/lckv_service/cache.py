@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import ModelConfig
+from .device import to_device
 
 
 @dataclass
@@ -74,7 +75,7 @@ class KVCache:
             self._len[s] = n
             self._seen[s] += a
         if slot_t is None or lengths_t is None:
-            slot_t, lengths_t = torch.tensor([slots, new_lengths], device=self.device)
+            slot_t, lengths_t = to_device([slots, new_lengths], self.device)
         self.lengths[slot_t] = lengths_t
 
     # ---- StreamingLLM --------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Checkpoints in Hugging Face layout: config.json + model.safetensors (or a sharded index).
 
-Reads three layouts: our own (model_type "lckv", `kv_source`), a plain HF Llama
-(LlamaForCausalLM), and the authors' lckv-llama (`layer_types`, `forward_passes`,
-`backward_passes`, `force_nodiag`). Our module names are HF's, so tensors map 1:1; the rename
-table below holds the exceptions and is applied once at load time, never in forward.
+Reads three layouts (hf_config.py parses their config.json): our own (model_type "lckv",
+`kv_source`), a Hugging Face Llama (LlamaForCausalLM: Llama-2, TinyLlama, Llama-3.x, SmolLM-style
+tied embeddings), and the authors' lckv-llama (`layer_types`, `forward_passes`, `backward_passes`,
+`force_nodiag`). Our module names are HF's, so tensors map 1:1; the rename table below holds the
+exceptions and is applied once at load time, never in forward. A tied model's file holds the
+embedding only (transformers drops lm_head.weight when saving it), and so do ours.
 Loading builds the model on the meta device and assigns the (memory-mapped) tensors.
 """
 from __future__ import annotations
@@ -19,11 +21,13 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import CheckpointError, ConfigError
+from .hf_config import detect_layout
 from .model import LCKVModel
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+TIED_NAME, EMBED_NAME = "lm_head.weight", "model.embed_tokens.weight"
 
 # (pattern, replacement or None to drop) per layout, applied to every tensor name at load time
 RENAMES: dict[str, list[tuple[str, str | None]]] = {
@@ -36,7 +40,8 @@ RENAMES: dict[str, list[tuple[str, str | None]]] = {
 def save_model(model: LCKVModel, folder, dtype: torch.dtype = torch.bfloat16) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()
+               if not (model.cfg.tie_word_embeddings and k == TIED_NAME)}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
     cfg = model.cfg.to_dict() | {"torch_dtype": str(dtype).removeprefix("torch.")}
     (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -53,15 +58,7 @@ def read_config(folder) -> tuple[ModelConfig, str]:
         raise ConfigError(f"{CONFIG_NAME} is not valid JSON: {e}", param=CONFIG_NAME) from e
     if not isinstance(d, dict):
         raise ConfigError(f"{CONFIG_NAME} must hold a JSON object", param=CONFIG_NAME)
-    mt = d.get("model_type")
-    if "kv_source" in d or mt == "lckv":
-        layout = "lckv"
-    elif mt == "lckv-llama":
-        layout = "lckv-llama"
-    elif mt == "llama":
-        layout = "llama"
-    else:
-        raise ConfigError(f"unsupported model_type {mt!r} (expected lckv, llama or lckv-llama)", param="model_type")
+    layout = detect_layout(d)
     return ModelConfig.from_dict(d), layout
 
 
@@ -74,6 +71,10 @@ def _read_tensors(folder) -> dict[str, torch.Tensor]:
             files = sorted(set(json.loads((folder / INDEX_NAME).read_text())["weight_map"].values()))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{INDEX_NAME} is malformed: {e}", param=INDEX_NAME) from e
+        for name in files:  # shards live beside the index, nowhere else
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+                raise CheckpointError(f"{INDEX_NAME} names a shard outside the folder: {str(name)[:100]!r}",
+                                      param=INDEX_NAME)
     else:
         raise CheckpointError(f"no {WEIGHTS_NAME} or {INDEX_NAME} in {folder}", param=WEIGHTS_NAME)
     out = {}
@@ -108,6 +109,13 @@ def _assign(cfg: ModelConfig, sd: dict[str, torch.Tensor], device, dtype) -> LCK
     with torch.device("meta"):
         model = LCKVModel(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if cfg.tie_word_embeddings:
+        del expected[TIED_NAME]
+        if TIED_NAME in sd:  # some tied checkpoints store the shared matrix twice: it must be the same
+            if EMBED_NAME in sd and not torch.equal(sd[TIED_NAME], sd[EMBED_NAME]):
+                raise CheckpointError(f"tie_word_embeddings is true but {TIED_NAME!r} differs from {EMBED_NAME!r}",
+                                      param=TIED_NAME)
+            sd = {k: v for k, v in sd.items() if k != TIED_NAME}
     missing = sorted(set(expected) - set(sd))
     if missing:
         raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s), first {missing[0]!r}", param=missing[0])
@@ -122,7 +130,11 @@ def _assign(cfg: ModelConfig, sd: dict[str, torch.Tensor], device, dtype) -> LCK
         if not t.is_floating_point():
             raise CheckpointError(f"tensor {name!r} has non-float dtype {t.dtype}", param=name)
     dtype = dtype or next(iter(sd.values())).dtype
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+    sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+    if cfg.tie_word_embeddings:
+        sd[TIED_NAME] = sd[EMBED_NAME]
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.tie_weights()  # assign=True installs each name's tensor as its own Parameter: share them again
     return model
 
 
@@ -143,12 +155,14 @@ def convert_llama_to_lckv(model: LCKVModel, warmup_layers: int, kv_init: str = "
     shape = {k: getattr(src, k) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
                                           "num_heads", "num_kv_heads", "rope_theta", "rms_norm_eps",
                                           "max_position_embeddings", "forward_passes", "backward_passes",
-                                          "nodiag_everywhere")}
+                                          "nodiag_everywhere", "nodiag_rule", "explicit_head_dim",
+                                          "rope_scaling", "tie_word_embeddings")}
     cfg = ModelConfig.lckv(warmup_layers, **shape)
     old = model.state_dict()
     sd = {}
     for name in _param_names(cfg):
-        sd[name] = old[name].detach().clone()
+        if not (cfg.tie_word_embeddings and name == TIED_NAME):
+            sd[name] = old[name].detach().clone()
     for t in cfg.cyclic_targets if kv_init == "mean" else ():
         sharing = [j for j, s in enumerate(cfg.kv_source) if s == t]
         for proj in ("k_proj", "v_proj"):

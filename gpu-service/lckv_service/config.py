@@ -25,6 +25,58 @@ _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers"
 # Fields that fix the K/V a model produces and their layout (training-only knobs excluded).
 _FINGERPRINT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                        "num_kv_heads", "rope_theta", "rms_norm_eps", "kv_source", "nodiag_everywhere")
+# Fingerprinted only when set away from their default, so older models keep their identity.
+_OPTIONAL_FINGERPRINT_FIELDS = {"explicit_head_dim": None, "rope_scaling": None, "tie_word_embeddings": False,
+                                "nodiag_rule": "reads_target"}
+# Which layers mask the diagonal (besides nodiag_everywhere):
+#   reads_target   every layer that reads a cyclic target's K/V, the target included (this project's rule)
+#   attends_above  only layers that read a layer above themselves (the authors' lckv-llama code, whose
+#                  target and layers reading a lower layer keep their own token)
+NODIAG_RULES = ("reads_target", "attends_above")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Hugging Face RoPE scaling that depends on the config only (not on the sequence length):
+    "linear" divides every frequency by `factor`; "llama3" (Llama 3.1+) divides the low frequencies
+    by `factor` and blends the band between the two wavelength bounds."""
+    rope_type: str
+    factor: float
+    low_freq_factor: float | None = None
+    high_freq_factor: float | None = None
+    original_max_position_embeddings: int | None = None
+
+    def __post_init__(self):
+        if self.rope_type not in ("linear", "llama3"):
+            raise ConfigError(f"rope_type {self.rope_type!r} is not supported (default, linear or llama3)",
+                              param="rope_scaling.rope_type")
+        names = ("factor",) if self.rope_type == "linear" else \
+            ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        for name in names:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"rope_scaling.{name} must be a positive number, got {v!r}",
+                                  param=f"rope_scaling.{name}")
+        if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ConfigError("rope_scaling.high_freq_factor must exceed low_freq_factor",
+                              param="rope_scaling.high_freq_factor")
+
+    def scale(self, inv_freq: list[float]) -> list[float]:
+        if self.rope_type == "linear":
+            return [f / self.factor for f in inv_freq]
+        old, lo, hi, factor = (self.original_max_position_embeddings, self.low_freq_factor,
+                               self.high_freq_factor, self.factor)
+        out = []
+        for f in inv_freq:
+            wavelen = 2 * math.pi / f
+            if wavelen < old / hi:          # high frequencies: unchanged
+                out.append(f)
+            elif wavelen > old / lo:        # low frequencies: interpolated by the factor
+                out.append(f / factor)
+            else:                           # in between: a smooth blend of the two
+                smooth = (old / wavelen - lo) / (hi - lo)
+                out.append((1 - smooth) * f / factor + smooth * f)
+        return out
 
 
 @dataclass(frozen=True)
@@ -42,6 +94,10 @@ class ModelConfig:
     forward_passes: int = 7                    # m: passes without gradient
     backward_passes: int = 2                   # b: passes with gradient
     nodiag_everywhere: bool = False            # authors' ACL checkpoints: no diagonal in any layer
+    nodiag_rule: str = "reads_target"          # see NODIAG_RULES
+    explicit_head_dim: int | None = None       # HF `head_dim` when it is not hidden_size / num_heads
+    rope_scaling: RopeScaling | None = None
+    tie_word_embeddings: bool = False          # lm_head shares the embedding matrix
 
     def __post_init__(self):
         for name in _POSITIVE_INTS:
@@ -52,7 +108,10 @@ class ModelConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
                 raise ConfigError(f"{name} must be a positive finite number, got {v!r}", param=name)
-        if self.hidden_size % self.num_heads:
+        hd = self.explicit_head_dim
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd <= 0):
+            raise ConfigError(f"head_dim must be a positive integer, got {hd!r}", param="head_dim")
+        if hd is None and self.hidden_size % self.num_heads:
             raise ConfigError(f"num_heads={self.num_heads} does not divide hidden_size={self.hidden_size}",
                               param="num_heads")
         if self.num_heads % self.num_kv_heads:
@@ -60,8 +119,14 @@ class ModelConfig:
                               param="num_kv_heads")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim={self.head_dim} must be even for RoPE", param="num_heads")
-        if not isinstance(self.nodiag_everywhere, bool):
-            raise ConfigError("nodiag_everywhere must be a boolean", param="nodiag_everywhere")
+        for name in ("nodiag_everywhere", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be a boolean", param=name)
+        if self.nodiag_rule not in NODIAG_RULES:
+            raise ConfigError(f"nodiag_rule must be one of {NODIAG_RULES}, got {self.nodiag_rule!r}",
+                              param="nodiag_rule")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise ConfigError("rope_scaling must be a RopeScaling", param="rope_scaling")
         src = tuple(range(self.num_layers)) if self.kv_source is None else self.kv_source
         if isinstance(src, (str, bytes)) or not hasattr(src, "__len__"):
             raise ConfigError("kv_source must be a list of layer indices", param="kv_source")
@@ -89,7 +154,13 @@ class ModelConfig:
     # ---- derived ------------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.explicit_head_dim or self.hidden_size // self.num_heads
+
+    def rope_inv_freq(self) -> list[float]:
+        """RoPE's D/2 inverse frequencies (float64), scaled as rope_scaling says."""
+        D = self.head_dim
+        inv = [1.0 / float(self.rope_theta) ** (i / D) for i in range(0, D, 2)]
+        return inv if self.rope_scaling is None else self.rope_scaling.scale(inv)
 
     @property
     def kv_layers(self) -> tuple[int, ...]:
@@ -119,7 +190,18 @@ class ModelConfig:
 
     def nodiag(self, layer: int) -> bool:
         """Whether `layer` masks the diagonal (token i attends to tokens < i only)."""
-        return self.nodiag_everywhere or self.kv_source[layer] in self.cyclic_targets
+        if self.nodiag_everywhere:
+            return True
+        if self.nodiag_rule == "attends_above":
+            return self.kv_source[layer] > layer
+        return self.kv_source[layer] in self.cyclic_targets
+
+    @property
+    def deferred_targets(self) -> tuple[int, ...]:
+        """Cyclic targets whose new K/V become visible only when a pass over the iterated block ends.
+        A target that sees its own token (no diagonal mask; the authors' force_nodiag=false) publishes
+        them at once instead: the target itself, and any later reader in that pass, read them."""
+        return tuple(t for t in self.cyclic_targets if self.nodiag(t))
 
     @property
     def warmup_layers(self) -> int | None:
@@ -170,53 +252,36 @@ class ModelConfig:
         d["kv_source"] = list(self.kv_source)
         d["rope_theta"] = float(self.rope_theta)
         d["rms_norm_eps"] = float(self.rms_norm_eps)
+        for name, default in _OPTIONAL_FINGERPRINT_FIELDS.items():
+            v = getattr(self, name)
+            if v != default:
+                d[name] = v.__dict__ if isinstance(v, RopeScaling) else v
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
         """config.json in Hugging Face style (our own model_type "lckv")."""
-        return {
+        out = {
             "architectures": ["LCKVForCausalLM"], "model_type": "lckv",
             "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
             "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
             "rope_theta": float(self.rope_theta), "rms_norm_eps": float(self.rms_norm_eps),
             "max_position_embeddings": self.max_position_embeddings, "hidden_act": "silu",
-            "tie_word_embeddings": False, "kv_source": list(self.kv_source),
+            "tie_word_embeddings": self.tie_word_embeddings, "kv_source": list(self.kv_source),
             "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
-            "nodiag_everywhere": self.nodiag_everywhere,
+            "nodiag_everywhere": self.nodiag_everywhere, "nodiag_rule": self.nodiag_rule,
         }
+        if self.explicit_head_dim is not None:
+            out["head_dim"] = self.explicit_head_dim
+        if self.rope_scaling is not None:
+            out["rope_scaling"] = {k: v for k, v in self.rope_scaling.__dict__.items() if v is not None}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        """Parse our config.json, a plain HF Llama config, or the authors' lckv-llama config."""
-        if not isinstance(d, dict):
-            raise ConfigError("config must be a JSON object", param="config")
-        _check_llama_compatible(d)
-        theta = d.get("rope_theta")
-        rp = d.get("rope_parameters")  # transformers >= 5 nests rope_theta here
-        if theta is None and isinstance(rp, dict):
-            theta = rp.get("rope_theta")
-        kw: dict[str, Any] = {"rope_theta": 10000.0 if theta is None else theta}
-        for key, name in (("vocab_size", "vocab_size"), ("hidden_size", "hidden_size"),
-                          ("intermediate_size", "intermediate_size"), ("num_hidden_layers", "num_layers"),
-                          ("num_attention_heads", "num_heads")):
-            if key not in d:
-                raise ConfigError(f"config.json lacks {key!r}", param=key)
-            kw[name] = d[key]
-        kw["num_kv_heads"] = d.get("num_key_value_heads") or kw["num_heads"]
-        for key in ("rms_norm_eps", "max_position_embeddings", "forward_passes", "backward_passes"):
-            if d.get(key) is not None:
-                kw[key] = d[key]
-        if "kv_source" in d:
-            kw["kv_source"] = d["kv_source"]
-            kw["nodiag_everywhere"] = d.get("nodiag_everywhere", False)
-        elif "layer_types" in d and d.get("model_type") != "llama":   # authors' lckv-llama layout
-            kw["kv_source"] = _parse_layer_types(d["layer_types"], kw["num_layers"])
-            kw["nodiag_everywhere"] = d.get("force_nodiag", False)
-        try:
-            return cls(**kw)
-        except TypeError as e:  # wrong value types surface as TypeError inside the checks
-            raise ConfigError(f"invalid config value: {e}", param="config") from e
+        """Parse our config.json, a Hugging Face Llama config, or the authors' lckv-llama config."""
+        from .hf_config import parse_config_dict
+        return parse_config_dict(d)
 
 
 def _sandwich(L: int, w: int) -> tuple[int, ...]:
@@ -224,37 +289,6 @@ def _sandwich(L: int, w: int) -> tuple[int, ...]:
         return tuple(range(L))
     t = L - w // 2 - 1
     return tuple(i if (i < w // 2 or i > t) else t for i in range(L))
-
-
-def _parse_layer_types(s: Any, num_layers: Any) -> list[int]:
-    """Authors' `layer_types`: "0_1_7_7_7_7_7_7" = per-layer K/V source index, '_'-separated."""
-    if not isinstance(s, str) or not re.fullmatch(r"\d+(_\d+)*", s):
-        raise ConfigError(f"layer_types must be '_'-separated layer indices (sliding-window 's' layers "
-                          f"are not supported), got {s!r}", param="layer_types")
-    src = [int(x) for x in s.split("_")]
-    if isinstance(num_layers, int) and len(src) != num_layers:
-        raise ConfigError(f"layer_types has {len(src)} entries for {num_layers} layers", param="layer_types")
-    return src
-
-
-def _check_llama_compatible(d: dict[str, Any]) -> None:
-    """Refuse HF options this model does not implement rather than silently computing wrong logits."""
-    if d.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"hidden_act {d['hidden_act']!r} is not supported (silu only)", param="hidden_act")
-    for key in ("attention_bias", "mlp_bias"):
-        if d.get(key):
-            raise ConfigError(f"{key}=true is not supported", param=key)
-    rs = d.get("rope_scaling")
-    rp = d.get("rope_parameters")
-    if rs or (isinstance(rp, dict) and rp.get("rope_type", "default") != "default"):
-        raise ConfigError("RoPE scaling is not supported", param="rope_scaling")
-    if d.get("tie_word_embeddings"):
-        raise ConfigError("tied embeddings are not supported (Llama uses an untied lm_head)",
-                          param="tie_word_embeddings")
-    hd = d.get("head_dim")
-    if hd is not None and d.get("hidden_size") and d.get("num_attention_heads") \
-            and hd * d["num_attention_heads"] != d["hidden_size"]:
-        raise ConfigError("head_dim must equal hidden_size / num_attention_heads", param="head_dim")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -5,10 +5,10 @@ cached layers' keys BEFORE RoPE and values, [kv_layers, capacity, kv_heads, head
 first `past_length` rows are valid), it returns the token's logits and its new K/V rows. Prefill
 runs token by token through the same graph; for LCKV that is exact (one token = one pass, LCKV.md §3).
 
-The step mirrors LCKVModel._extend for N = 1 (bottom layers, one pass of the iterated block whose
-cyclic targets' new K/V become visible only after it, top layers) with the model's own modules, so
-the weights and numerics are the model's; tests/test_onnx_export.py checks it against
-LCKVModel.prefill/decode, across a StreamingLLM eviction too.
+The step is the model's own forward (LCKVModel.run_layers: bottom layers, one pass of the iterated
+block whose cyclic targets' new K/V become visible only after it, top layers) over an export KV
+backend, so the layer rules, weights and numerics are the model's; tests/test_onnx_export.py checks it
+against LCKVModel.prefill/decode, across a StreamingLLM eviction too.
 
     python -m lckv_service.export_onnx MODEL_DIR OUT_DIR [--window 508] [--sinks 4]
 
@@ -57,64 +57,68 @@ class DecodeStep(nn.Module):
         self.cfg = cfg
         self.layer_index = {layer: i for i, layer in enumerate(cfg.kv_layers)}
         # the model's own RoPE table (float64 angles, cast): positions are gathered, never recomputed
-        cos, sin = rope_table(cfg.max_position_embeddings, cfg.head_dim, cfg.rope_theta, "cpu", torch.float32)
+        cos, sin = rope_table(cfg.max_position_embeddings, cfg.rope_inv_freq(), "cpu", torch.float32)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
-
-    def _attend(self, i, h, new, past_key, past_value, q_rope, k_rope, valid):
-        cfg, attn = self.cfg, self.model.model.layers[i].self_attn
-        H, Hkv, D = attn.H, attn.Hkv, attn.D
-        s = cfg.kv_source[i]
-        li = self.layer_index[s]
-        k = apply_rope(past_key[li][None], *k_rope)                        # [1, Cap, Hkv, D]
-        v = past_value[li][None]
-        mask = valid                                                       # [Cap]
-        if not cfg.nodiag(i):  # the token sees its own K/V (source already computed this step)
-            kn, vn = new[s]                                                # [1, 1, Hkv, D]
-            k = torch.cat([k, apply_rope(kn, *q_rope)], dim=1)
-            v = torch.cat([v, vn], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:1])])
-        q = apply_rope(attn.q_proj(h).view(1, 1, H, D), *q_rope)            # [1, 1, H, D]
-        q = q.view(Hkv, H // Hkv, D)                                       # query groups per kv head
-        k, v = k[0].transpose(0, 1), v[0].transpose(0, 1)                  # [Hkv, S, D]
-        scores = (q @ k.transpose(1, 2)) * D ** -0.5                       # [Hkv, H/Hkv, S]
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        y = torch.softmax(scores, dim=-1) @ v                              # [Hkv, H/Hkv, D]
-        y = y * mask.any().to(y.dtype)  # no key at all (token 0 without diagonal): output exactly 0
-        return attn.o_proj(y.reshape(1, 1, H * D))
-
-    def _layer(self, i, x, new, pending, *attn_args):
-        cfg, block = self.cfg, self.model.model.layers[i]
-        h = block.input_layernorm(x)
-        if cfg.kv_source[i] == i:
-            kv = block.self_attn.kv(h)                                     # [1, 1, Hkv, D] each
-            (pending if i in pending else new)[i] = kv
-        x = x + self._attend(i, h, new, *attn_args)
-        return x + block.mlp(block.post_attention_layernorm(x))
 
     def forward(self, input_ids, past_length, past_key, past_value):
         cfg = self.cfg
         cap = past_key.shape[1]
         pos = past_length.view(1, 1)                                       # [1, 1]
         q_rope = (self.cos[pos], self.sin[pos])                            # [1, 1, D]
-        k_rope = (self.cos[None, :cap], self.sin[None, :cap])              # [1, Cap, D]
-        valid = torch.arange(cap, device=past_key.device) < past_length    # [Cap]
-        args = (past_key, past_value, q_rope, k_rope, valid)
+        kv = ExportKV(self, past_key, past_value, q_rope, (self.cos[None, :cap], self.sin[None, :cap]),
+                      torch.arange(cap, device=past_key.device) < past_length)   # valid keys [Cap]
         x = self.model.model.embed_tokens(input_ids.view(1, 1))            # [1, 1, C]
-        new: dict[int, tuple] = {}
-        lo, hi = cfg.iter_block or (cfg.num_layers, cfg.num_layers - 1)
-        for i in range(lo):
-            x = self._layer(i, x, new, {}, *args)
-        pending = {t: None for t in cfg.cyclic_targets}  # targets' new K/V: visible after the block
-        for i in range(lo, hi + 1):
-            x = self._layer(i, x, new, pending, *args)
-        new.update(pending)
-        for i in range(max(lo, hi + 1), cfg.num_layers):
-            x = self._layer(i, x, new, {}, *args)
+        x = self.model.run_layers(x, kv, q_rope)
         logits = self.model.lm_head(self.model.model.norm(x))[:, 0]        # [1, V]
-        ks = torch.cat([new[layer][0] for layer in cfg.kv_layers])        # [Lkv, 1, Hkv, D]
-        vs = torch.cat([new[layer][1] for layer in cfg.kv_layers])
+        ks = torch.cat([kv.new[layer][0] for layer in cfg.kv_layers])     # [Lkv, 1, Hkv, D]
+        vs = torch.cat([kv.new[layer][1] for layer in cfg.kv_layers])
         return logits, ks, vs
+
+
+class ExportKV:
+    """The model's KV backend for the exported step (model.py, "KV backends"): the past K/V are graph
+    inputs, the token's own K/V graph outputs; attention written with ops every ONNX runtime has."""
+
+    def __init__(self, step: DecodeStep, past_key, past_value, q_rope, k_rope, valid):
+        self.step, self.past_key, self.past_value = step, past_key, past_value
+        self.q_rope, self.k_rope, self.valid = q_rope, k_rope, valid
+        self.new: dict[int, tuple] = {}       # layer -> its K/V of this token [1, 1, Hkv, D]
+        self.pending: dict[int, tuple] = {}   # cyclic targets: visible once the block's pass ends
+
+    def store(self, layer, k, v):
+        (self.pending if layer in self.pending else self.new)[layer] = (k, v)
+
+    def attend(self, layer, source, q, nodiag):                            # q: [1, 1, H, D]
+        _, _, H, D = q.shape
+        li = self.step.layer_index[source]
+        k = apply_rope(self.past_key[li][None], *self.k_rope)             # [1, Cap, Hkv, D]
+        v = self.past_value[li][None]
+        mask = self.valid                                                  # [Cap]
+        if not nodiag:  # the token sees its own K/V (its source already computed them this step)
+            kn, vn = self.new[source]                                      # [1, 1, Hkv, D]
+            k = torch.cat([k, apply_rope(kn, *self.q_rope)], dim=1)
+            v = torch.cat([v, vn], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:1])])
+        Hkv = k.shape[2]
+        q = q.view(Hkv, H // Hkv, D)                                       # query groups per kv head
+        k, v = k[0].transpose(0, 1), v[0].transpose(0, 1)                  # [Hkv, S, D]
+        scores = (q @ k.transpose(1, 2)) * D ** -0.5                       # [Hkv, H/Hkv, S]
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        y = torch.softmax(scores, dim=-1) @ v                              # [Hkv, H/Hkv, D]
+        y = y * mask.any().to(y.dtype)  # no key at all (token 0 without diagonal): output exactly 0
+        return y.reshape(1, 1, H * D)
+
+    def begin_block(self):
+        pass
+
+    def begin_pass(self):
+        self.pending = {t: None for t in self.step.cfg.deferred_targets}
+
+    def end_pass(self) -> bool:
+        self.new.update(self.pending)
+        self.pending = {}
+        return False
 
 
 def check_window(cfg: ModelConfig, sinks: int, window: int) -> None:

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .device import to_device
 from .errors import ConfigError
 
 
@@ -39,9 +40,10 @@ class RMSNorm(nn.Module):
 
 
 # ---- RoPE (HF "rotate_half" convention, so HF Llama weights load unchanged) ----------------------
-def rope_table(n: int, head_dim: int, theta: float, device, dtype):
-    """cos, sin: [n, D] for positions 0..n-1 (angles in float64, then cast)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+def rope_table(n: int, inv_freq: list[float], device, dtype):
+    """cos, sin: [n, D] for positions 0..n-1 from the D/2 inverse frequencies (cfg.rope_inv_freq():
+    theta and any scaling), angles in float64, then cast."""
+    inv_freq = torch.tensor(inv_freq, dtype=torch.float64, device=device)
     ang = torch.arange(n, dtype=torch.float64, device=device)[:, None] * inv_freq  # [n, D/2]
     ang = torch.cat((ang, ang), dim=-1)                                            # [n, D]
     return ang.cos().to(dtype), ang.sin().to(dtype)
@@ -100,14 +102,15 @@ class Attention(nn.Module):
         B, T, _ = h.shape
         return self.k_proj(h).view(B, T, self.Hkv, self.D), self.v_proj(h).view(B, T, self.Hkv, self.D)
 
-    def forward(self, h, k, v, cos, sin, mask, empty):
-        """h: [B, T, C]; k (rotated), v: [B, S, Hkv, D]; cos/sin: [B|1, T, D] for the queries."""
-        B, T, _ = h.shape
-        q = apply_rope(self.q_proj(h).view(B, T, self.H, self.D), cos, sin)   # [B, T, H, D]
-        y = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)  # [B, H, T, D]
-        if empty is not None:
-            y = y.masked_fill(empty, 0.0)  # token 0 without diagonal attends to nothing: output 0
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.H * self.D))
+
+def masked_attention(q, k, v, mask, empty):
+    """q (rotated): [B, T, H, D]; k (rotated), v: [B, S, Hkv, D]; mask [B|1, 1, T, S]; empty: rows
+    with no key ([B, 1, T, 1] or None), whose output is exactly 0 -> [B, T, H*D]."""
+    B, T, H, D = q.shape
+    y = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)  # [B, H, T, D]
+    if empty is not None:
+        y = y.masked_fill(empty, 0.0)  # token 0 without diagonal attends to nothing: output 0
+    return y.transpose(1, 2).reshape(B, T, H * D)
 
 
 class MLP(nn.Module):
@@ -126,18 +129,131 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer, self.nodiag = layer, cfg.nodiag(layer)
+        self.source = cfg.kv_source[layer]          # the layer whose K/V this one attends to
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Attention(cfg, has_kv=cfg.kv_source[layer] == layer)
+        self.self_attn = Attention(cfg, has_kv=self.source == layer)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, kv_fn, rope, masks):
-        """x: [B, T, C]. kv_fn(layer, h) stores this layer's own K/V (if any) and returns the
-        source layer's (k rotated, v) [B, S, Hkv, D]; masks: attention_masks(...) output."""
+    def forward(self, x, kv, rope):
+        """x: [B, T, C]; kv: the step's KV backend (where K/V live, how attention reads them);
+        rope: (cos, sin) [B|1, T, D] at the queries' positions."""
+        attn = self.self_attn
         h = self.input_layernorm(x)
-        k, v = kv_fn(self.layer, h)
-        x = x + self.self_attn(h, k, v, *rope, *masks[self.nodiag])
+        if self.source == self.layer:
+            kv.store(self.layer, *attn.kv(h))
+        B, T, _ = h.shape
+        q = apply_rope(attn.q_proj(h).view(B, T, attn.H, attn.D), *rope)       # [B, T, H, D]
+        x = x + attn.o_proj(kv.attend(self.layer, self.source, q, self.nodiag))
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ---- KV backends: where K/V live and how attention reads them ----------------------------------
+# The model holds the LCKV rules (which layer stores, which it reads, no-diagonal, the pass
+# schedule); a backend holds the storage. Its interface, called by Block.forward / run_layers:
+#   store(layer, k, v)              this layer's own new K/V, keys before RoPE: [B, T, Hkv, D]
+#   attend(layer, source, q, nodiag) -> [B, T, H*D]: q (rotated) over `source`'s K/V
+#   begin_block()                   before the first pass over the iterated block
+#   begin_pass() / end_pass() -> bool   around each pass; end_pass makes the targets' new K/V
+#                                   visible and returns True to stop iterating (adaptive)
+# Backends: SequenceKV (training, below), CachedKV (the KVCache pool, below), and the decode
+# backend of kernels/fast_decode.py (pool views, CUDA graphs, the Triton kernel).
+class SequenceKV:
+    """A whole sequence, no cache (training, evaluation): a layer reading a cyclic target sees the
+    previous pass's K/V of it (zeros before the first pass)."""
+
+    def __init__(self, cfg: ModelConfig, rope, masks, zeros):
+        self.targets, self.deferred, self.rope, self.masks = cfg.cyclic_targets, cfg.deferred_targets, rope, masks
+        self.fresh: dict = {}
+        self.carried = {t: (zeros, zeros) for t in self.targets} if cfg.iter_block is not None else {}
+
+    def store(self, layer, k, v):
+        self.fresh[layer] = (apply_rope(k, *self.rope), v)
+        if layer in self.carried and layer not in self.deferred:   # published within the pass
+            del self.carried[layer]
+
+    def attend(self, layer, source, q, nodiag):
+        k, v = self.carried[source] if source in self.carried else self.fresh[source]
+        return masked_attention(q, k, v, *self.masks[nodiag])
+
+    def begin_block(self):
+        pass
+
+    def begin_pass(self):
+        pass
+
+    def end_pass(self) -> bool:
+        self.carried = {t: self.fresh[t] for t in self.targets}
+        return False
+
+
+class CachedKV:
+    """One step over the KVCache pool: row b's n[b] new tokens after its slot's cached ones. Own K/V
+    are written at the new positions; a cyclic target's are held until its pass ends (the first pass
+    sees zeros at the new positions). Each source's keys are gathered and rotated once per pass and
+    shared by its readers. tol: stop passes once the targets' K/V change less (mean square)."""
+
+    def __init__(self, cfg: ModelConfig, cache, slot_t, w_slot, w_pos, real, S, k_rope, masks, tol, shape):
+        self.cfg, self.cache, self.slot_t, self.S, self.k_rope, self.masks = cfg, cache, slot_t, S, k_rope, masks
+        self.shape = shape                          # (B, N): rows and new tokens per row (padded)
+        self.w_slot, self.w_pos, self.real, self.tol = w_slot, w_pos, real, tol
+        self.gathered: dict = {}
+        self.pending: dict = {}       # deferred targets' K/V of this pass
+        self.published: dict = {}     # adaptive: published targets' (new, old) K/V of this pass
+        self.passes_run = 0
+
+    def write(self, layer, k, v):  # k, v: [B, N, Hkv, D] -> the cache at each row's new positions
+        li = self.cache.layer_index[layer]
+        self.cache.k[li].index_put_((self.w_slot, self.w_pos), self.real(k))
+        self.cache.v[li].index_put_((self.w_slot, self.w_pos), self.real(v))
+        self.gathered.pop(layer, None)
+
+    def store(self, layer, k, v):
+        if layer in self.pending:
+            self.pending[layer] = (k, v)
+            return
+        if self.tol is not None and layer in self.cfg.cyclic_targets:   # published now: its change
+            li = self.cache.layer_index[layer]
+            self.published[layer] = ((k, self.cache.k[li][self.w_slot, self.w_pos]),
+                                     (v, self.cache.v[li][self.w_slot, self.w_pos]))
+        self.write(layer, k, v)
+
+    def attend(self, layer, source, q, nodiag):
+        if source not in self.gathered:
+            li = self.cache.layer_index[source]
+            k, v = self.cache.k[li][self.slot_t, :self.S], self.cache.v[li][self.slot_t, :self.S]  # [B, S, Hkv, D]
+            self.gathered[source] = (apply_rope(k, *self.k_rope), v)
+        return masked_attention(q, *self.gathered[source], *self.masks[nodiag])
+
+    def begin_block(self):
+        B, N = self.shape
+        if N > 1:  # the first pass sees zeros for the new tokens' target K/V
+            z = torch.zeros(B, N, self.cfg.num_kv_heads, self.cfg.head_dim, dtype=self.cache.dtype,
+                            device=self.cache.device)
+            for t in self.cfg.cyclic_targets:
+                self.write(t, z, z)
+
+    def begin_pass(self):
+        self.pending = {t: None for t in self.cfg.deferred_targets}
+        self.published = {}
+
+    def end_pass(self) -> bool:
+        delta = self._change() if self.tol is not None else None
+        for t, (k, v) in list(self.pending.items()):
+            self.write(t, k, v)
+        self.pending = {}
+        self.passes_run += 1
+        return delta is not None and delta.item() < self.tol
+
+    def _change(self):
+        """Mean squared change of the targets' new K/V between this pass and the last (0-d)."""
+        pairs = []
+        for t, (k, v) in self.pending.items():
+            li = self.cache.layer_index[t]
+            pairs += [(k, self.cache.k[li][self.w_slot, self.w_pos]), (v, self.cache.v[li][self.w_slot, self.w_pos])]
+        for kv_pairs in self.published.values():
+            pairs += list(kv_pairs)
+        return torch.stack([(self.real(new).float() - old.float()).pow(2).mean() for new, old in pairs]).mean()
 
 
 # ---- inference schedule ------------------------------------------------------------------------
@@ -174,10 +290,16 @@ class LCKVModel(nn.Module):
             norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
         ))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
         self._rope_cache: dict = {}
         self.last_prefill_passes = 0  # block passes of the last prefill (max over chunks), for metrics
         if not any(p.is_meta for p in self.parameters()):
             self.apply(self._init_weights)
+
+    def tie_weights(self):
+        """With cfg.tie_word_embeddings the LM head is the embedding matrix (one Parameter)."""
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     @staticmethod
     def _init_weights(m):
@@ -190,13 +312,33 @@ class LCKVModel(nn.Module):
         cos, sin = self._rope_cache.get(key, (None, None))
         if cos is None or cos.shape[0] < n:
             size = max(n, self.cfg.max_position_embeddings)
-            cos, sin = self._rope_cache[key] = rope_table(size, self.cfg.head_dim, self.cfg.rope_theta, device, dtype)
+            cos, sin = self._rope_cache[key] = rope_table(size, self.cfg.rope_inv_freq(), device, dtype)
         return cos, sin
 
-    def _layers(self, x, layers, kv_fn, rope, masks):
+    def _layers(self, x, layers, kv, rope):
         for i in layers:
-            x = self.model.layers[i](x, kv_fn, rope, masks)
+            x = self.model.layers[i](x, kv, rope)
         return x
+
+    def run_layers(self, x, kv, rope, passes: int = 1, grad_passes: int | None = None):
+        """The LCKV schedule, the one place it lives: x [B, T, C] through the bottom layers once, the
+        iterated block `passes` times restarting from the same input (every layer in it reading the
+        targets' K/V of the previous pass), the top layers once. grad_passes: only the last n passes
+        record gradients (training). Without a cyclic block: every layer once."""
+        block = self.cfg.iter_block
+        if block is None:
+            return self._layers(x, range(self.cfg.num_layers), kv, rope)
+        lo, hi = block
+        x0 = self._layers(x, range(lo), kv, rope)
+        kv.begin_block()
+        grad_on = torch.is_grad_enabled()
+        for p in range(passes):
+            kv.begin_pass()
+            with torch.set_grad_enabled(grad_on and (grad_passes is None or p >= passes - grad_passes)):
+                x = self._layers(x0, range(lo, hi + 1), kv, rope)
+            if kv.end_pass():
+                break
+        return self._layers(x, range(hi + 1, self.cfg.num_layers), kv, rope)
 
     # ---- training / evaluation forward ---------------------------------------------------------
     def forward(self, idx, targets=None, iterations: int | None = None):
@@ -209,34 +351,11 @@ class LCKVModel(nn.Module):
         rope = (cos[None, :T], sin[None, :T])                               # [1, T, D]
         pos = torch.arange(T, device=idx.device)
         masks = attention_masks(pos[None], pos.new_full((1,), T), T)
-        fresh, carried = {}, {}  # this pass's K/V per layer; previous pass's K/V of the targets
-
-        def kv_fn(i, h):
-            if cfg.kv_source[i] == i:
-                k, v = self.model.layers[i].self_attn.kv(h)
-                fresh[i] = (apply_rope(k, *rope), v)
-            s = cfg.kv_source[i]
-            return carried[s] if s in carried else fresh[s]
-
-        block = cfg.iter_block
-        if block is None:
-            x = self._layers(x, range(cfg.num_layers), kv_fn, rope, masks)
-        else:
-            lo, hi = block
-            x0 = self._layers(x, range(lo), kv_fn, rope, masks)             # bottom warmup, once
-            n = iterations if iterations is not None else cfg.forward_passes + cfg.backward_passes
-            n_grad = n if iterations is not None else cfg.backward_passes
-            if n < 1:
-                raise ValueError(f"iterations must be >= 1, got {n}")
-            zeros = x.new_zeros(B, T, cfg.num_kv_heads, cfg.head_dim)
-            carried = {t: (zeros, zeros) for t in cfg.cyclic_targets}
-            grad_on = torch.is_grad_enabled()
-            for p in range(n):
-                with torch.set_grad_enabled(grad_on and p >= n - n_grad):
-                    x = self._layers(x0, range(lo, hi + 1), kv_fn, rope, masks)
-                carried = {t: fresh[t] for t in cfg.cyclic_targets}
-            carried = {}  # top layers read the final K/V
-            x = self._layers(x, range(hi + 1, cfg.num_layers), kv_fn, rope, masks)  # top, once
+        n = iterations if iterations is not None else cfg.forward_passes + cfg.backward_passes
+        if n < 1:
+            raise ValueError(f"iterations must be >= 1, got {n}")
+        kv = SequenceKV(cfg, rope, masks, x.new_zeros(B, T, cfg.num_kv_heads, cfg.head_dim))
+        x = self.run_layers(x, kv, rope, passes=n, grad_passes=None if iterations is not None else cfg.backward_passes)
         logits = self.lm_head(self.model.norm(x))                           # [B, T, V]
         loss = None
         if targets is not None:
@@ -263,7 +382,7 @@ class LCKVModel(nn.Module):
                 raise ValueError(f"slot {slots[b]} holds {cache.length(slots[b])} tokens and cannot take "
                                  f"{t.numel()} more (capacity {cache.capacity}); evict first")
             toks.append(t.to(cache.device, torch.long))
-        if mode.kind == "exact":
+        if mode.kind == "exact" and self.cfg.iter_block is not None:
             step = mode.chunk
             passes, tol, cap = None, None, None
         else:
@@ -309,13 +428,13 @@ class LCKVModel(nn.Module):
         B, N = idx.shape
         start = [cache.length(s) for s in slots]
         S = max(a + b for a, b in zip(start, n))
-        slot_t, start_t, n_t = torch.tensor([slots, start, n], device=dev)  # one host->device copy
+        slot_t, start_t, n_t = to_device([slots, start, n], dev)           # one host->device copy
         q_pos = start_t[:, None] + torch.arange(N, device=dev)             # [B, N] in-cache positions
         k_len = start_t + n_t                                              # [B] keys after this step
         if N == 1:  # decode: every row is real, no index lists needed
             rows, w_slot, w_pos = None, slot_t, start_t
         else:       # flat indices of the real (non-padding) tokens, computed on the host: no sync
-            rows = (torch.arange(N)[None, :] < torch.tensor(n)[:, None]).flatten().nonzero().squeeze(1).to(dev)
+            rows = to_device((torch.arange(N)[None, :] < torch.tensor(n)[:, None]).flatten().nonzero().squeeze(1).tolist(), dev)
             w_slot, w_pos = slot_t[:, None].expand(B, N).flatten()[rows], q_pos.flatten()[rows]
 
         def real(t):  # [B, N, ...] -> [number of real tokens, ...]
@@ -327,63 +446,13 @@ class LCKVModel(nn.Module):
         x = self.model.embed_tokens(idx)                                   # [B, N, C]
         cos, sin = self._rope(S + N, dev, x.dtype)
         rope = (cos[q_pos], sin[q_pos])                                    # [B, N, D]
-        k_rope = (cos[None, :S], sin[None, :S])                            # keys at positions 0..S-1
-        masks = attention_masks(q_pos, k_len, S)
-        gathered, pending = {}, {}
-
-        def write(layer, k, v):  # k, v: [B, N, Hkv, D] -> cache at each row's new positions
-            li = cache.layer_index[layer]
-            cache.k[li].index_put_((w_slot, w_pos), real(k))
-            cache.v[li].index_put_((w_slot, w_pos), real(v))
-            gathered.pop(layer, None)
-
-        def kv_fn(i, h):
-            if cfg.kv_source[i] == i:
-                k, v = self.model.layers[i].self_attn.kv(h)
-                if i in pending:          # a target inside the block: written after the pass
-                    pending[i] = (k, v)
-                else:
-                    write(i, k, v)
-            s = cfg.kv_source[i]
-            if s not in gathered:         # one gather (+RoPE) per source and pass, shared by readers
-                li = cache.layer_index[s]
-                k, v = cache.k[li][slot_t, :S], cache.v[li][slot_t, :S]    # [B, S, Hkv, D]
-                gathered[s] = (apply_rope(k, *k_rope), v)
-            return gathered[s]
-
-        block, self._passes_run = cfg.iter_block, 1
-        if block is None:
-            x = self._layers(x, range(cfg.num_layers), kv_fn, rope, masks)
-        else:
-            lo, hi = block
-            x0 = self._layers(x, range(lo), kv_fn, rope, masks)
-            if N > 1:  # the first pass sees zeros for the new tokens' target K/V
-                z = x.new_zeros(B, N, cfg.num_kv_heads, cfg.head_dim)
-                for t in cfg.cyclic_targets:
-                    write(t, z, z)
-            for p in range(min(passes, N)):  # Theorem 1: N passes are exact, more change nothing
-                pending.update({t: None for t in cfg.cyclic_targets})
-                x = self._layers(x0, range(lo, hi + 1), kv_fn, rope, masks)
-                delta = self._kv_change(cache, pending, w_slot, w_pos, real) if tol is not None else None
-                for t, (k, v) in list(pending.items()):
-                    write(t, k, v)
-                pending.clear()
-                self._passes_run = p + 1
-                if delta is not None and delta.item() < tol:
-                    break
-            x = self._layers(x, range(hi + 1, cfg.num_layers), kv_fn, rope, masks)
+        kv = CachedKV(cfg, cache, slot_t, w_slot, w_pos, real, S, (cos[None, :S], sin[None, :S]),
+                      attention_masks(q_pos, k_len, S), tol, (B, N))
+        # Theorem 1: N passes are exact, more change nothing
+        x = self.run_layers(x, kv, rope, passes=min(passes, N))
+        self._passes_run = max(1, kv.passes_run)
         cache.commit(slots, [a + b for a, b in zip(start, n)], n, slot_t, k_len)
         if not all_rows:  # only each row's last real token needs the LM head
             x = x[torch.arange(B, device=dev), n_t - 1][:, None]             # [B, 1, C]
         logits = self.lm_head(self.model.norm(x))                          # [B, N or 1, V]
         return [logits[b, :n[b]] if all_rows else logits[b] for b in range(B)]
-
-    @staticmethod
-    def _kv_change(cache, pending, w_slot, w_pos, real):
-        """Mean squared change of the targets' new K/V between this pass and the last (0-d)."""
-        tot = []
-        for t, (k, v) in pending.items():
-            li = cache.layer_index[t]
-            for new, buf in ((k, cache.k[li]), (v, cache.v[li])):
-                tot.append((real(new).float() - buf[w_slot, w_pos].float()).pow(2).mean())
-        return torch.stack(tot).mean()

@@ -4,7 +4,8 @@ Ground truth for tests only (slow). It reuses the model's weight tensors but non
 attention, masking or iteration code. Token i at in-cache position p, layer j with source s:
   - j owns K/V (s == j): k = W_K h, v = W_V h for token i (keys rotated at their cache index)
   - j attends to the cached K/V of s for tokens < i, plus token i's own entry unless j masks the
-    diagonal (s is a cyclic target -- read by a layer below it -- or nodiag_everywhere)
+    diagonal: s is a cyclic target -- read by a layer below it -- (our rule), or s lies above j
+    (the authors' rule, nodiag_rule "attends_above"), or nodiag_everywhere
   - no key at all: the attention output is zero
 After all layers, token i's K/V of every K/V layer is appended to the cache.
 """
@@ -19,11 +20,10 @@ def _rmsnorm(x, w, eps):
     return w * (x / torch.sqrt((x * x).mean() + eps))
 
 
-def _rotate(u, pos, theta):
+def _rotate(u, pos, inv_freq):
     """RoPE for one head vector u [D] at position pos (pairs (d, d + D/2))."""
-    D = u.shape[0]
-    half = D // 2
-    a = pos * theta ** (-2.0 * torch.arange(half, dtype=torch.float64) / D)
+    half = u.shape[0] // 2
+    a = pos * inv_freq
     c, s = torch.cos(a), torch.sin(a)
     return torch.cat((u[:half] * c - u[half:] * s, u[half:] * c + u[:half] * s))
 
@@ -35,8 +35,12 @@ class ReferenceLCKV:
         cfg = self.cfg = model.cfg
         self.w = {k: t.detach().to("cpu", torch.float64) for k, t in model.state_dict().items()}
         src = cfg.kv_source
-        self.nodiag = [cfg.nodiag_everywhere or any(src[x] == src[j] and x < src[j] for x in range(cfg.num_layers))
-                       for j in range(cfg.num_layers)]
+        if cfg.nodiag_rule == "attends_above":   # the authors' rule: only layers reading a layer above
+            self.nodiag = [cfg.nodiag_everywhere or src[j] > j for j in range(cfg.num_layers)]
+        else:
+            self.nodiag = [cfg.nodiag_everywhere or any(src[x] == src[j] and x < src[j] for x in range(cfg.num_layers))
+                           for j in range(cfg.num_layers)]
+        self.inv_freq = torch.tensor(cfg.rope_inv_freq(), dtype=torch.float64)
         kv_layers = [j for j in range(cfg.num_layers) if src[j] == j]
         # cache[layer] = list of (k unrotated [Hkv, D], v [Hkv, D]) per cached token
         self.cache = {j: [] for j in kv_layers}
@@ -63,11 +67,11 @@ class ReferenceLCKV:
             heads = []
             for hq in range(H):
                 g = hq // (H // Hkv)
-                qr = _rotate(q[hq], p, cfg.rope_theta)
+                qr = _rotate(q[hq], p, self.inv_freq)
                 if not entries:
                     heads.append(torch.zeros(D, dtype=torch.float64))
                     continue
-                scores = torch.stack([qr @ _rotate(k[g], pos, cfg.rope_theta) for pos, (k, _) in enumerate(entries)])
+                scores = torch.stack([qr @ _rotate(k[g], pos, self.inv_freq) for pos, (k, _) in enumerate(entries)])
                 probs = torch.softmax(scores / math.sqrt(D), dim=0)
                 heads.append(sum(pr * v[g] for pr, (_, v) in zip(probs, entries)))
             x = x + W[pre + "self_attn.o_proj.weight"] @ torch.cat(heads)

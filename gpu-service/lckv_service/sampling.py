@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .device import to_device
 from .errors import RequestError
 
 DEFAULT_MAX_TOKENS = 256
@@ -163,8 +164,8 @@ def splitmix64(seed_hi: torch.Tensor, seed_lo: torch.Tensor, n_hi: torch.Tensor,
 
 def uniforms(seeds: list[int], counters: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
     """u[i] in [0, 1) (float64, 53 bits) for stream seeds[i] at draw counters[i]."""
-    words = torch.tensor([[s >> 32, s & _M32, c >> 32, c & _M32] for s, c in zip(seeds, counters)],
-                         dtype=torch.int64).view(-1, 4).to(device)   # one host->device copy
+    words = to_device([[s >> 32, s & _M32, c >> 32, c & _M32] for s, c in zip(seeds, counters)],
+                      device).view(-1, 4)                        # one host->device copy
     hi, lo = splitmix64(*words.unbind(1))
     top53 = (hi << 21) | (lo >> 11)                   # out >> 11: < 2^53, exact in float64
     return top53.to(torch.float64) * 2.0 ** -53
@@ -222,14 +223,14 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     u = uniforms([streams[i].seed for i in rows], [streams[i].counter for i in rows], dev)
     for i in rows:
         streams[i].counter += 1
-    temp = torch.tensor([params[i].temperature for i in rows], dtype=torch.float64).to(dev)
-    row_t = torch.tensor(rows, device=dev)
+    temp = to_device([params[i].temperature for i in rows], dev, torch.float64)
+    row_t = to_device(rows, dev)
     # float64: the inverse CDF then resolves every token whose probability exceeds ~1e-16
     probs = torch.softmax(logits[row_t].double() / temp[:, None], dim=-1)
     nucleus = [j for j, i in enumerate(rows) if params[i].top_p < 1.0]
     if nucleus:
-        sub = torch.tensor(nucleus, device=dev)
-        top_p = torch.tensor([params[rows[j]].top_p for j in nucleus], dtype=torch.float64).to(dev)
+        sub = to_device(nucleus, dev)
+        top_p = to_device([params[rows[j]].top_p for j in nucleus], dev, torch.float64)
         floor = nucleus_floor(probs[sub], top_p)
         probs[sub] = probs[sub].masked_fill(probs[sub] < floor, 0.0)
     cdf = probs.cumsum(-1)

@@ -38,7 +38,8 @@ def make_model(cfg: ModelConfig, dtype=torch.float64, seed: int = 0, std: float 
     return model.to(device=device, dtype=dtype).eval()
 
 
-# the cache layouts the kernel tests cover: Llama (GQA, MHA), LCKV sandwiches, w=0, no-diagonal everywhere
+# the cache layouts the kernel tests cover: Llama (GQA, MHA), LCKV sandwiches, w=0, no-diagonal everywhere,
+# the authors' force_nodiag=false rule
 LAYOUTS = {
     "llama-gqa": dict(w=None),
     "llama-mha": dict(w=None, gqa=False),
@@ -46,6 +47,7 @@ LAYOUTS = {
     "lckv-w4-mha": dict(w=4, layers=8, gqa=False),
     "lckv-w0": dict(w=0),
     "lckv-nodiag-everywhere": dict(w=2, nodiag=True, layers=6),
+    "lckv-w2-authors-rule": dict(w=2, layers=6, nodiag_rule="attends_above"),   # target sees its own token
 }
 
 

@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--prompt-words", type=int, default=40)
     ap.add_argument("--max-slots", type=int, default=64)
     ap.add_argument("--window", type=int, default=None)
-    ap.add_argument("--prefill-mode", default="exact")
+    ap.add_argument("--prefill-mode", default="auto")
     ap.add_argument("--decode", choices=("fast", "reference"), default="fast",
                     help="the engine's decode step: FastDecode (Triton on CUDA) or model.decode")
     ap.add_argument("--out", required=True)

@@ -131,6 +131,46 @@ def test_fast_decode_graphs_match_eager_on_cuda(attention):
     assert torch.equal(caches[0].lengths, caches[1].lengths)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("attention", ["sdpa", "triton"])
+def test_fast_decode_padded_graphs_serve_any_slots_on_cuda(attention):
+    """Serving graphs: slots are a graph input and batches pad into a scratch slot. Any slot set of
+    any size matches the eager step, and the scratch slot's length never moves."""
+    from lckv_service.kernels import triton_decode
+    from lckv_service.kernels.fast_decode import batch_bucket
+    cfg = tiny_cfg(2, layers=6, hidden_size=128)
+    if attention == "triton" and not triton_decode.available(torch.device("cuda"), cfg.head_dim):
+        pytest.skip("no Triton")
+    model = make_model(cfg, dtype=torch.float32, device="cuda")
+    n = 7                                                 # slots 0..6 serve, slot 7 pads
+    caches = [KVCache(cfg, n + 1, 64, device="cuda", dtype=torch.float32) for _ in range(2)]
+    toks = torch.randint(0, cfg.vocab_size, (n, 9), device="cuda")
+    for c in caches:
+        model.prefill(c, list(range(n)), [toks[i, : 1 + i % 5] for i in range(n)])
+    eager = FastDecode(model, caches[0], bucket=16, attention=attention)
+    graphed = FastDecode(model, caches[1], bucket=16, graphs=True, attention=attention, pad_slot=n)
+    g = torch.Generator().manual_seed(1)
+    for step in range(14):                               # batch sizes 1..7, slots shuffled, two key buckets
+        size = 1 + step % n
+        slots = torch.randperm(n, generator=g)[:size]
+        tok = torch.randint(0, cfg.vocab_size, (size,), generator=g).cuda()
+        a, b = eager(slots, tok), graphed(slots, tok)
+        torch.cuda.synchronize()
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+        assert b.shape[0] == size and batch_bucket(size) >= size
+    assert torch.equal(caches[0].lengths[:n], caches[1].lengths[:n]) and caches[1].length(n) == 0
+    assert int(caches[1].lengths[n]) == 0
+    with pytest.raises(ValueError, match="padding slot"):
+        graphed(torch.tensor([n]), torch.tensor([1], device="cuda"))
+
+
+def test_batch_buckets_cover_every_batch():
+    from lckv_service.kernels.fast_decode import batch_bucket
+    for b in range(1, 3000):
+        assert batch_bucket(b) >= b and batch_bucket(batch_bucket(b)) == batch_bucket(b)
+    assert batch_bucket(256) == 256 and batch_bucket(257) == 320 and batch_bucket(1025) == 1280
+
+
 def test_block_n_keeps_fp32_head_128_tiles_in_shared_memory():
     """Regression for the H200 run: fp32 keys with head_dim 128 in 64-key tiles needed 237,568 B
     of shared memory (limit 232,448 B), so the fp32 check model rejected the kernel for Llama-2-7B."""

@@ -119,9 +119,13 @@ def test_load_authors_layout(tmp_path, force_nodiag):
     _authors_checkpoint(tmp_path / "ckpt", model, force_nodiag)
     loaded = load_model(tmp_path / "ckpt")
     assert loaded.cfg.kv_source == model.cfg.kv_source and loaded.cfg.nodiag_everywhere == force_nodiag
-    assert loaded.cfg.max_position_embeddings == 2048
+    assert loaded.cfg.max_position_embeddings == 2048 and loaded.cfg.nodiag_rule == "attends_above"
     out = loaded(IDX[:1], iterations=IDX.shape[1])[0][0]
-    assert (out - reference_logits(model, IDX[0])).abs().max().item() <= 1e-9
+    want = reference_logits(loaded, IDX[0])   # the sequential definition under the authors' rule
+    assert (out - want).abs().max().item() <= 1e-9
+    # force_nodiag=false: their target layer sees its own token, ours would not (the rule matters)
+    ours = reference_logits(model, IDX[0])
+    assert ((want - ours).abs().max().item() > 1e-3) == (not force_nodiag)
 
 
 def _mutated(tmp_path, fn):

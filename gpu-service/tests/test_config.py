@@ -104,10 +104,23 @@ def test_from_dict_hf_llama_and_authors_layout():
 @pytest.mark.parametrize("patch, param", [
     ({"num_hidden_layers": None}, "num_layers"),
     ({"hidden_act": "gelu"}, "hidden_act"),
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
-    ({"tie_word_embeddings": True}, "tie_word_embeddings"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type"),
+    ({"rope_scaling": {"type": "yarn", "factor": 2.0}}, "rope_scaling.rope_type"),
+    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, "rope_parameters.rope_type"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0}}, "rope_parameters.original_max_position_embeddings"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+                       "original_max_position_embeddings": 8192}}, "rope_scaling.high_freq_factor"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": -2.0}}, "rope_scaling.factor"),
+    ({"rope_scaling": "llama3"}, "rope_scaling"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
     ({"attention_bias": True}, "attention_bias"),
-    ({"head_dim": 16}, "head_dim"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"head_dim": 15}, "head_dim"),
+    ({"model_type": "mistral"}, "model_type"),
+    ({"architectures": ["MistralForCausalLM"]}, "architectures"),
+    ({"model_type": "lckv-llama", "layer_types": "0_4_4_4_4_5", "force_nodiag": "no"}, "force_nodiag"),
     ({"model_type": "lckv-llama", "layer_types": "0_1s_2"}, "layer_types"),
     ({"model_type": "lckv-llama", "layer_types": "0_4_4_4_4"}, "layer_types"),
     ({"model_type": "lckv-llama", "layer_types": "0_4_4_4_4_5", "backward_passes": 1}, "backward_passes"),
@@ -125,3 +138,29 @@ def test_missing_key_named():
     with pytest.raises(ConfigError) as e:
         ModelConfig.from_dict({"model_type": "llama", "vocab_size": 3})
     assert e.value.param == "hidden_size"
+
+
+@pytest.mark.parametrize("field, scaling", [
+    ("rope_scaling", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 8192}),     # Llama-3.1's config.json (transformers 4)
+    ("rope_parameters", {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),   # Llama-3.2, v5 form
+    ("rope_scaling", {"type": "linear", "factor": 4.0}),
+])
+def test_rope_frequencies_are_transformers(field, scaling):
+    """Our RoPE frequencies (float64) against transformers' own rope init (float32)."""
+    import torch
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    d = {"model_type": "llama", "vocab_size": 100, "hidden_size": 256, "intermediate_size": 64,
+         "num_hidden_layers": 2, "num_attention_heads": 2, "rope_theta": 500000.0, "max_position_embeddings": 131072,
+         field: scaling}
+    cfg = ModelConfig.from_dict(d)
+    assert cfg.head_dim == 128 and cfg.rope_theta == 500000.0 and cfg.rope_scaling.factor == scaling["factor"]
+    kind = scaling.get("rope_type", scaling.get("type"))
+    hf_inv, factor = ROPE_INIT_FUNCTIONS[kind](LlamaConfig(**{k: v for k, v in d.items() if k != "model_type"}), "cpu")
+    ours = torch.tensor(cfg.rope_inv_freq(), dtype=torch.float64)
+    assert factor == 1.0 and torch.allclose(ours, hf_inv.double(), rtol=1e-6, atol=0)
+    unscaled = torch.tensor(ModelConfig.from_dict(d | {field: None}).rope_inv_freq(), dtype=torch.float64)
+    assert not torch.allclose(ours, unscaled)

@@ -31,9 +31,9 @@ def model(tok):
     return random_chat_model(tok, device=DEVICE)
 
 
-def make_engine(model, tok, num_slots=4, sinks=4, window=200, evict_step=0, budget=64, chunk=8):
+def make_engine(model, tok, num_slots=4, sinks=4, window=200, evict_step=0, budget=64, chunk=8, prefill_chunk=0):
     sc = SchedulerConfig(num_slots=num_slots, sinks=sinks, window=window, evict_step=evict_step,
-                         max_batched_tokens=budget, max_waiting=64)
+                         max_batched_tokens=budget, max_waiting=64, prefill_chunk=prefill_chunk)
     runner = ModelRunner(model, num_slots, sc.capacity, sinks, PrefillMode("exact", chunk=chunk))
     return Engine(Scheduler(sc), runner, tok)
 
@@ -257,3 +257,24 @@ def test_a_failing_request_update_fails_only_that_request(model, tok):
     assert bad.events[-1].type == "error" and bad.status is RequestStatus.FINISHED_ERROR
     assert good.events[-1].type == "done" and good.output_ids == solo
     assert sorted(eng.scheduler.free_slots) == [0, 1, 2, 3]
+
+
+def test_tokenwise_prefill_rides_the_decode_batch_and_is_exact(model, tok):
+    """prefill_chunk=1 (the serving default for LCKV): every prompt token goes through the decode step
+    beside other requests' decodes; outputs and session caches equal chunked exact prefill's, eviction
+    between prompt tokens included."""
+    kw = dict(sinks=4, window=24, evict_step=4)
+    reqs = lambda tag: [chat_request(tok, f"{tag}{i}", p, max_tokens=6 + 2 * i, return_blob=True)
+                        for i, p in enumerate(PROMPTS)]
+    chunked = run(make_engine(model, tok, num_slots=3, budget=16, **kw), reqs("c"))
+    eng = make_engine(model, tok, num_slots=3, budget=16, prefill_chunk=1, **kw)
+    plans = []
+    schedule = eng.scheduler.schedule
+    eng.scheduler.schedule = lambda: plans.append(schedule()) or plans[-1]
+    tokenwise = run(eng, reqs("t"))
+    assert [r.output_ids for r in tokenwise] == [r.output_ids for r in chunked]
+    for a, b in zip(tokenwise, chunked):
+        assert state(a).token_ids == state(b).token_ids
+        assert torch.allclose(state(a).k, state(b).k, atol=1e-9) and torch.allclose(state(a).v, state(b).v, atol=1e-9)
+    assert all(len(p.tokens) == 1 for plan in plans for p in plan.prefills)
+    assert any(plan.decodes and plan.prefills for plan in plans)     # prompts and decodes in one step

@@ -8,7 +8,7 @@ const SHOULD_RETRY = { $ref: "#/components/headers/ShouldRetry" };
 
 const ERRORS = {
   400: ["Invalid request; `param` names the offending field or header (codes invalid_value, missing_required_parameter, "
-    + "unknown_parameter, unsupported_parameter, invalid_json, invalid_header, context_length_exceeded).", {}],
+    + "unknown_parameter, unsupported_parameter, invalid_json, invalid_header, context_length_exceeded, chat_template_missing).", {}],
   401: ["Missing or wrong API key (codes missing_api_key, invalid_api_key).", {}],
   404: ["Unknown model (model_not_found), session (session_not_found), response (response_not_found), conversation "
     + "(conversation_not_found) or item (item_not_found); another tenant's id is the same 404.", {}],
@@ -19,7 +19,8 @@ const ERRORS = {
   429: ["The tenant's requests-per-minute limit is reached (code rate_limit_exceeded).", { "retry-after": RETRY_AFTER }],
   500: ["Our failure (codes internal_error, server_misconfigured).", {}],
   502: ["The model service failed (codes upstream_error, upstream_unavailable, upstream_protocol_error, upstream_auth_failed).", {}],
-  503: ["The model service is overloaded (overloaded) or a session is briefly unavailable (session_unavailable).", { "retry-after": RETRY_AFTER }],
+  503: ["The model service is overloaded (overloaded), no model service replica is reachable (upstream_unavailable), "
+    + "or a session is briefly unavailable (session_unavailable).", { "retry-after": RETRY_AFTER }],
   504: ["The model service stopped responding (code upstream_timeout).", {}],
 } as const;
 

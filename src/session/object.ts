@@ -8,7 +8,8 @@ import { loadConfig } from "../config";
 import { ApiError } from "../errors";
 import type { Env } from "../env";
 import { logEvent } from "../log";
-import { generate, type GenerateStream } from "../upstream/client";
+import { generateBalanced } from "../upstream/balanced";
+import type { GenerateStream } from "../upstream/client";
 import { errorEvent, toPublicError, UpstreamError } from "../upstream/errors";
 import { jsonFrame } from "../upstream/frames";
 import type { ChatMessage, DoneEvent } from "../upstream/types";
@@ -66,7 +67,7 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
         plan = planFullHistory(this.state.transcript, composed.messages, hasBlob);
       } else plan = planTurn(this.state.transcript, req.messages, hasBlob);
       const call = (p: TurnPlan) =>
-        generate(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
+        generateBalanced(upstream, { request_id: req.requestId, model: req.model, kind: "chat", messages: p.send,
           sampling: req.sampling, return_blob: true }, p.useBlob ? this.store.loadBlob() : null, ac.signal);
       let gen: GenerateStream | null = null;
       for (let attempt = 0; !gen; attempt++) {

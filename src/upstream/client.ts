@@ -5,9 +5,9 @@ import { blobFrames, concatBytes, endFrame, FRAMES_CONTENT_TYPE, FrameError, jso
 import { errorEvent, inBandUpstreamError, readErrorBody, readUpstreamError, toPublicError } from "./errors";
 import type { DoneEvent, GenerateRequest, ModelInfo, StartEvent, TurnEvent, UpstreamOptions } from "./types";
 
-export type { UpstreamOptions };
-
 const DEFAULT_IDLE_MS = 120_000;
+const DEFAULT_CONNECT_MS = 5_000;
+const DEFAULT_FIRST_BYTE_MS = 15_000;
 const MODELS_TIMEOUT_MS = 10_000;
 
 /** A finished turn's result: the done event plus, when requested, the new cache blob. */
@@ -34,23 +34,24 @@ function timedOut(): ApiError {
 
 /**
  * Aborts the upstream call when the service stays silent too long (a stalled or frozen replica
- * would otherwise hold the client, and a session's one-turn lock, forever). `kick()` on every frame.
+ * would otherwise hold the client, and a session's one-turn lock, forever). The first deadline is
+ * the connect / first-byte one; `kick()` on every frame after that.
  */
 class Watchdog {
   readonly controller = new AbortController();
   fired = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
-  constructor(private readonly ms: number, outer: AbortSignal) {
+  constructor(private readonly ms: number, outer: AbortSignal, firstMs = ms) {
     if (outer.aborted) this.controller.abort(outer.reason);
     else outer.addEventListener("abort", () => this.controller.abort(outer.reason), { once: true });
-    this.kick();
+    this.kick(firstMs);
   }
-  kick(): void {
+  kick(ms = this.ms): void {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => {
       this.fired = true;
-      this.controller.abort(new Error("upstream idle timeout"));
-    }, this.ms);
+      this.controller.abort(new Error("upstream timeout"));
+    }, ms);
   }
   stop(): void {
     clearTimeout(this.timer);
@@ -86,7 +87,7 @@ async function call(opts: UpstreamOptions, path: string, init: RequestInit): Pro
 }
 
 export async function listModels(opts: UpstreamOptions, signal?: AbortSignal): Promise<ModelInfo[]> {
-  const deadline = AbortSignal.timeout(MODELS_TIMEOUT_MS);
+  const deadline = AbortSignal.timeout(Math.min(MODELS_TIMEOUT_MS, opts.connectTimeoutMs ?? MODELS_TIMEOUT_MS));
   let res: Response;
   try {
     res = await call(opts, "/v1/internal/models", { method: "GET", signal: signal ? AbortSignal.any([signal, deadline]) : deadline });
@@ -99,6 +100,19 @@ export async function listModels(opts: UpstreamOptions, signal?: AbortSignal): P
   return body.models.filter((m): m is ModelInfo => typeof m === "object" && m !== null && typeof (m as ModelInfo).id === "string");
 }
 
+/** The service's readiness endpoint (model loaded and warm), within the connect timeout. */
+export async function checkReady(opts: UpstreamOptions): Promise<boolean> {
+  try {
+    const res = await fetch(`${opts.baseUrl}/readyz`, {
+      headers: setAuthHeaders(new Headers(), opts), signal: AbortSignal.timeout(opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS),
+    });
+    await res.body?.cancel();
+    return res.ok;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Start a generation. Resolves once the service has accepted it (HTTP 200 and the `start` frame);
  * errors before that throw UpstreamError (the service's error) or ApiError (transport). After it, the
@@ -107,12 +121,15 @@ export async function listModels(opts: UpstreamOptions, signal?: AbortSignal): P
 export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob: Uint8Array[] | null,
   signal: AbortSignal): Promise<GenerateStream> {
   const body = concatBytes([jsonFrame(req), ...blobFrames(blob ?? []), endFrame()]);
-  const watchdog = new Watchdog(opts.idleTimeoutMs ?? DEFAULT_IDLE_MS, signal);
+  const started = Date.now();
+  const firstByteMs = opts.firstByteTimeoutMs ?? DEFAULT_FIRST_BYTE_MS;
+  const watchdog = new Watchdog(opts.idleTimeoutMs ?? DEFAULT_IDLE_MS, signal, Math.min(opts.connectTimeoutMs ?? DEFAULT_CONNECT_MS, firstByteMs));
   let res: Response;
   try {
     res = await call(opts, "/v1/internal/generate", {
       method: "POST",
-      headers: { "content-type": FRAMES_CONTENT_TYPE, accept: FRAMES_CONTENT_TYPE },
+      // the request id joins the service's log line to ours
+      headers: { "content-type": FRAMES_CONTENT_TYPE, accept: FRAMES_CONTENT_TYPE, "x-request-id": req.request_id },
       body,
       signal: watchdog.controller.signal,
     });
@@ -124,6 +141,7 @@ export async function generate(opts: UpstreamOptions, req: GenerateRequest, blob
     watchdog.stop();
     throw broken("empty body");
   }
+  watchdog.kick(Math.max(1, firstByteMs - (Date.now() - started)));
   const frames = readFrames(res.body);
   let first: Frame | undefined;
   try {

@@ -2,18 +2,19 @@
 // request (and rejecting an unknown model with 404) rarely costs a round trip.
 import { ApiError, clip } from "../errors";
 import type { Config } from "../config";
-import { listModels } from "./client";
+import { listModelsBalanced } from "./balanced";
 import { toPublicError } from "./errors";
 import type { ModelInfo } from "./types";
 
-let cached: { url: string; at: number; models: ModelInfo[] } | null = null;
+let cached: { urls: string; at: number; models: ModelInfo[] } | null = null;
 
 export async function getModels(cfg: Config): Promise<ModelInfo[]> {
   const now = Date.now();
-  if (cached && cached.url === cfg.upstream.baseUrl && now - cached.at < cfg.modelsCacheSeconds * 1000) return cached.models;
+  const urls = cfg.upstream.urls.join(" ");
+  if (cached && cached.urls === urls && now - cached.at < cfg.modelsCacheSeconds * 1000) return cached.models;
   try {
-    const models = await listModels(cfg.upstream);
-    cached = { url: cfg.upstream.baseUrl, at: now, models };
+    const models = await listModelsBalanced(cfg.upstream);
+    cached = { urls, at: now, models };
     return models;
   } catch (err) {
     throw toPublicError(err);

@@ -7,9 +7,16 @@ export interface UpstreamOptions {
   /** Behind a GPU platform's gateway (RunPod, NVCF) `Authorization` carries the platform's key and our
    * shared secret travels in `X-Service-Secret` (docs/internal-protocol.md). */
   platformKey?: string;
-  /** The longest the service may stay silent before its first frame or between frames. */
+  /** The longest the service may stay silent between frames once it has started a reply. */
   idleTimeoutMs?: number;
+  /** Until the service answers with response headers (a frozen or unreachable replica). */
+  connectTimeoutMs?: number;
+  /** Until the service's first frame (`start`): it accepted the request. */
+  firstByteTimeoutMs?: number;
 }
+
+/** The service's settings with every replica's base URL (a self-balancing platform endpoint is one). */
+export type UpstreamConfig = Omit<UpstreamOptions, "baseUrl"> & { urls: string[] };
 
 export type Role = "system" | "developer" | "user" | "assistant";
 

@@ -1,4 +1,4 @@
-// The playground in a real headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core):
+// The playground in a real headless Chromium (test/browser/chromium.mjs finds it; playwright-core drives it):
 // API chat with streaming and session reuse, plain-words errors, and the in-browser ONNX engine giving
 // the PyTorch model's greedy answers. Run through test/browser/run.mjs (it builds the assets and the
 // expected answers); env as documented there.
@@ -10,12 +10,16 @@ import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { LOCAL_CASE } from "./cases.mjs";
+import { findChromium } from "./chromium.mjs";
 
 const ROOT = resolve(fileURLToPath(import.meta.url), "..", "..", "..");
 const URL_ = process.env.PLAYGROUND_URL ?? "http://127.0.0.1:8787";
 const KEY = process.env.LCKV_API_KEY ?? "sk-lckv-dev";
 const PARTS = new Set((process.env.PLAYGROUND_PARTS ?? "api,local").split(","));
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const CHROMIUM = findChromium();
+// the README's picture is refreshed only on request (PLAYGROUND_SCREENSHOT=docs/playground.png), so a
+// test run leaves tracked files alone
+const SCREENSHOT = resolve(ROOT, process.env.PLAYGROUND_SCREENSHOT ?? join(".e2e", "playground.png"));
 // generous: the first load of the 51 MiB ONNX model on a busy 2-core CI machine can take minutes
 const TURN_TIMEOUT = 300_000;
 
@@ -202,7 +206,7 @@ describe("in-browser engine", { skip: !PARTS.has("local") && "PLAYGROUND_PARTS e
   test("WebAssembly: greedy answers equal the PyTorch model's; the condensed cache stays bounded", async () => {
     assert.equal(await useLocalEngine(page), "wasm", "no GPU here (--disable-gpu): the WebAssembly backend");
     await checkGreedyConversation(page);
-    await page.screenshot({ path: join(ROOT, "docs", "playground.png"), fullPage: false });
+    await page.screenshot({ path: SCREENSHOT, fullPage: false });
   });
 
   test("Stop mid-reply leaves the on-device cache as it was before the turn", async () => {

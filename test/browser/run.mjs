@@ -1,10 +1,13 @@
 // Runs the playground's browser end-to-end test: builds public/generated (ONNX + runtime), asks the
 // PyTorch model for the greedy answers the in-browser engine must reproduce, then runs
-// playground.test.mjs in headless Debian Chromium driven by playwright-core.
+// playground.test.mjs in headless Chromium (CHROMIUM_PATH or one on PATH) driven by playwright-core.
 //
 //   PLAYGROUND_URL   the stack serving the page and /v1 (default http://127.0.0.1:8787; `npm start`)
 //   LCKV_API_KEY     a valid key for it (default the development key sk-lckv-dev)
 //   LCKV_MODEL       the model folder the stack serves (default: stack.mjs resolveModel())
+//   CHROMIUM_PATH    the browser (default: chromium, chromium-browser or google-chrome on PATH)
+//   PLAYGROUND_SCREENSHOT  where the playground screenshot goes (default .e2e/playground.png;
+//                    docs/playground.png refreshes the README's picture)
 //   PLAYGROUND_PARTS "api,local" (default) or one of them: "local" needs only a static server
 //   PLAYGROUND_WEBGPU "1" runs the WebGPU check (software adapter) even for a large model, "0" never;
 //                    default: only when the ONNX weights are under 8 MiB

@@ -10,6 +10,8 @@
 // @ctx (400 context_length_exceeded), @limit=N (the same when the prompt is over N bytes: 1 byte = 1 token), @overload (503 + retry-after), @crash (500),
 // @unauth (401, as if the shared secret were wrong), @blobversion / @blobinvalid (refuse the blob sent
 // with this request as of another format version / as corrupt).
+// Replicas: every host name is a replica of its own; `/__replica?host=H&state=up|down|frozen` sets one
+// (down: the connection fails, as when the process is dead; frozen: no answer at all, as under SIGSTOP).
 import { decodeBlob, encodeBlob, fnv1a, FNV_INIT } from "./blob";
 import { frame, J, parseAll } from "./wire";
 
@@ -37,8 +39,11 @@ export interface LogEntry {
   return_blob: boolean;
   status: number;
   outcome: string;
+  host: string;
+  x_request_id: string | null;
 }
 const log = new Map<string, LogEntry[]>();
+const replicaState = new Map<string, "up" | "down" | "frozen">();
 
 const err = (status: number, message: string, code: string, param: string | null = null, headers: Record<string, string> = {},
   extra: Record<string, unknown> = {}) =>
@@ -53,7 +58,18 @@ export default {
   async fetch(request: Request, env: Env): Promise<Response> {
     const url = new URL(request.url);
     if (url.pathname === "/__log") return Response.json(log.get(url.searchParams.get("request_id") ?? "") ?? []);
+    if (url.pathname === "/__replica") {
+      replicaState.set(url.searchParams.get("host")!, url.searchParams.get("state") as "up" | "down" | "frozen");
+      return Response.json({ ok: true });
+    }
+    const state = replicaState.get(url.host) ?? "up";
+    if (state === "down") throw new Error("connection refused");
+    if (state === "frozen") {
+      await new Promise((resolve) => request.signal.addEventListener("abort", resolve));
+      throw new Error("caller went away");
+    }
     if (url.pathname === "/healthz") return Response.json({ status: "ok" });
+    if (url.pathname === "/readyz") return Response.json({ status: "ready" });
     if (request.headers.get("authorization") !== `Bearer ${env.SECRET}`) return err(401, "bad secret", "invalid_service_secret");
     if (url.pathname === "/v1/internal/models" && request.method === "GET") return Response.json({ models: MODELS });
     if (url.pathname === "/v1/internal/generate" && request.method === "POST") return generate(request);
@@ -84,7 +100,8 @@ async function generate(request: Request): Promise<Response> {
   blobParts.reduce((off, p) => (blobIn.set(p, off), off + p.length), 0);
 
   const entry: LogEntry = { request_id: req.request_id, model: req.model, kind: req.kind, messages: req.messages ?? [],
-    prompt: req.prompt, sampling: req.sampling ?? {}, blob_in_bytes: blobIn.length, return_blob: req.return_blob, status: 200, outcome: "started" };
+    prompt: req.prompt, sampling: req.sampling ?? {}, blob_in_bytes: blobIn.length, return_blob: req.return_blob, status: 200, outcome: "started",
+    host: new URL(request.url).host, x_request_id: request.headers.get("x-request-id") };
   log.set(req.request_id, [...(log.get(req.request_id) ?? []), entry]);
   const fail = (status: number, message: string, code: string, param: string | null = null, headers = {}, extra = {}) => {
     entry.status = status;

@@ -18,7 +18,7 @@ const CHECKS = ["not_a_server_error", "status_code_conformance", "content_type_c
 let stack;
 let model;
 before(async () => {
-  stack = await startStack({ gpuArgs: ["--max-tokens", "16"], workerVars: { RATE_LIMIT_RPM: "1000000" } });
+  stack = await startStack({ gpuArgs: ["--max-tokens", "16"], vars: { RATE_LIMIT_RPM: "1000000" } });
   model = (await stack.client().models.list()).data[0].id;
 });
 after(async () => stack?.stop());

@@ -9,7 +9,7 @@ import { ROOT, newSecret, resolveModel, startGpuService, startWorker, stopProces
 export const KEY_A = "sk-e2e-tenant-a";
 export const KEY_B = "sk-e2e-tenant-b";
 
-function freePort() {
+export function freePort() {
   return new Promise((res, rej) => {
     const s = createServer();
     s.once("error", rej);
@@ -20,26 +20,45 @@ function freePort() {
   });
 }
 
-/** `gpuArgs` go to the GPU service's command line, `workerVars` to wrangler dev (--var). */
-export async function startStack({ gpuArgs = [], workerVars = {} } = {}) {
-  const [port, gpuPort] = [await freePort(), await freePort()];
+/**
+ * `replicas` GPU-service processes (one by default) behind one Worker; `vars` are extra Worker vars
+ * (e.g. shorter upstream timeouts), `gpuArgs` go to every replica's command line. `gpu` is replica 0,
+ * `gpus` all of them.
+ */
+export async function startStack({ replicas = 1, vars = {}, gpuArgs = [] } = {}) {
+  const port = await freePort();
+  const gpuPorts = [];
+  for (let i = 0; i < replicas; i++) gpuPorts.push(await freePort());
   const state = mkdtempSync(join(tmpdir(), "lckv-e2e-"));
   const logDir = join(ROOT, ".e2e", "logs");
   const secret = newSecret();
   const model = resolveModel();
+  const startReplica = (i) => startGpuService({ port: gpuPorts[i], model, secret, logDir, extraArgs: gpuArgs,
+    name: replicas === 1 ? "gpu-service" : `gpu-service-${i}` });
   const stack = {
     base: `http://127.0.0.1:${port}`,
-    gpu: await startGpuService({ port: gpuPort, model, secret, logDir, extraArgs: gpuArgs }),
+    gpuPorts,
+    gpus: await Promise.all(gpuPorts.map((_, i) => startReplica(i))),
     worker: null,
-    async killGpu() {
-      await stopProcess(this.gpu, "SIGKILL");
+    get gpu() {
+      return this.gpus[0];
     },
-    async restartGpu() {
-      this.gpu = await startGpuService({ port: gpuPort, model, secret, logDir, extraArgs: gpuArgs });
+    /** SIGKILL replica i (default 0) and wait until it is gone. */
+    async killGpu(i = 0) {
+      await stopProcess(this.gpus[i], "SIGKILL");
+    },
+    async restartGpu(i = 0) {
+      this.gpus[i] = await startReplica(i);
+    },
+    /** SIGSTOP / SIGCONT replica i: a frozen process that still holds its port. */
+    freezeGpu(i, frozen = true) {
+      process.kill(-this.gpus[i].pid, frozen ? "SIGSTOP" : "SIGCONT");
     },
     async stop() {
-      await Promise.all([stopProcess(this.worker), stopProcess(this.gpu)]);
+      for (const g of this.gpus) if (g.exitCode === null && g.signalCode === null) try { process.kill(-g.pid, "SIGCONT"); } catch {}
+      await Promise.all([stopProcess(this.worker), ...this.gpus.map((g) => stopProcess(g))]);
       rmSync(state, { recursive: true, force: true });
+      rmSync(join(ROOT, ".wrangler", "env", `worker-${port}.env`), { force: true }); // this stack's secrets
     },
     client(apiKey = KEY_A, opts = {}) {
       return new OpenAI({ baseURL: `${this.base}/v1`, apiKey, maxRetries: 0, timeout: 120_000, ...opts });
@@ -48,7 +67,7 @@ export async function startStack({ gpuArgs = [], workerVars = {} } = {}) {
       return fetch(`${this.base}/v1/sessions/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${apiKey}` } });
     },
   };
-  stack.worker = await startWorker({ port, gpuPort, secret, keys: [KEY_A, KEY_B], persistDir: state, logDir, vars: workerVars });
+  stack.worker = await startWorker({ port, gpuPorts, secret, keys: [KEY_A, KEY_B], persistDir: state, logDir, vars });
   return stack;
 }
 

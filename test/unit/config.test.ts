@@ -16,8 +16,8 @@ describe("config", () => {
   });
 
   const bad: [string, string | undefined, RegExp][] = [
-    ["GPU_SERVICE_URL", "ftp://gpu", /GPU_SERVICE_URL must be http\(s\)/],
-    ["GPU_SERVICE_URL", "not a url", /GPU_SERVICE_URL must be an absolute URL/],
+    ["GPU_SERVICE_URL", "ftp://gpu", /GPU_SERVICE_URL must hold http\(s\) URLs/],
+    ["GPU_SERVICE_URL", "not a url", /GPU_SERVICE_URL must hold absolute URLs/],
     ["GPU_SERVICE_SECRET", undefined, /GPU_SERVICE_SECRET is not set/],
     ["API_KEY_HASHES", "nohash", /API_KEY_HASHES entry 0 is not "tenant:sha256hex"/],
     ["MAX_BODY_BYTES", "12", /MAX_BODY_BYTES must be an integer >= 1024/],

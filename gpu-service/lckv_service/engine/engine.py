@@ -10,6 +10,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from typing import Protocol
 
 from ..tokenizer import ChatTokenizer
@@ -24,6 +25,7 @@ class EngineMetrics(Protocol):
     def observe_ttft(self, seconds: float) -> None: ...
     def observe_itl(self, seconds: float) -> None: ...
     def count_tokens(self, n: int) -> None: ...
+    def observe_step(self, schedule_s: float, run_s: float, update_s: float, device_s: float | None) -> None: ...
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -41,7 +43,10 @@ class Engine:
         self.runner = runner
         self.tokenizer = tokenizer
         self.metrics = metrics
-        self._lock = threading.Lock()
+        # guards the scheduler's queues and the request table against add/abort from other threads;
+        # per-request update work (detokenizing, re-encoding, export) runs on the engine thread only,
+        # outside it, so an arriving request never waits for a step's update
+        self._lock = threading.RLock()
         self._requests: dict[str, Request] = {}
         self._aborts: set[str] = set()
 
@@ -75,6 +80,7 @@ class Engine:
     # ---- the engine thread ----------------------------------------------------------------------
     def step(self) -> bool:
         """One step; returns False when there was nothing to do."""
+        t0 = time.perf_counter()
         with self._lock:
             for rid in self._aborts:
                 req = self._requests.pop(rid, None)
@@ -84,6 +90,7 @@ class Engine:
             plan = self.scheduler.schedule()
         if plan.empty:
             return False
+        t1 = time.perf_counter()
         try:
             sampled = self.runner.run(plan)
         except Exception as e:  # a model failure fails this step's requests, not the process
@@ -92,16 +99,18 @@ class Engine:
                 for req in {*plan.admitted, *plan.restarts, *(p.request for p in plan.prefills), *plan.decodes}:
                     self._fail(req, e)
             return True
-        with self._lock:
-            now = time.monotonic()
-            for req, tok in sampled:
-                if not req.status.finished:
-                    self._guarded(req, self._on_token, req, tok, now)
-            if self.metrics:
-                self.metrics.count_tokens(len(sampled))
-            for req in list(self.scheduler.running):
-                if req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart:
-                    self._guarded(req, self._export, req)
+        t2 = time.perf_counter()
+        now = time.monotonic()
+        for req, tok in sampled:
+            if not req.status.finished:
+                self._guarded(req, self._on_token, req, tok, now)
+        if self.metrics:
+            self.metrics.count_tokens(len(sampled))
+        for req in list(self.scheduler.running):   # only this thread changes `running`
+            if req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart:
+                self._guarded(req, self._export, req)
+        if self.metrics:
+            self.metrics.observe_step(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_device_s)
         return True
 
     def _guarded(self, req: Request, fn, *args) -> None:
@@ -120,7 +129,7 @@ class Engine:
             for req in [*self.scheduler.waiting, *self.scheduler.running]:
                 self._fail(req, exc)
 
-    # ---- update (under the lock) ------------------------------------------------------------------
+    # ---- update (engine thread; the lock only where the scheduler or the request table change) ----
     def _on_token(self, req: Request, tok: int, now: float) -> None:
         req.output_ids.append(tok)
         if self.metrics:
@@ -170,20 +179,25 @@ class Engine:
             self._export(req)
 
     def _complete(self, req: Request, status: RequestStatus, state) -> None:
-        self.scheduler.finish(req, status)
-        self._requests.pop(req.request_id, None)
+        with self._lock:
+            self.scheduler.finish(req, status)
+            self._requests.pop(req.request_id, None)
         req.emit(Event("done", finish_reason=status.finish_reason, state=state))
 
     def _fail(self, req: Request, exc: BaseException) -> None:
         if req.status.finished:
             return
-        self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
-        self._requests.pop(req.request_id, None)
+        with self._lock:
+            self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
+            self._requests.pop(req.request_id, None)
         req.emit(Event("error", error=exc))
 
 
 class AsyncEngine:
-    """Runs Engine.step in a daemon thread; hands each request's events to an asyncio.Queue."""
+    """Runs Engine.step in a daemon thread; hands each request's events to an asyncio.Queue.
+
+    A step's events are delivered together, with one wake-up of each event loop per step (not one
+    per token), so the serving loop spends its time writing frames, not being woken."""
 
     def __init__(self, engine: Engine, idle_wait_s: float = 0.5):
         self.engine = engine
@@ -191,6 +205,7 @@ class AsyncEngine:
         self._stopping = False
         self._idle_wait_s = idle_wait_s
         self._thread: threading.Thread | None = None
+        self._outbox: deque[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = deque()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="lckv-engine", daemon=True)
@@ -205,14 +220,7 @@ class AsyncEngine:
     def add(self, req: Request) -> "asyncio.Queue[Event]":
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
-
-        def emit(ev: Event) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, ev)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
-
-        req.emit = emit
+        req.emit = lambda ev: self._outbox.append((loop, queue, ev))
         self.engine.add(req)
         self._wake.set()
         return queue
@@ -220,6 +228,18 @@ class AsyncEngine:
     def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)
         self._wake.set()
+
+    def _flush(self) -> None:
+        """Hand this step's events to their loops: one call_soon_threadsafe per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        while self._outbox:
+            loop, queue, ev = self._outbox.popleft()
+            by_loop.setdefault(loop, []).append((queue, ev))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
 
     def _loop(self) -> None:
         while not self._stopping:
@@ -229,6 +249,12 @@ class AsyncEngine:
                 log.exception("engine loop error")
                 self.engine.fail_all(e)
                 busy = False
+            self._flush()
             if not busy:
                 self._wake.wait(self._idle_wait_s)
                 self._wake.clear()
+
+
+def _deliver(items: list) -> None:
+    for queue, ev in items:
+        queue.put_nowait(ev)

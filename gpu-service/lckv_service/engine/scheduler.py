@@ -22,6 +22,8 @@ class SchedulerConfig:
     window: int = 2044
     evict_step: int = 0                   # tokens dropped per eviction; 0 = window // 8 (at least 1)
     max_batched_tokens: int = 512         # token budget of one step (decodes + prefill chunks)
+    prefill_chunk: int = 0                # most prompt tokens one request feeds per step (0: budget);
+                                          # 1 = tokenwise prefill, riding in the decode batch
     max_waiting: int = 64                 # admission queue bound; beyond it requests get 503
     retry_after_s: int = 1
 
@@ -31,6 +33,8 @@ class SchedulerConfig:
                 raise ConfigError(f"{name} must be >= 1", param=name)
         if self.sinks < 0:
             raise ConfigError("sinks must be >= 0", param="sinks")
+        if self.prefill_chunk < 0:
+            raise ConfigError("prefill_chunk must be >= 0", param="prefill_chunk")
         if not 0 <= self.evict_step <= self.window:
             raise ConfigError("evict_step must be in 0..window", param="evict_step")
 
@@ -125,13 +129,15 @@ class Scheduler:
                 self._append(req, [req.last_token])
                 plan.decodes.append(req)
                 budget -= 1
+        capacity, per_request = self.cfg.capacity, self.cfg.prefill_chunk
         for req in self.running:
             if budget == 0:
                 break
             if req.pending:
                 self._make_room(req, plan)
-                n = min(len(req.pending), budget, self.cfg.capacity - req.cache_len)
-                chunk, req.pending = req.pending[:n], req.pending[n:]
+                n = min(len(req.pending), budget, capacity - req.cache_len, per_request or budget)
+                chunk = req.pending[:n]
+                del req.pending[:n]          # in place: no copy of the rest of a long prompt per step
                 self._append(req, chunk)
                 plan.prefills.append(PrefillItem(req, chunk, req.phase is Phase.PREFILL and not req.pending))
                 budget -= n

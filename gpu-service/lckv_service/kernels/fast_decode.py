@@ -12,9 +12,14 @@ whole active cache. Here, per step:
   with attention="triton", no pass at all: triton_decode.py rotates keys in registers while it
   streams K/V once (flash-decoding);
 - the key length is rounded up to a bucket (masked per row), so shapes repeat and a step can be
-  captured in a CUDA graph per (first slot, batch, bucket) and replayed (`graphs=True`, CUDA only;
-  contiguous slot ranges only and at most `max_graphs` of them, so a serving engine whose batches
-  change shape cannot grow graphs without bound; other steps run eagerly).
+  captured in a CUDA graph and replayed (`graphs=True`, CUDA only), at most `max_graphs` of them
+  (other steps run eagerly). Two kinds of graph:
+  * with `pad_slot` (serving): slot indices are a graph input and the batch is padded up to a batch
+    bucket (`BATCH_BUCKETS`), so any set of slots replays one graph per (batch bucket, key bucket);
+    padding rows decode token 0 into `pad_slot`, a scratch slot the caller never uses, whose length
+    stays 0 (so they write only its position 0 and their logits are dropped);
+  * without it (benchmarks): one graph per (first slot, batch, key bucket) of a contiguous slot range,
+    which reads K/V through views of the pool instead of indexing it.
 
 Semantics are the model's exactly (tests compare logits and cache contents in float64): new K/V
 written at each slot's length, no-diagonal layers see keys < position, a row with no key gets a zero
@@ -25,6 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..device import to_device
 from ..model import LCKVModel, apply_rope
 from . import triton_decode
 
@@ -42,9 +48,21 @@ def rope_keys_fn(device: torch.device, compile_rope: bool):
     return _compiled_rope
 
 
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
+
+
+def batch_bucket(n: int) -> int:
+    """The padded batch a graph is captured for: the smallest bucket >= n (multiples of 256 beyond)."""
+    for b in BATCH_BUCKETS:
+        if b >= n:
+            return b
+    return -(-n // 256) * 256
+
+
 class FastDecode:
     def __init__(self, model: LCKVModel, cache, bucket: int = 256, graphs: bool = False,
-                 compile_rope: bool = True, attention: str = "sdpa", max_graphs: int = 64):
+                 compile_rope: bool = True, attention: str = "sdpa", max_graphs: int = 64,
+                 pad_slot: int | None = None):
         if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
             raise ValueError(f"bucket must be a positive integer, got {bucket!r}")
         if graphs and cache.device.type != "cuda":
@@ -53,14 +71,20 @@ class FastDecode:
             raise ValueError(f"attention must be 'sdpa' or 'triton', got {attention!r}")
         if attention == "triton" and not triton_decode.available(cache.device, model.cfg.head_dim):
             raise ValueError("attention='triton' needs Triton, a CUDA cache and head_dim >= 32")
+        if pad_slot is not None and not (isinstance(pad_slot, int) and 0 <= pad_slot < cache.num_slots):
+            raise ValueError(f"pad_slot must be a slot index of the cache, got {pad_slot!r}")
         self.model, self.cache, self.cfg = model, cache, model.cfg
-        self.attention = attention
+        self.attention, self.pad_slot = attention, pad_slot
         self.bucket, self.graphs, self.max_graphs = bucket, graphs, max_graphs
         self.rope_keys = rope_keys_fn(cache.device, compile_rope)
         cos, sin = model._rope(cache.capacity + 1, cache.device, cache.dtype)
         self.cos, self.sin = cos[: cache.capacity + 1], sin[: cache.capacity + 1]   # [cap+1, D]
         src = self.cfg.kv_source
         self.last_reader = {s: max(i for i in range(len(src)) if src[i] == s) for s in set(src)}
+        # sources whose keys rotated before the source layer stores its new K/V are stale for a
+        # reader from that layer on that sees the diagonal (the new position)
+        self.restale = {s for s in set(src) if any(src[i] == s and i >= s and not self.cfg.nodiag(i)
+                                                   for i in range(len(src)))}
         self._graphs: dict = {}
         self._pool = None
         self._stream = None   # one side stream for every capture's warm-up (see _capture)
@@ -86,10 +110,12 @@ class FastDecode:
             raise ValueError(f"tokens has ids outside [0, {self.cfg.vocab_size})")   # device ids: argmax, in range
         self._check_bounds(slot_list, lens, S)
         tokens = tokens.to(cache.device, torch.long).view(B)
-        key = (first, B, S)
-        slot_t = torch.tensor(slot_list, device=cache.device)
-        if self.graphs and contiguous and (key in self._graphs or len(self._graphs) < self.max_graphs):
-            logits, new_len = self._replay(key, tokens)
+        if self.pad_slot is not None and self.pad_slot in slot_list:
+            raise ValueError(f"slot {self.pad_slot} is the padding slot")
+        key = (None, batch_bucket(B), S) if self.pad_slot is not None else (first, B, S) if contiguous else None
+        slot_t = to_device(slot_list, cache.device)
+        if self.graphs and key is not None and (key in self._graphs or len(self._graphs) < self.max_graphs):
+            logits, new_len = self._replay(key, tokens, slot_t)
         else:
             logits, new_len = self._step(tokens, slot_t, first if contiguous else None, S)
         cache.tokens[slot_t, new_len - 1] = tokens
@@ -110,68 +136,34 @@ class FastDecode:
 
     # ---- the step: pure tensor work, no host sync, shapes fixed by (B, S, contiguous) -------------
     def _step(self, tokens, slot_idx, first: int | None, S: int):
-        cfg, cache, m = self.cfg, self.cache, self.model.model
-        B = tokens.shape[0]
-        H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        g = H // Hkv
+        cache = self.cache
         pos = cache.lengths[slot_idx]                                         # [B] new token positions
-        kp = torch.arange(S, device=cache.device)
-        allowed = {False: kp[None, :] <= pos[:, None], True: kp[None, :] < pos[:, None]}   # [B, S]
-        empty = (pos == 0)[:, None, None, None]                             # nodiag row without keys
-        # a fully masked row would make SDPA return NaN: let it see key 0, then zero its output
-        allowed[True] = allowed[True] | (empty[:, 0, 0] & (kp[None, :] == 0))
-        masks = {nd: a[:, None, None, :] for nd, a in allowed.items()}      # [B, 1, 1, S]
-        cq, sq = self.cos[pos][:, None, None, :], self.sin[pos][:, None, None, :]   # [B, 1, 1, D]
-        ck, sk = self.cos[None, :S], self.sin[None, :S]                      # [1, S, D]
-
-        def kv_rows(buf):  # [B, S, Hkv, D]: a view of the pool when slots are contiguous
-            return buf.narrow(0, first, B)[:, :S] if first is not None else buf[slot_idx, :S]
-
-        x = m.embed_tokens(tokens)                                          # [B, C]
-        rotated: dict[int, torch.Tensor] = {}
-        limits = {False: pos + 1, True: pos}                                # keys each row may see
-        for i, layer in enumerate(m.layers):
-            h = layer.input_layernorm(x)
-            attn = layer.self_attn
-            if cfg.kv_source[i] == i:                                       # own K/V: write at pos
-                li = cache.layer_index[i]
-                cache.k[li][slot_idx, pos] = attn.k_proj(h).view(B, Hkv, D)
-                cache.v[li][slot_idx, pos] = attn.v_proj(h).view(B, Hkv, D)
-            s = cfg.kv_source[i]
-            li = cache.layer_index[s]
-            q = apply_rope(attn.q_proj(h).view(B, 1, H, D), cq[:, 0], sq[:, 0])     # [B, 1, H, D]
-            if self.attention == "triton":                                  # keys rotated in-kernel
-                y = triton_decode.decode_attention(q.view(B, H, D), cache.k[li], cache.v[li], slot_idx,
-                                                   limits[layer.nodiag], self.cos, self.sin, S)
-            else:
-                if s not in rotated:                                        # once per source per step
-                    rotated[s] = self.rope_keys(kv_rows(cache.k[li]), ck, sk)      # [B, S, Hkv, D]
-                k, v = rotated[s], kv_rows(cache.v[li])
-                y = F.scaled_dot_product_attention(q.view(B, Hkv, g, D), k.transpose(1, 2), v.transpose(1, 2),
-                                                   attn_mask=masks[layer.nodiag])   # [B, Hkv, g, D]
-                if layer.nodiag:
-                    y = y.masked_fill(empty, 0.0)
-                if self.last_reader[s] == i:
-                    del rotated[s]
-            x = x + attn.o_proj(y.reshape(B, H * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        logits = self.model.lm_head(m.norm(x))                              # [B, V]
+        cq, sq = self.cos[pos][:, None, :], self.sin[pos][:, None, :]         # [B, 1, D]
+        x = self.model.model.embed_tokens(tokens)[:, None]                    # [B, 1, C]
+        x = self.model.run_layers(x, PoolDecodeKV(self, slot_idx, first, pos, S), (cq, sq))
+        logits = self.model.lm_head(self.model.model.norm(x[:, 0]))          # [B, V]
         return logits, pos + 1
 
-    # ---- CUDA graphs: one per (first slot or gather, B, S) ---------------------------------------
-    def _replay(self, key, tokens):
+    # ---- CUDA graphs: one per (first slot, B, S) or, with a padding slot, per (B bucket, S) --------
+    def _replay(self, key, tokens, slot_t):
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(*key)
-        graph, static_tokens, _slot_idx, out = entry
-        static_tokens.copy_(tokens)
+        graph, static_tokens, slot_idx, (logits, new_len) = entry
+        B = tokens.shape[0]
+        static_tokens[:B].copy_(tokens)
+        if key[0] is None:                      # gathered graph: slots are an input, the rest pads
+            slot_idx[:B].copy_(slot_t)
+            slot_idx[B:].fill_(self.pad_slot)
+            static_tokens[B:].zero_()
         graph.replay()
-        return out
+        return logits[:B], new_len[:B]
 
-    def _capture(self, first: int, B: int, S: int):
+    def _capture(self, first: int | None, B: int, S: int):
         cache = self.cache
         static_tokens = torch.zeros(B, dtype=torch.long, device=cache.device)
-        slot_idx = torch.arange(first, first + B, device=cache.device)
+        slot_idx = (torch.full((B,), self.pad_slot, device=cache.device) if first is None
+                    else torch.arange(first, first + B, device=cache.device))
         saved = (cache.lengths.clone(),)
         # warm up on a side stream (lazy inits, cuBLAS workspaces), then capture; the warm-up's
         # K/V writes land at positions the next real step overwrites, and lengths are unchanged
@@ -199,12 +191,15 @@ class FastDecode:
         return graph, static_tokens, slot_idx, out
 
     def warm(self, slots: list[int], max_lengths: list[int]) -> int:
-        """Capture (graphs) the steps for the contiguous `slots` whose longest row will hold each of
-        `max_lengths` tokens before the step, so timed runs replay only. Returns graphs held."""
+        """Capture (graphs) the steps for a batch of `slots` whose longest row will hold each of
+        `max_lengths` tokens before the step, so timed runs replay only. Returns graphs held.
+        Without a padding slot the slots must be a contiguous range."""
         if self.graphs:
             slot_list = self.cache.check_slots(slots)
             first, B = slot_list[0], len(slot_list)
-            if slot_list != list(range(first, first + B)):
+            if self.pad_slot is not None:
+                first, B = None, batch_bucket(B)
+            elif slot_list != list(range(first, first + B)):
                 raise ValueError("graphs are captured for contiguous slot ranges only")
             for n in sorted({min(self.cache.capacity, -(-(m + 1) // self.bucket) * self.bucket)
                              for m in max_lengths}):
@@ -212,7 +207,79 @@ class FastDecode:
                     self._graphs[(first, B, n)] = self._capture(first, B, n)
         return len(self._graphs)
 
+    def warm_buckets(self, max_batch: int) -> int:
+        """With a padding slot: capture every (batch bucket up to `max_batch`, key bucket) graph.
+        Returns graphs held."""
+        if not self.graphs or self.pad_slot is None:
+            return len(self._graphs)
+        cap = self.cache.capacity
+        keys = sorted({min(cap, s) for s in range(self.bucket, cap + self.bucket, self.bucket)})
+        batches = [b for b in BATCH_BUCKETS if b < batch_bucket(max_batch)] + [batch_bucket(max_batch)]
+        for B in batches:
+            for S in keys:
+                if (None, B, S) not in self._graphs and len(self._graphs) < self.max_graphs:
+                    self._graphs[(None, B, S)] = self._capture(None, B, S)
+        return len(self._graphs)
+
     def reset_graphs(self) -> None:
         """Drop captured graphs (their memory pool goes once nothing references it)."""
         self._graphs.clear()
         self._pool = None
+
+
+class PoolDecodeKV:
+    """The model's KV backend for one FastDecode step (model.py, "KV backends"): own K/V written at
+    each row's position in the pool; attention reads the source layer's K/V in place (Triton, keys
+    rotated in registers) or through views / one gather with keys rotated once per source."""
+
+    def __init__(self, fd: FastDecode, slot_idx, first: int | None, pos, S: int):
+        self.fd, self.cache, self.slot_idx, self.first, self.pos, self.S = fd, fd.cache, slot_idx, first, pos, S
+        kp = torch.arange(S, device=pos.device)
+        self.empty = (pos == 0)[:, None, None, None]                        # nodiag row without keys
+        allowed = {False: kp[None, :] <= pos[:, None], True: kp[None, :] < pos[:, None]}   # [B, S]
+        # a fully masked row would make SDPA return NaN: let it see key 0, then zero its output
+        allowed[True] = allowed[True] | (self.empty[:, 0, 0] & (kp[None, :] == 0))
+        self.masks = {nd: a[:, None, None, :] for nd, a in allowed.items()}  # [B, 1, 1, S]
+        self.limits = {False: pos + 1, True: pos}                           # keys each row may see
+        self.rotated: dict[int, torch.Tensor] = {}
+
+    def _rows(self, buf):  # [B, S, Hkv, D]: a view of the pool when slots are contiguous
+        B = self.slot_idx.shape[0]
+        return buf.narrow(0, self.first, B)[:, :self.S] if self.first is not None else buf[self.slot_idx, :self.S]
+
+    def store(self, layer, k, v):                                            # [B, 1, Hkv, D]
+        li = self.cache.layer_index[layer]
+        self.cache.k[li][self.slot_idx, self.pos] = k[:, 0]
+        self.cache.v[li][self.slot_idx, self.pos] = v[:, 0]
+        if layer in self.fd.restale:
+            self.rotated.pop(layer, None)
+
+    def attend(self, layer, source, q, nodiag):                              # q: [B, 1, H, D]
+        fd, cache = self.fd, self.cache
+        B, _, H, D = q.shape
+        li = cache.layer_index[source]
+        if fd.attention == "triton":
+            y = triton_decode.decode_attention(q.view(B, H, D), cache.k[li], cache.v[li], self.slot_idx,
+                                               self.limits[nodiag], fd.cos, fd.sin, self.S)
+        else:
+            if source not in self.rotated:                                   # once per source per step
+                self.rotated[source] = fd.rope_keys(self._rows(cache.k[li]), fd.cos[None, :self.S],
+                                                    fd.sin[None, :self.S])   # [B, S, Hkv, D]
+            k, v = self.rotated[source], self._rows(cache.v[li])
+            Hkv = k.shape[2]
+            y = F.scaled_dot_product_attention(q.view(B, Hkv, H // Hkv, D), k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=self.masks[nodiag])   # [B, Hkv, g, D]
+            if nodiag:
+                y = y.masked_fill(self.empty, 0.0)
+            if fd.last_reader[source] == layer:
+                del self.rotated[source]
+        return y.reshape(B, 1, H * D)
+
+    def begin_block(self):
+        pass
+
+    def begin_pass(self):
+        pass
+
+    def end_pass(self) -> bool:
+        return False

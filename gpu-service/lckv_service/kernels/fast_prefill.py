@@ -19,8 +19,9 @@ the arithmetic is a few ms. Here, per call:
   `max_graphs`;
   non-contiguous slots, or more shapes, run the same step eagerly.
 
-Semantics are `LCKVModel._extend`'s (tests/test_fast_prefill.py compares logits and the whole cache
-in float64): pass 1 sees zeros for the new tokens' target K/V, each pass writes the targets' K/V
+The layers run through the model's own forward (LCKVModel.run_layers over a StaticPrefillKV
+backend), so the LCKV rules are the model's. Semantics are `LCKVModel._extend`'s
+(tests/test_fast_prefill.py compares logits and the whole cache in float64): pass 1 sees zeros for the new tokens' target K/V, each pass writes the targets' K/V
 once it ends, min(passes, longest row) passes (Theorem 1: that many are exact), no-diagonal layers
 see keys < own position and a token without keys gets a zero attention output, keys are cached
 before RoPE and rotated at their in-cache positions, and the cache's lengths advance (cache.commit).
@@ -193,7 +194,6 @@ class FastPrefill:
         x = model.model.embed_tokens(idx)                                # [B, N, C]
         qp = q_pos.clamp(max=cap - 1)                                    # padding may run past the table
         rope = (self.cos[qp], self.sin[qp])                              # [B, N, D]
-        k_rope = (self.cos[None, :S], self.sin[None, :S])                # keys at positions 0..S-1
         # GQA without expanding K/V: the g query heads of a kv head ride as g*N query rows, so
         # each mask is repeated g times along the rows (built once per step, additive in x's dtype)
         g = cfg.num_heads // cfg.num_kv_heads
@@ -202,64 +202,8 @@ class FastPrefill:
             allowed = allowed.expand(B, g, N, S).reshape(B, 1, g * N, S)
             bias = torch.zeros(allowed.shape, dtype=x.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
             masks[nd] = (bias, None if empty is None else empty.expand(B, g, N, 1).reshape(B, 1, g * N, 1))
-        rotated, pending = {}, {}
-
-        def rows_of(buf):  # [B, S, Hkv, D]: a view of the pool for contiguous slots
-            return buf.narrow(0, first, B)[:, :S] if first is not None else buf[slot_idx, :S]
-
-        def write(layer, k, v):
-            li = cache.layer_index[layer]
-            put(cache.k[li], k)
-            put(cache.v[li], v)
-            rotated.pop(layer, None)
-
-        def kv_of(i, h):  # LCKVModel._extend's kv_fn over static shapes: (k, v) as [B, Hkv, S, D]
-            if cfg.kv_source[i] == i:
-                k, v = layers[i].self_attn.kv(h)
-                if i in pending:          # a target inside the block: written after the pass
-                    pending[i] = (k, v)
-                else:
-                    write(i, k, v)
-            s = cfg.kv_source[i]
-            li = cache.layer_index[s]
-            if s not in rotated:          # once per source and pass, shared by its readers
-                rotated[s] = apply_rope(rows_of(cache.k[li]), *k_rope).transpose(1, 2)
-            return rotated[s], rows_of(cache.v[li]).transpose(1, 2)
-
-        def run(x, span):  # Block.forward, attention grouped as above
-            for i in span:
-                layer = layers[i]
-                attn, (bias, empty) = layer.self_attn, masks[layer.nodiag]
-                h = layer.input_layernorm(x)
-                k, v = kv_of(i, h)
-                q = apply_rope(attn.q_proj(h).view(B, N, attn.H, attn.D), *rope)    # head = kv * g + r
-                q = q.view(B, N, attn.Hkv, g, attn.D).permute(0, 2, 3, 1, 4).reshape(B, attn.Hkv, g * N, attn.D)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)      # [B, Hkv, g*N, D]
-                if empty is not None:     # a token without keys attends to nothing: output 0
-                    y = y.masked_fill(empty, 0.0)
-                y = y.view(B, attn.Hkv, g, N, attn.D).permute(0, 3, 1, 2, 4).reshape(B, N, attn.H * attn.D)
-                x = x + attn.o_proj(y)
-                x = x + layer.mlp(layer.post_attention_layernorm(x))
-                if self.done_after[cfg.kv_source[i]] == i:   # no later reader: free the rotated keys
-                    rotated.pop(cfg.kv_source[i], None)
-            return x
-
-        block = cfg.iter_block
-        if block is None:
-            x = run(x, range(cfg.num_layers))
-        else:
-            lo, hi = block
-            x0 = run(x, range(lo))
-            z = x.new_zeros(B, N, cfg.num_kv_heads, cfg.head_dim)
-            for t in cfg.cyclic_targets:  # pass 1 sees zeros for the new tokens' target K/V
-                write(t, z, z)
-            for _ in range(passes):
-                pending.update({t: None for t in cfg.cyclic_targets})
-                x = run(x0, range(lo, hi + 1))
-                for t, (k, v) in list(pending.items()):
-                    write(t, k, v)
-                pending.clear()
-            x = run(x, range(hi + 1, cfg.num_layers))
+        kv = StaticPrefillKV(self, put, slot_idx, first, S, masks, (self.cos[None, :S], self.sin[None, :S]), N)
+        x = model.run_layers(x, kv, rope, passes=passes)
         if not all_logits:  # only each row's last real token needs the LM head
             x = x[torch.arange(B, device=dev), (n - 1).clamp(min=0)]     # [B, C]
         return model.lm_head(model.model.norm(x))                        # [B, V] or [B, N, V]
@@ -300,3 +244,64 @@ class FastPrefill:
         """Drop captured graphs (their memory pool goes once nothing references it)."""
         self._graphs.clear()
         self._pool = None
+
+
+class StaticPrefillKV:
+    """The model's KV backend for one FastPrefill step (model.py, "KV backends"): masked writes of the
+    real tokens' K/V (`put`), a cyclic target's held until its pass ends (zeros before the first),
+    each source's keys rotated once per pass and freed after its last reader, GQA as grouped rows."""
+
+    def __init__(self, fp: FastPrefill, put, slot_idx, first: int | None, S: int, masks, k_rope, n_new: int):
+        self.fp, self.cache, self.put, self.slot_idx, self.first, self.S = fp, fp.cache, put, slot_idx, first, S
+        self.masks, self.k_rope, self.n_new = masks, k_rope, n_new
+        self.rotated: dict = {}
+        self.pending: dict = {}
+
+    def _rows(self, buf):  # [B, S, Hkv, D]: a view of the pool for contiguous slots
+        B = self.slot_idx.shape[0]
+        return buf.narrow(0, self.first, B)[:, :self.S] if self.first is not None else buf[self.slot_idx, :self.S]
+
+    def write(self, layer, k, v):
+        li = self.cache.layer_index[layer]
+        self.put(self.cache.k[li], k)
+        self.put(self.cache.v[li], v)
+        self.rotated.pop(layer, None)
+
+    def store(self, layer, k, v):
+        if layer in self.pending:
+            self.pending[layer] = (k, v)
+        else:
+            self.write(layer, k, v)
+
+    def attend(self, layer, source, q, nodiag):                          # q: [B, N, H, D]
+        B, N, H, D = q.shape
+        li = self.cache.layer_index[source]
+        if source not in self.rotated:   # once per source and pass, shared by its readers
+            self.rotated[source] = apply_rope(self._rows(self.cache.k[li]), *self.k_rope).transpose(1, 2)
+        k, v = self.rotated[source], self._rows(self.cache.v[li]).transpose(1, 2)   # [B, Hkv, S, D]
+        Hkv = k.shape[1]
+        g = H // Hkv
+        bias, empty = self.masks[nodiag]
+        q = q.view(B, N, Hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, g * N, D)   # head = kv * g + r
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)      # [B, Hkv, g*N, D]
+        if empty is not None:     # a token without keys attends to nothing: output 0
+            y = y.masked_fill(empty, 0.0)
+        if self.fp.done_after[source] == layer:   # no later reader: free the rotated keys
+            self.rotated.pop(source, None)
+        return y.view(B, Hkv, g, N, D).permute(0, 3, 1, 2, 4).reshape(B, N, H * D)
+
+    def begin_block(self):
+        cfg = self.fp.cfg
+        B, N = self.slot_idx.shape[0], self.n_new
+        z = torch.zeros(B, N, cfg.num_kv_heads, cfg.head_dim, dtype=self.cache.dtype, device=self.cache.device)
+        for t in cfg.cyclic_targets:  # pass 1 sees zeros for the new tokens' target K/V
+            self.write(t, z, z)
+
+    def begin_pass(self):
+        self.pending = {t: None for t in self.fp.cfg.deferred_targets}
+
+    def end_pass(self) -> bool:
+        for t, (k, v) in list(self.pending.items()):
+            self.write(t, k, v)
+        self.pending = {}
+        return False

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ..errors import AuthError, ContextLengthError, OverloadedError, RequestTooLargeError, http_error
 from . import metrics as M
+from .access_log import access_log
 from . import protocol as P
 from .service import ModelService, ServeConfig, describe_config
 from .metrics import AppState
@@ -105,7 +106,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
 
 def create_app(cfg: ServeConfig, exit_on_load_failure: bool = False) -> web.Application:
     metrics = M.ServiceMetrics()
-    app = web.Application(middlewares=[error_middleware, auth_middleware(cfg.secret)],
+    app = web.Application(middlewares=[access_log, error_middleware, auth_middleware(cfg.secret)],
                           client_max_size=cfg.max_request_bytes + 1)
     app[CONFIG], app[METRICS], app[STATE] = cfg, metrics, AppState()
     app.router.add_get("/healthz", M.healthz)

@@ -35,6 +35,13 @@ class ServiceMetrics:
         self.kv_used = Gauge("lckv_kv_pool_used_bytes", "K/V bytes held by live sequences", registry=r)
         self.kv_total = Gauge("lckv_kv_pool_bytes", "K/V pool size in bytes", registry=r)
         self.slots_total = Gauge("lckv_kv_pool_slots", "Sequence slots in the K/V pool", registry=r)
+        # where a step's time goes (rate() of each over rate(steps) gives seconds per step)
+        self.steps = Counter("lckv_engine_steps", "Engine steps that ran the model", registry=r)
+        self.step_seconds = Counter("lckv_engine_step_seconds", "Wall time of engine steps by phase "
+                                    "(schedule, run: model + sampling + host sync, update: tokens to events)",
+                                    ["phase"], registry=r)
+        self.device_seconds = Counter("lckv_engine_device_seconds", "CUDA: device time span of the steps' "
+                                      "model and sampling work", registry=r)
 
     # EngineMetrics protocol (called on the engine thread; prometheus_client is thread-safe)
     def observe_ttft(self, seconds: float) -> None:
@@ -45,6 +52,13 @@ class ServiceMetrics:
 
     def count_tokens(self, n: int) -> None:
         self.tokens.inc(n)
+
+    def observe_step(self, schedule_s: float, run_s: float, update_s: float, device_s: float | None) -> None:
+        self.steps.inc()
+        for phase, s in (("schedule", schedule_s), ("run", run_s), ("update", update_s)):
+            self.step_seconds.labels(phase=phase).inc(s)
+        if device_s is not None:
+            self.device_seconds.inc(device_s)
 
     def bind_engine(self, engine) -> None:
         """Gauges follow the engine's live state, read when scraped."""

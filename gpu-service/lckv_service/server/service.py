@@ -10,7 +10,8 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from ..checkpoint import load_model, model_identity
 from ..errors import ConfigError, ContextLengthError, ModelNotFoundError, RequestError
 from ..engine.engine import AsyncEngine, Engine
 from ..engine.request import Request
-from ..engine.runner import DECODERS, ModelRunner, plan_slots
+from ..engine.runner import ModelRunner, plan_slots
 from ..engine.scheduler import Scheduler, SchedulerConfig
 from ..model import PrefillMode
 from ..sampling import SamplingParams
@@ -33,42 +34,86 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+PREFILL_MODES = ("auto", "tokenwise", "exact", "iterative", "adaptive")
+AUTO = "auto"
+
+
+def _opt(default, help: str, kind=str, choices=None, env: str | None = None, cli: bool = True):
+    """A serving option: its default, its `serve` flag (--name-with-dashes) and help, in one place."""
+    return field(default=default, metadata=dict(help=help, kind=kind, choices=choices, env=env, cli=cli))
+
+
 @dataclass(frozen=True)
 class ServeConfig:
-    model: str                              # model folder
-    secret: str
-    model_id: str | None = None             # default: the folder's name
-    host: str = "127.0.0.1"
-    port: int = 8000
-    device: str = "auto"                    # auto | cpu | cuda[:n]
-    dtype: str = "auto"                     # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
-    max_slots: int = 8                      # CPU: the pool size; CUDA: an upper bound
-    mem_fraction: float = 0.85              # CUDA: share of free memory (after loading) for the K/V pool
-    sinks: int = 4
-    window: int | None = None               # default: max_position_embeddings - sinks
-    evict_step: int = 0                     # 0 = window // 8
-    prefill_mode: str = "exact"             # exact | iterative | adaptive
-    prefill_chunk: int = 16
-    decode: str = "fast"                    # fast (kernels.FastDecode) | reference (model.decode, for debugging)
-    decode_graphs: bool = False             # CUDA graphs for the fast decode step (contiguous batches only)
-    max_batched_tokens: int = 512
-    max_waiting: int = 64
-    max_prompt_tokens: int | None = None    # default: sinks + window
-    max_tokens: int = 4096                  # largest sampling.max_tokens accepted
-    max_request_bytes: int = 64 * 2**20
+    """Every serving option, declared once: `python -m lckv_service serve` derives its flags from these
+    fields (`add_arguments` / `from_args`), tests and benchmarks construct it directly."""
+    model: str = _opt("/models/default", "model folder", env="MODEL_DIR")
+    secret: str = _opt("", "shared secret (env GPU_SERVICE_SECRET only, never a flag)", cli=False)
+    model_id: str | None = _opt(None, "id clients use (default: the folder's name)", env="MODEL_ID")
+    host: str = _opt("127.0.0.1", "listen address")
+    port: int = _opt(8000, "listen port", kind=int, env="PORT")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    dtype: str = _opt("auto", "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16")
+    max_slots: int = _opt(8, "K/V pool slots (CPU: exactly; CUDA: at most)", kind=int)
+    mem_fraction: float = _opt(0.85, "CUDA: share of free memory (after loading) for the K/V pool", kind=float)
+    sinks: int = _opt(4, "attention-sink tokens kept by StreamingLLM eviction", kind=int)
+    window: int | None = _opt(None, "recent tokens kept (default: max positions - sinks)", kind=int)
+    evict_step: int = _opt(0, "tokens dropped per eviction (0: window/8)", kind=int)
+    prefill_mode: str = _opt(AUTO, "auto (tokenwise for models with a cyclic LCKV block, one pass per "
+                                   "chunk otherwise) | tokenwise (exact; prompt tokens ride in the decode "
+                                   "batch) | exact (chunks of --prefill-chunk with as many passes) | "
+                                   "iterative (the paper's m+b passes; approximate) | adaptive",
+                             choices=PREFILL_MODES)
+    prefill_chunk: int = _opt(16, "exact mode: tokens per chunk", kind=int)
+    decode: str = _opt("fast", "decode step: fast (FastDecode; Triton kernel on CUDA) or reference "
+                               "(model.decode, for debugging)", choices=("fast", "reference"), env="LCKV_DECODE")
+    decode_graphs: str = _opt(AUTO, "CUDA graphs for the decode step: auto (on with CUDA and decode=fast) | "
+                                    "on | off", choices=("auto", "on", "off"))
+    max_batched_tokens: int | None = _opt(None, "token budget of one step (default: slots + 8192 on CUDA, "
+                                                "slots + 512 on CPU)", kind=int)
+    max_waiting: int = _opt(64, "admission queue bound (beyond: 503)", kind=int)
+    max_prompt_tokens: int | None = _opt(None, "longest new prompt (default: sinks + window)", kind=int)
+    max_tokens: int = _opt(4096, "largest sampling.max_tokens", kind=int)
+    max_request_bytes: int = _opt(64 * 2**20, "largest request body in bytes", kind=int)
+    chat_template: str | None = _opt(None, "Jinja chat template file, used instead of the model folder's "
+                                           "(or for a base model)")
 
     def __post_init__(self):
         if not self.secret:
             raise ConfigError("the shared secret (GPU_SERVICE_SECRET) must be set", param="GPU_SERVICE_SECRET")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be auto or one of {sorted(DTYPES)}", param="dtype")
-        for name in ("max_slots", "max_tokens", "max_request_bytes", "prefill_chunk"):
+        for name in ("max_slots", "max_tokens", "max_request_bytes", "prefill_chunk", "max_waiting"):
             if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1", param=name)
+        for name in ("max_batched_tokens", "max_prompt_tokens", "window"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1", param=name)
         if not 0 < self.mem_fraction <= 1:
             raise ConfigError("mem_fraction must be in (0, 1]", param="mem_fraction")
-        if self.decode not in DECODERS:
-            raise ConfigError(f"decode must be one of {', '.join(DECODERS)}", param="decode")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)}", param=f.name)
+
+    @classmethod
+    def add_arguments(cls, ap) -> None:
+        for f in fields(cls):
+            m = f.metadata
+            if not m.get("cli"):
+                continue
+            default = f.default
+            if m.get("env") and os.environ.get(m["env"]):
+                try:
+                    default = m["kind"](os.environ[m["env"]])
+                except ValueError:
+                    raise ConfigError(f"env {m['env']} must be a {m['kind'].__name__}", param=m["env"]) from None
+            ap.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=m["kind"], default=default,
+                            choices=m.get("choices"), help=m["help"] + (f" (env {m['env']})" if m.get("env") else ""))
+
+    @classmethod
+    def from_args(cls, ns, **extra) -> "ServeConfig":
+        return cls(**{f.name: getattr(ns, f.name) for f in fields(cls) if f.metadata.get("cli")}, **extra)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,7 +140,7 @@ class ModelService:
         device = resolve_device(cfg.device)
         auto = torch.bfloat16 if device.type == "cuda" else torch.float32
         dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else auto
-        self.tokenizer = ChatTokenizer.from_folder(folder)
+        self.tokenizer = ChatTokenizer.from_folder(folder, chat_template=_read_template(cfg.chat_template))
         self.dtype = dtype
         self.model = load_model(folder, device=device, dtype=dtype).eval()
         self.model_cfg = self.model.cfg
@@ -107,19 +152,27 @@ class ModelService:
             raise ConfigError(f"sinks + window must be <= max_position_embeddings "
                               f"({self.model_cfg.max_position_embeddings})", param="window")
         capacity = cfg.sinks + window
+        cuda = device.type == "cuda"
+        graphs = cfg.decode_graphs == "on" or (cfg.decode_graphs == AUTO and cuda and cfg.decode == "fast")
         num_slots = plan_slots(self.model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction)
+        kind = cfg.prefill_mode
+        if kind == AUTO:  # measured (bench/README.md, serving): exact tokenwise beats chunked passes
+            kind = "tokenwise" if self.model_cfg.iter_block is not None else "exact"
+        budget = cfg.max_batched_tokens or num_slots + (8192 if cuda else 512)
         self.sched_cfg = SchedulerConfig(num_slots=num_slots, sinks=cfg.sinks, window=window,
-                                         evict_step=cfg.evict_step, max_batched_tokens=cfg.max_batched_tokens,
-                                         max_waiting=cfg.max_waiting)
+                                         evict_step=cfg.evict_step, max_batched_tokens=budget,
+                                         max_waiting=cfg.max_waiting,
+                                         prefill_chunk=1 if kind == "tokenwise" else 0)
         self.max_prompt_tokens = cfg.max_prompt_tokens or capacity
-        mode = PrefillMode(kind=cfg.prefill_mode, chunk=cfg.prefill_chunk)
+        mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
         runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
-                             decode=cfg.decode, decode_graphs=cfg.decode_graphs)
+                             decode=cfg.decode, decode_graphs=graphs)
+        self.prefill_kind = kind
         self.engine = Engine(Scheduler(self.sched_cfg), runner, self.tokenizer, metrics)
         self.async_engine = AsyncEngine(self.engine)
-        log.info("model loaded: id=%s device=%s dtype=%s slots=%d capacity=%d kv_layers=%d",
-                 self.model_id, device, str(dtype).removeprefix("torch."), num_slots, capacity,
-                 len(self.model_cfg.kv_layers))
+        log.info("model loaded: id=%s device=%s dtype=%s slots=%d capacity=%d kv_layers=%d prefill=%s "
+                 "step_tokens=%d decode_graphs=%s", self.model_id, device, str(dtype).removeprefix("torch."),
+                 num_slots, capacity, len(self.model_cfg.kv_layers), kind, budget, graphs)
 
     def info(self) -> dict:
         c = self.model_cfg
@@ -146,20 +199,22 @@ class ModelService:
             raise ModelNotFoundError(f"model {g.model[:100]!r} is not served here", param="model")
         tok = self.tokenizer
         if g.kind == "chat":
-            messages = g.messages
-            prompt_ids = tok.encode_chat(messages, add_generation_prompt=True)
+            messages, continues = g.messages, state is not None
+            prompt_ids = tok.encode_chat(messages, add_generation_prompt=True, continues=continues)
 
             def canonical(reply: str) -> list[int]:
-                return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False)
+                return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False, continues)
             param = "messages"
         else:
             prompt = g.prompt
-            # an empty prompt starts a new document, as at OpenAI
-            start = [tok.document_separator_id] if not prompt and tok.document_separator_id is not None else []
-            prompt_ids = start + tok.encode(prompt)
+            prompt_ids = tok.encode_prompt(prompt)
+            # an empty prompt starts a new document, as at OpenAI: BOS where the tokenizer adds one,
+            # else the document separator
+            start = [tok.document_separator_id] if not prompt_ids and tok.document_separator_id is not None else []
+            prompt_ids = start + prompt_ids
 
             def canonical(reply: str) -> list[int]:
-                return start + tok.encode(prompt + reply)
+                return start + tok.encode_prompt(prompt + reply)
             param = "prompt"
         if len(prompt_ids) > self.max_prompt_tokens:
             raise ContextLengthError(len(prompt_ids), self.max_prompt_tokens, param=param)
@@ -180,8 +235,15 @@ class ModelService:
     async def warmup(self) -> None:
         """One real generation through the engine, so /readyz means 'serves requests'."""
         t = time.monotonic()
-        g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "chat",
-                            [{"role": "user", "content": "Hello"}], None, SamplingParams(max_tokens=2), True)
+        graphs = await asyncio.to_thread(self.engine.runner.warm_graphs)
+        if graphs:
+            log.info("decode graphs captured: %d in %.2fs", graphs, time.monotonic() - t)
+        if self.tokenizer.has_chat_template:
+            g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "chat",
+                                [{"role": "user", "content": "Hello"}], None, SamplingParams(max_tokens=2), True)
+        else:  # a base model serves completions only
+            g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "completion",
+                                None, "Hello", SamplingParams(max_tokens=2), True)
         req = self.make_request(g, None)
         queue = self.async_engine.add(req)
         while True:
@@ -192,6 +254,18 @@ class ModelService:
                 await asyncio.to_thread(self.encode_blob, ev.state)
                 break
         log.info("warmup generation done in %.2fs", time.monotonic() - t)
+
+
+def _read_template(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the chat template file: {type(e).__name__}", param="chat_template") from e
+    if not text.strip():
+        raise ConfigError("the chat template file is empty", param="chat_template")
+    return text
 
 
 def describe_config(cfg: ServeConfig) -> str:

@@ -10,6 +10,7 @@ from aiohttp import web
 from ..engine.request import Request
 from ..errors import http_error
 from . import protocol as P
+from .access_log import FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +25,20 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
         await resp.write(P.json_frame(P.start_event(echo_id, service.model_id,
                                                     req.cached_tokens + len(req.prompt_ids),
                                                     req.cached_tokens, int(time.time()))))
+        held = None
         while True:
-            ev = await queue.get()
+            ev, held = held or await queue.get(), None
             if ev.type == "delta":
-                await resp.write(P.json_frame(P.delta_event(ev.text, ev.token_ids)))
+                # deltas that queued up while the last frame was written go out as one frame
+                text, ids = [ev.text], list(ev.token_ids)
+                while not queue.empty():
+                    nxt = queue.get_nowait()
+                    if nxt.type != "delta":
+                        held = nxt
+                        break
+                    text.append(nxt.text)
+                    ids += nxt.token_ids
+                await resp.write(P.json_frame(P.delta_event("".join(text), ids)))
                 continue
             if ev.type == "done":
                 data = await asyncio.to_thread(service.encode_blob, ev.state) if ev.state is not None else b""
@@ -67,6 +78,8 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
         return resp
     finally:
         metrics.requests.labels(outcome=outcome).inc()
-        log.info("generate request_id=%s outcome=%s prompt_tokens=%d cached_tokens=%d completion_tokens=%d "
-                 "seconds=%.3f", echo_id, outcome, req.cached_tokens + len(req.prompt_ids), req.cached_tokens,
-                 len(req.output_ids), time.monotonic() - t0)
+        # the request's one log line (access_log) carries the generation's outcome
+        request.setdefault(FIELDS, {}).update(
+            request_id=echo_id, outcome=outcome, prompt_tokens=req.cached_tokens + len(req.prompt_ids),
+            cached_tokens=req.cached_tokens, completion_tokens=len(req.output_ids),
+            stream_ms=round((time.monotonic() - t0) * 1000, 1))

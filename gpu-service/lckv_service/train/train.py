@@ -212,7 +212,7 @@ def train(model_cfg: ModelConfig | None, cfg: TrainConfig, *, resume: bool = Fal
     fwd = CompiledOrEager(model, cfg.compile and device.type == "cuda")
     jlog = JsonlLog(None if probe_iters else out / "log.jsonl")
     n_params = sum(p.numel() for p in model.parameters())
-    n_embed = model.model.embed_tokens.weight.numel() + model.lm_head.weight.numel()
+    n_embed = model.model.embed_tokens.weight.numel() * (1 if mcfg.tie_word_embeddings else 2)
     log.info("model: %s, %.2fM params (%.2fM without embeddings), w=%s, kv layers %d/%d; %s, dtype %s",
              out.name, n_params / 1e6, (n_params - n_embed) / 1e6, mcfg.warmup_layers, len(mcfg.kv_layers),
              mcfg.num_layers, device, cfg.dtype)

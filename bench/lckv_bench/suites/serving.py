@@ -1,0 +1,363 @@
+"""Serving: the product as clients see it. Starts the real GPU service (`python -m lckv_service serve`,
+the code `npm start` and the container run) on a random-weight model of the shape, opens N concurrent
+streams over its HTTP protocol (all at once, and Poisson arrivals), and in the same run measures the
+engine alone (bench/lckv_bench/ours.generate: the same model folder, batch, prompt and generation
+lengths, no HTTP, no scheduler) as the baseline.
+
+One row per (shape, variant, prompt+gen, streams, arrival):
+- tokens_per_s: completion tokens delivered / (last stream's end - first request sent);
+- ttft_*: request sent -> first token frame received; itl_*: gaps between a stream's token frames,
+  a frame of k tokens counting as k gaps of 1/k of its interval each;
+- all_tokens_delivered_once: every stream received exactly the ids its `usage` counts;
+- engine_tokens_per_s, engine_step_s: the engine alone, all prompts prefilled then decoded together;
+- profile (from the service's /metrics over the burst run): steps, wall seconds per step and per
+  phase (schedule, run, update), device span per step (CUDA), gpu_busy_frac (device span / wall);
+  gpu_util_mean_pct from nvidia-smi sampling.
+
+The model's tokenizer is the test BPE plus filler tokens up to the shape's vocabulary (so the LM head
+and sampling have the real width); prompts are plain words cut to exactly `prompt_len` tokens.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import random
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import torch
+
+from lckv_service.checkpoint import load_model, save_model
+from lckv_service.model import LCKVModel, PrefillMode
+from lckv_service.testmodel import CORPUS, train_tokenizer, write_tokenizer_files
+
+from .. import ours
+from ..common import Context, release
+from ..shapes import make_config
+
+STREAMS, TINY_STREAMS = (64, 128, 256), (4, 8)
+SETTINGS, TINY_SETTINGS = ((512, 512),), ((24, 12),)
+VARIANTS = ("llama", "lckv-w2")
+ARRIVALS = ("burst", "poisson")
+SECRET = "bench-serving-secret"
+MODEL_ID = "bench"
+SERVICE_SRC = Path(__file__).resolve().parents[3] / "gpu-service"
+
+
+# ---- the model folder --------------------------------------------------------------------------
+def make_model_folder(folder: Path, shape: str, variant: str, max_positions: int, dtype: torch.dtype) -> Path:
+    tok = train_tokenizer()
+    cfg = make_config(shape, variant, max_positions)
+    if cfg.vocab_size < tok.get_vocab_size():   # the CPU test shape: the tokenizer's width
+        cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size())
+    n_fill = cfg.vocab_size - tok.get_vocab_size()
+    tok.add_tokens([f"<w{i}>" for i in range(n_fill)])   # decodable ids up to the shape's width
+    folder.mkdir(parents=True, exist_ok=True)
+    write_tokenizer_files(tok, folder)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LCKVModel(cfg).to(dtype)
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02) if p.dim() == 2 else p.fill_(1.0)
+    save_model(model, folder, dtype=dtype)
+    return folder
+
+
+def make_prompts(folder: Path, n: int, length: int, seed: int = 0) -> list[str]:
+    """n different texts of exactly `length` tokens under the folder's tokenizer."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    words = " ".join(CORPUS).split()
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        text = " ".join(rng.choice(words) for _ in range(length * 2))
+        ids = tok.encode(text, add_special_tokens=False).ids[:length]
+        cut = tok.decode(ids, skip_special_tokens=False)
+        if len(tok.encode(cut, add_special_tokens=False).ids) == length:
+            out.append(cut)
+    return out
+
+
+# ---- the server process ------------------------------------------------------------------------
+class ServerProcess:
+    def __init__(self, folder: Path, device: str, port: int, flags: list[str], src: Path, log: Path):
+        self.url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, GPU_SERVICE_SECRET=SECRET, PYTHONPATH=str(src))
+        cmd = [sys.executable, "-m", "lckv_service", "serve", "--model", str(folder), "--model-id", MODEL_ID,
+               "--host", "127.0.0.1", "--port", str(port), "--device", device, *flags]
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float) -> None:
+        t = time.monotonic()
+        while time.monotonic() - t < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not ready after {timeout:.0f}s")
+
+    def metrics(self) -> dict[str, float]:
+        req = urllib.request.Request(self.url + "/metrics", headers={"Authorization": f"Bearer {SECRET}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("lckv_engine_") and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def _pyspy(server: "ServerProcess", base: dict, n: int):
+    """Optional sampling profile of the server under the largest burst: env LCKV_BENCH_PYSPY names a
+    py-spy binary, LCKV_BENCH_PYSPY_OUT the folder for its raw (collapsed-stack) output."""
+    exe, out = os.environ.get("LCKV_BENCH_PYSPY"), os.environ.get("LCKV_BENCH_PYSPY_OUT")
+    if not exe or not out:
+        return None
+    name = f"pyspy-{base['shape']}-{base['variant']}-{'baseline' if base['server_src'] != 'this tree' else 'now'}-{n}.txt"
+    return subprocess.Popen([exe, "record", "--pid", str(server.proc.pid), "--rate", "100", "--duration", "15",
+                             "--format", "raw", "--threads", "--nonblocking", "-o", str(Path(out) / name)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- the client --------------------------------------------------------------------------------
+def _body(i: int, prompt: str, gen: int) -> bytes:
+    obj = {"request_id": f"bench-{i}", "model": MODEL_ID, "kind": "completion", "prompt": prompt,
+           "sampling": {"max_tokens": gen, "temperature": 0.0}, "return_blob": False}
+    payload = json.dumps(obj).encode()
+    return struct.pack(">cI", b"J", len(payload)) + payload + struct.pack(">cI", b"E", 0)
+
+
+async def _one(session, url: str, body: bytes, delay: float, t_start: float) -> dict:
+    import aiohttp  # noqa: F401  (session type)
+    await asyncio.sleep(max(0.0, t_start + delay - time.perf_counter()))
+    sent = time.perf_counter()
+    frames: list[tuple[float, int]] = []   # (arrival time, token ids in the frame)
+    done, buf = None, b""
+    headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/vnd.lckv.frames"}
+    async with session.post(url + "/v1/internal/generate", data=body, headers=headers) as r:
+        if r.status != 200:
+            return {"status": r.status, "error": (await r.text())[:300]}
+        async for chunk in r.content.iter_any():
+            buf += chunk
+            while len(buf) >= 5:
+                kind, n = struct.unpack(">cI", buf[:5])
+                if len(buf) < 5 + n:
+                    break
+                payload, buf = buf[5:5 + n], buf[5 + n:]
+                if kind == b"J":
+                    ev = json.loads(payload)
+                    if ev["type"] == "delta":
+                        frames.append((time.perf_counter(), len(ev["token_ids"])))
+                    elif ev["type"] == "done":
+                        done = ev
+                    elif ev["type"] == "error":
+                        return {"status": 200, "error": ev}
+    return {"status": 200, "sent": sent, "frames": frames, "done": done, "end": time.perf_counter()}
+
+
+async def drive(url: str, prompts: list[str], gen: int, delays: list[float]) -> list[dict]:
+    import aiohttp
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=3600)) as s:
+        t0 = time.perf_counter() + 0.05
+        return await asyncio.gather(*(_one(s, url, _body(i, p, gen), d, t0)
+                                      for i, (p, d) in enumerate(zip(prompts, delays))))
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))], 5)
+
+
+def delivered(r: dict) -> bool:
+    """Every sampled id reached the client exactly once: usage counts them all, and an end-of-turn
+    token that stopped the stream is counted but not sent as text."""
+    got, usage = sum(k for _, k in r["frames"]), r["done"]["usage"]["completion_tokens"]
+    return got == usage or (r["done"]["finish_reason"] == "stop" and got == usage - 1)
+
+
+def summarize(results: list[dict]) -> dict:
+    ok = [r for r in results if r.get("done") is not None and "error" not in r]
+    errors = [r for r in results if r not in ok]
+    delivered_once = bool(ok) and not errors and all(delivered(r) for r in ok)
+    tokens = sum(r["done"]["usage"]["completion_tokens"] for r in ok)
+    wall = (max(r["end"] for r in ok) - min(r["sent"] for r in ok)) if ok else 0.0
+    ttft = [r["frames"][0][0] - r["sent"] for r in ok if r["frames"]]
+    itl = []
+    for r in ok:
+        for (ta, _), (tb, k) in zip(r["frames"], r["frames"][1:]):
+            itl += [(tb - ta) / k] * k
+    prompt_tokens = [r["done"]["usage"]["prompt_tokens"] for r in ok]
+    return {"completed": len(ok), "failed": len(errors), "error_sample": str(errors[0].get("error"))[:300] if errors else None,
+            "all_tokens_delivered_once": delivered_once, "generated_tokens": tokens, "wall_s": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1) if wall else None,
+            "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1) if prompt_tokens else None,
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95),
+            "itl_p50_s": pct(itl, 0.5), "itl_p95_s": pct(itl, 0.95)}
+
+
+def profile(before: dict, after: dict, gpu_util: list[float]) -> dict:
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    steps = d.get("lckv_engine_steps_total", 0.0)
+    if not steps:
+        return {"profile_steps": 0, "gpu_util_mean_pct": round(statistics.mean(gpu_util), 1) if gpu_util else None}
+    phase = {p: d.get(f'lckv_engine_step_seconds_total{{phase="{p}"}}', 0.0) for p in ("schedule", "run", "update")}
+    wall = sum(phase.values())
+    dev = d.get("lckv_engine_device_seconds_total", 0.0)
+    return {"profile_steps": int(steps), "step_ms": round(1000 * wall / steps, 3),
+            **{f"step_{p}_ms": round(1000 * s / steps, 3) for p, s in phase.items()},
+            "step_device_ms": round(1000 * dev / steps, 3) if dev else None,
+            "gpu_busy_frac": round(dev / wall, 3) if dev and wall else None,
+            "gpu_util_mean_pct": round(statistics.mean(gpu_util), 1) if gpu_util else None}
+
+
+class GpuUtil:
+    """nvidia-smi utilization samples while a run goes (empty where there is no nvidia-smi)."""
+
+    def __enter__(self):
+        self.samples: list[float] = []
+        exe = shutil.which("nvidia-smi")
+        self.proc = subprocess.Popen([exe, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                      "-lms", "200"], stdout=subprocess.PIPE, text=True) if exe else None
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            out, _ = self.proc.communicate(timeout=10)
+            self.samples = [float(x) for x in out.split() if x.strip().replace(".", "", 1).isdigit()]
+
+
+# ---- the suite ---------------------------------------------------------------------------------
+def engine_baseline(folder: Path, device, dtype, batch: int, prompt: int, gen: int, decoder: str,
+                    deadline: float) -> dict:
+    model = load_model(folder, device=device, dtype=dtype).eval()
+    cfg = model.cfg
+    tokenwise = cfg.iter_block is not None   # what the service's auto prefill runs
+    group = max(1, min(batch, 65536 // prompt))
+    try:
+        r = ours.generate(model, cfg, batch, prompt, gen, device, dtype, decoder=decoder,
+                          mode=PrefillMode(kind="exact"), group=group, deadline=deadline, tokenwise=tokenwise)
+    finally:
+        del model
+        release(device)
+    return {"engine_tokens_per_s": round(batch * gen / r.total_s, 1),
+            "engine_step_s": round(r.decode_s / max(1, r.steps_done), 6),
+            "engine_prefill_s": round(r.prefill_s, 4), "engine_extrapolated": r.extrapolated,
+            "engine_decoder": decoder, "engine_prefill": "tokenwise" if tokenwise else "one pass"}
+
+
+def run(ctx: Context) -> None:
+    settings = ctx.settings or (TINY_SETTINGS if ctx.tiny else SETTINGS)
+    streams = ctx.streams or (TINY_STREAMS if ctx.tiny else STREAMS)
+    arrivals = ctx.arrivals or ARRIVALS
+    variants = [v for v in (ctx.variants or VARIANTS) if v != "hf-llama"]
+    dtype = torch.float32 if ctx.device.type == "cpu" else torch.bfloat16
+    src = Path(ctx.server_src) if ctx.server_src else SERVICE_SRC
+    extra = ctx.server_args.split() if ctx.server_args else []
+    decoder = ctx.preferred_decoder()
+    for shape in ctx.shapes:
+        for variant in variants:
+            for prompt, gen in settings:
+                base = dict(shape=shape, variant=variant, prompt_len=prompt, gen_len=gen,
+                            server_src=str(src.parent.name if ctx.server_src else "this tree"),
+                            server_args=" ".join(extra))
+                if ctx.budget.left() < 10:
+                    ctx.rec.write("serving", status="skipped", reason="suite time budget spent", **base)
+                    continue
+                with tempfile.TemporaryDirectory() as tmp:
+                    folder = make_model_folder(Path(tmp) / "model", shape, variant, prompt + gen + 8, dtype)
+                    rows = _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base)
+                    for row in rows:   # the engine alone, same folder, batch and lengths, after the server is gone
+                        if row.get("status") != "ok" or ctx.server_src:   # another tree: its rows compare
+                            continue                                     # with this tree's, engine included
+                        try:
+                            row.update(engine_baseline(folder, ctx.device, dtype, row["streams"], prompt, gen,
+                                                       decoder, time.perf_counter() + min(60, ctx.budget.left() / 4)))
+                            if row["arrival"] == "burst":   # Poisson throughput is the offered load
+                                row["service_vs_engine"] = round(row["tokens_per_s"] / row["engine_tokens_per_s"], 3)
+                            row["itl_p50_vs_engine_step"] = round(row["itl_p50_s"] / row["engine_step_s"], 3)
+                        except Exception as e:   # an engine failure keeps the service's numbers
+                            row["engine_error"] = f"{type(e).__name__}: {e}"[:300]
+                    for row in rows:
+                        ctx.rec.write("serving", **row)
+
+
+def _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base) -> list[dict]:
+    n_max = max(streams)
+    flags = ["--max-slots", str(n_max), "--window", str(prompt + gen + 4), "--max-waiting", str(n_max),
+             "--max-tokens", str(gen), "--log-level", "WARNING", *extra]
+    log = Path(tempfile.gettempdir()) / f"serving-{base['shape']}-{base['variant']}.log"
+    server = ServerProcess(folder, ctx.device.type, free_port(), flags, src, log)
+    rows = []
+    try:
+        server.wait_ready(timeout=min(600, ctx.budget.left()))
+        warm = make_prompts(folder, 4, prompt, seed=99)
+        asyncio.run(drive(server.url, warm, min(gen, 8), [0.0] * 4))
+        for n in streams:
+            prompts = make_prompts(folder, n, prompt, seed=n)
+            for arrival in arrivals:
+                if ctx.budget.left() < 5:
+                    rows.append(dict(base, streams=n, arrival=arrival, status="skipped",
+                                     reason="suite time budget spent"))
+                    continue
+                rate = ctx.rate or (n / (1.0 if ctx.tiny else 10.0))
+                rng = random.Random(n)
+                delays, t = [], 0.0
+                for _ in range(n):
+                    delays.append(t if arrival == "poisson" else 0.0)
+                    t += rng.expovariate(rate)
+                before = server.metrics()
+                spy = _pyspy(server, base, n) if n == n_max and arrival == "burst" else None
+                with GpuUtil() as util:
+                    results = asyncio.run(drive(server.url, prompts, gen, delays))
+                if spy is not None:
+                    spy.wait(timeout=120)
+                after = server.metrics()
+                summary = summarize(results)
+                rows.append(dict(base, streams=n, arrival=arrival, rate_per_s=round(rate, 3) if arrival == "poisson" else None,
+                                 status="ok" if summary["completed"] == n else "error",
+                                 **summary, **profile(before, after, util.samples)))
+    except Exception as e:
+        rows.append(dict(base, status="error", error=f"{type(e).__name__}: {e}"[:300],
+                         server_log_tail=log.read_text(errors="replace")[-1500:] if log.exists() else None))
+    finally:
+        server.stop()
+    return rows

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The serving benchmark on a GPU machine (one device call each; writes $OUT/serving-<part>.jsonl/.log):
+#   bash bench/serving_gpu.sh now       # CUDA graph tests, then this tree's service vs the engine alone
+#   bash bench/serving_gpu.sh baseline  # the same load against another tree's service (.baseline/gpu-service)
+# Carry .whl (pytest, prometheus-client, jinja2, py-spy: the machine has no internet) and, for
+# `baseline`, .baseline (`git archive <commit> gpu-service/lckv_service | tar -x -C .baseline`).
+set -uo pipefail
+part=${1:?usage: bash bench/serving_gpu.sh now|baseline [run.py args...]}; shift
+cd "$(dirname "$0")/.."
+out=${OUT:-bench/results}; mkdir -p "$out"; out=$(cd "$out" && pwd)
+py=$(command -v python3)
+if [ -d .whl ]; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/gpu-service:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+export LCKV_BENCH_PYSPY=/tmp/site/bin/py-spy LCKV_BENCH_PYSPY_OUT="$out"
+log="$out/serving-$part.log"
+nvidia-smi --query-gpu=name,memory.total --format=csv >"$log" 2>&1
+case "$part" in
+  now)
+    (cd gpu-service && timeout 60 "$py" -m pytest -q -p no:cacheprovider tests/test_bench_kernels.py \
+      tests/test_runner_decode.py -k "cuda or graph or bucket" >>"$log" 2>&1) || echo "kernel tests failed" >>"$log"
+    src=() ;;
+  baseline) src=(--server-src .baseline/gpu-service) ;;
+  *) echo "unknown part $part" >&2; exit 2 ;;
+esac
+timeout --signal=INT --kill-after=20 "${BUDGET:-500}" "$py" bench/run.py --suite "serving:${SUITE_S:-470}" \
+  --shapes tinyllama-1.1b --out "$out/serving-$part.jsonl" "${src[@]}" "$@" >>"$log" 2>&1 \
+  || echo "run.py exited with $?" >>"$log"
