@@ -9,11 +9,11 @@ const nullish = <T extends z.ZodType>(t: T) => t.nullable().optional();
 const text = () => z.string().refine((s) => !hasLoneSurrogate(s), "Invalid input: the string contains an unpaired UTF-16 surrogate");
 const IGNORED = "Accepted and ignored.";
 
-export const responseId = z.string().regex(RESPONSE_ID, "Invalid input: not a response id (resp_…)").meta({ id: "ResponseId" });
-export const conversationId = z.string().regex(CONVERSATION_ID, "Invalid input: not a conversation id (conv_…)").meta({ id: "ConversationId" });
-export const itemId = z.string().regex(ITEM_ID, "Invalid input: not an item id (msg_…)").meta({ id: "ItemId" });
+export const responseId = z.string().regex(RESPONSE_ID, "Invalid input: not a response id (resp_…)");
+export const conversationId = z.string().regex(CONVERSATION_ID, "Invalid input: not a conversation id (conv_…)");
+export const itemId = z.string().regex(ITEM_ID, "Invalid input: not an item id (msg_…)");
 export const metadata = z.record(z.string().max(64), z.string().max(512))
-  .refine((m) => Object.keys(m).length <= 16, "Invalid input: at most 16 metadata keys").meta({ id: "Metadata" });
+  .refine((m) => Object.keys(m).length <= 16, "Invalid input: at most 16 metadata keys");
 
 const ITEM_TYPES = "Invalid input: an item must be a message ({\"role\": \"user\"|\"system\"|\"developer\"|\"assistant\", \"content\": "
   + "a string or input_text/output_text parts}); other item types (tool calls, files, images, reasoning) are not supported";
@@ -103,7 +103,7 @@ export const ResponseObject = z.strictObject({
   tool_choice: z.enum(["none", "auto"]),
   tools: z.array(z.unknown()).max(0),
   truncation: z.enum(["auto", "disabled"]),
-  usage: ResponseUsage.nullable(),
+  usage: z.union([ResponseUsage, z.null()]).meta({ description: "null while in progress and when failed." }),
   user: z.string().nullable(),
 }).meta({ id: "Response" });
 
