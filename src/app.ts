@@ -95,7 +95,9 @@ const DESCRIPTION = `OpenAI-compatible chat and text completions at the edge, wi
 
 A subset of OpenAI's API (unmodified OpenAI clients work) served by Layer-Condensed KV Cache
 models. Conversations continue across requests through sessions: pass \`prompt_cache_key\`
-(OpenAI's own field) or an \`x-session-id\` header. See docs/edge.md for the field table
+(OpenAI's own field) or an \`x-session-id\` header, or through the Responses API
+(\`previous_response_id\`, \`conversation\`) and the Conversations API, whose chains live in the same
+session objects. See docs/edge.md for the field table
 (accepted / ignored / rejected), the session message-matching rule, limits and errors.
 
 Every response carries \`x-request-id\`. Errors are \`{"error": {message, type, param, code}}\`.

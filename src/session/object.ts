@@ -241,7 +241,6 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
   async response(id: string) {
     return this.chain.response(id);
   }
-
   async deleteResponse(id: string): Promise<boolean> {
     return this.chain.deleteResponse(id);
   }
