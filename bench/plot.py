@@ -334,7 +334,7 @@ def plots(rows, out: Path) -> list[str]:
         dev, shape, _, _, p, g = next(iter(burst))[:6]
         a1.set_title(f"{shape}, {p}+{g}, all streams at once, {dev}", fontsize=9)
         a1.set_xlabel("concurrent streams"); a1.set_ylabel("output tokens/s")
-        a2.set_xlabel("concurrent streams"); a2.set_ylabel("time to first token (s)")
+        a2.set_xlabel("concurrent streams"); a2.set_ylabel("time to first token (s, log)"); a2.set_yscale("log")
         a1.legend(fontsize=7); a2.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / "serving.png", dpi=110)
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for the PNGs")
     ap.add_argument("--readme", type=Path, default=HERE / "README.md", help="markdown file to update ('-': print)")
     args = ap.parse_args(argv)
-    paths = args.results or sorted((HERE / "results").glob("*.jsonl"))
+    paths = args.results or sorted((HERE / "results").glob("*.jsonl")) + sorted((HERE / "results" / "serving").glob("*.jsonl"))
     if not paths:
         print("no results (bench/results/*.jsonl)", file=sys.stderr)
         return 1
