@@ -229,6 +229,13 @@ def serving_md(rows) -> str:
                   "service step ms", "GPU busy", "tokens once"], body)
 
 
+def _save(plt, fig, out: Path, name: str, made: list[str]) -> None:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    made.append(name)
+
+
 def plots(rows, out: Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -256,10 +263,7 @@ def plots(rows, out: Path) -> list[str]:
             ax.set_title(f"{shape} on {dev}", fontsize=9)
             ax.set_ylabel("tokens/s (FlexGen protocol)")
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "throughput.png", dpi=110)
-        plt.close(fig)
-        made.append("throughput.png")
+        _save(plt, fig, out, "throughput.png", made)
 
     rl = latest(rows, "roofline", lambda r: (r["device"], r["shape"], r["prompt_len"], r["gen_len"], r["variant"]))
     hw = latest(rows, "hw", lambda r: r["device"])
@@ -275,10 +279,7 @@ def plots(rows, out: Path) -> list[str]:
         ax.set_xlabel("FLOP per byte (decode step)")
         ax.set_ylabel("TFLOP/s achieved")
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "roofline.png", dpi=110)
-        plt.close(fig)
-        made.append("roofline.png")
+        _save(plt, fig, out, "roofline.png", made)
 
     pf = latest(rows, "prefill", lambda r: (r["device"], r["shape"], r["variant"], r["mode"], r["prompt_len"]))
     if pf:
@@ -290,10 +291,7 @@ def plots(rows, out: Path) -> list[str]:
         ax.set_ylabel("time to first token (s)")
         ax.set_title(", ".join(sorted({f"{k[1]} on {k[0]}" for k in pf})), fontsize=8)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "prefill_ttft.png", dpi=110)
-        plt.close(fig)
-        made.append("prefill_ttft.png")
+        _save(plt, fig, out, "prefill_ttft.png", made)
 
     st = latest(rows, "streaming", lambda r: (r["device"], r["shape"], r["batch"], r["variant"], r["decoder"],
                                               r["cache_size"]))
@@ -312,10 +310,7 @@ def plots(rows, out: Path) -> list[str]:
         a2.set_xlabel("cache size (tokens, 4 sinks)"); a2.set_ylabel("KV cache MiB")
         a1.set_xscale("log", base=2); a2.set_xscale("log", base=2); a2.set_yscale("log")
         a1.legend(fontsize=7); a2.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "streaming.png", dpi=110)
-        plt.close(fig)
-        made.append("streaming.png")
+        _save(plt, fig, out, "streaming.png", made)
 
     sv = latest(rows, "serving", _serving_key)
     burst = {k: r for k, r in sv.items() if k[6] == "burst"}
@@ -334,12 +329,9 @@ def plots(rows, out: Path) -> list[str]:
         dev, shape, _, _, p, g = next(iter(burst))[:6]
         a1.set_title(f"{shape}, {p}+{g}, all streams at once, {dev}", fontsize=9)
         a1.set_xlabel("concurrent streams"); a1.set_ylabel("output tokens/s")
-        a2.set_xlabel("concurrent streams"); a2.set_ylabel("time to first token (s)")
+        a2.set_xlabel("concurrent streams"); a2.set_ylabel("time to first token (s, log)"); a2.set_yscale("log")
         a1.legend(fontsize=7); a2.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "serving.png", dpi=110)
-        plt.close(fig)
-        made.append("serving.png")
+        _save(plt, fig, out, "serving.png", made)
 
     ss = latest(rows, "sessions", lambda r: (r["device"], r["shape"], r["variant"], r["history_len"]))
     if ss:
@@ -353,10 +345,7 @@ def plots(rows, out: Path) -> list[str]:
         a1.set_xlabel("history tokens"); a1.set_ylabel("turn TTFT (s)")
         a2.set_xlabel("history tokens"); a2.set_ylabel("blob MiB per session")
         a1.legend(fontsize=7); a2.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "sessions.png", dpi=110)
-        plt.close(fig)
-        made.append("sessions.png")
+        _save(plt, fig, out, "sessions.png", made)
     return made
 
 
@@ -377,7 +366,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results", help="folder for the PNGs")
     ap.add_argument("--readme", type=Path, default=HERE / "README.md", help="markdown file to update ('-': print)")
     args = ap.parse_args(argv)
-    paths = args.results or sorted((HERE / "results").glob("*.jsonl"))
+    paths = args.results or sorted((HERE / "results").glob("*.jsonl")) + sorted((HERE / "results" / "serving").glob("*.jsonl"))
     if not paths:
         print("no results (bench/results/*.jsonl)", file=sys.stderr)
         return 1

@@ -297,7 +297,7 @@ def run(ctx: Context) -> None:
         for variant in variants:
             for prompt, gen in settings:
                 base = dict(shape=shape, variant=variant, prompt_len=prompt, gen_len=gen,
-                            server_src=str(src.parent.name if ctx.server_src else "this tree"),
+                            server_src=str(ctx.server_src) if ctx.server_src else "this tree",
                             server_args=" ".join(extra))
                 if ctx.budget.left() < 10:
                     ctx.rec.write("serving", status="skipped", reason="suite time budget spent", **base)
