@@ -76,6 +76,34 @@ describe("openapi.yaml", () => {
     validate({ $ref: "#/components/schemas/ErrorResponse" }, JSON.parse(failed.at(-1)!));
   });
 
+  it("Responses and Conversations objects validate, the stream's responses and items too", async () => {
+    const post = (path: string, json: unknown) => call(path, { method: "POST", json });
+    const r = await check("POST", "/v1/responses", await post("/v1/responses", { model: MODEL, input: "hi", metadata: { a: "b" } }));
+    await check("POST", "/v1/responses", await post("/v1/responses", { model: MODEL, input: "next", previous_response_id: r.id, max_output_tokens: 1 }));
+    await check("POST", "/v1/responses", await post("/v1/responses", { model: MODEL, input: [{ type: "image" }] }));
+    await check("GET", "/v1/responses/{response_id}", await call(`/v1/responses/${r.id}`));
+    await check("GET", "/v1/responses/{response_id}/input_items", await call(`/v1/responses/${r.id}/input_items`));
+    await check("DELETE", "/v1/responses/{response_id}", await call(`/v1/responses/${r.id}`, { method: "DELETE" }));
+    await check("GET", "/v1/responses/{response_id}", await call(`/v1/responses/${r.id}`));
+    const conv = await check("POST", "/v1/conversations", await post("/v1/conversations", { items: [user("hello")] }));
+    const items = await check("GET", "/v1/conversations/{conversation_id}/items", await call(`/v1/conversations/${conv.id}/items`));
+    await check("GET", "/v1/conversations/{conversation_id}/items/{item_id}", await call(`/v1/conversations/${conv.id}/items/${items.data[0].id}`));
+    await check("POST", "/v1/conversations/{conversation_id}/items", await post(`/v1/conversations/${conv.id}/items`, { items: [user("more")] }));
+    await check("POST", "/v1/conversations/{conversation_id}", await post(`/v1/conversations/${conv.id}`, { metadata: { x: "y" } }));
+    await check("DELETE", "/v1/conversations/{conversation_id}/items/{item_id}",
+      await call(`/v1/conversations/${conv.id}/items/${items.data[0].id}`, { method: "DELETE" }));
+    await check("DELETE", "/v1/conversations/{conversation_id}", await call(`/v1/conversations/${conv.id}`, { method: "DELETE" }));
+    await check("GET", "/v1/conversations/{conversation_id}", await call(`/v1/conversations/${conv.id}`));
+    for (const input of ["stream", "@fail"]) {
+      const events = (await (await post("/v1/responses", { model: MODEL, input, stream: true })).text()).trim().split("\n\n")
+        .map((ev) => JSON.parse(ev.split("\n")[1]!.slice(6)));
+      for (const ev of events) {
+        if (ev.response) validate({ $ref: "#/components/schemas/Response" }, ev.response);
+        if (ev.item) validate({ $ref: "#/components/schemas/OutputMessage" }, ev.item);
+      }
+    }
+  });
+
   it("the validator is not vacuous: wrong shapes fail", () => {
     const v = (ref: string, x: unknown) =>
       new Validator({ $ref: `#/components/schemas/${ref}`, components: doc.components } as any, "2020-12").validate(x).valid;

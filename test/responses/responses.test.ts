@@ -130,4 +130,18 @@ describe("responses", () => {
     const got = (await (await call(`/v1/responses/${done.id}`)).json()) as any;
     expect(got).toEqual(done);
   });
+
+  it("a failure after the start is an error event then response.failed, and nothing is stored", async () => {
+    const a = await ok({ input: "before" });
+    const res = await create({ input: "@fail now", previous_response_id: a.body.id, stream: true });
+    expect(res.status).toBe(200);
+    const events = (await res.text()).trim().split("\n\n").map((ev) => JSON.parse(ev.split("\n")[1]!.slice(6)));
+    const types = events.map((e) => e.type);
+    expect(types.slice(-2)).toEqual(["error", "response.failed"]);
+    expect(events.at(-1).response).toMatchObject({ status: "failed", output: [], usage: null });
+    expect(events.at(-1).response.error.code).toBe(events.at(-2).code);
+    expect((await call(`/v1/responses/${events[0].response.id}`)).status).toBe(404);
+    const next = await ok({ input: "after", previous_response_id: a.body.id }); // a is still the latest
+    expect(next.body.usage.input_tokens_details.cached_tokens).toBeGreaterThan(0);
+  });
 });
