@@ -55,7 +55,7 @@ if [ $device = cuda ]; then
   for dec in fast reference; do
     sfx=$([ $dec = fast ] && echo "" || echo "-$dec")
     "$PY" tests/load_run.py --device cuda --dtype bfloat16 --preset tinyllama-1.1b --streams 128 \
-      --max-tokens 128 --prompt-words 120 --max-slots 128 --window 1020 --prefill-mode iterative --decode $dec \
+      --max-tokens 128 --prompt-words 120 --max-slots 128 --window 1020 --decode $dec \
       --out "$OUT/load-1.1b$sfx.json" 2>&1 | tail -5 | tee "$OUT/load-1.1b$sfx.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
   done
