@@ -35,7 +35,7 @@ from onnx import external_data_helper
 
 from .config import ModelConfig
 from .errors import ConfigError, LCKVError
-from .model import LCKVModel, apply_rope, rope_table
+from .model import KVBackend, LCKVModel, apply_rope, rope_table
 from .tokenizer import ChatTokenizer
 
 MANIFEST_FORMAT = "lckv-onnx/1"
@@ -76,18 +76,18 @@ class DecodeStep(nn.Module):
         return logits, ks, vs
 
 
-class ExportKV:
+class ExportKV(KVBackend):
     """The model's KV backend for the exported step (model.py, "KV backends"): the past K/V are graph
     inputs, the token's own K/V graph outputs; attention written with ops every ONNX runtime has."""
 
     def __init__(self, step: DecodeStep, past_key, past_value, q_rope, k_rope, valid):
+        super().__init__(step.cfg)
         self.step, self.past_key, self.past_value = step, past_key, past_value
         self.q_rope, self.k_rope, self.valid = q_rope, k_rope, valid
         self.new: dict[int, tuple] = {}       # layer -> its K/V of this token [1, 1, Hkv, D]
-        self.pending: dict[int, tuple] = {}   # cyclic targets: visible once the block's pass ends
 
-    def store(self, layer, k, v):
-        (self.pending if layer in self.pending else self.new)[layer] = (k, v)
+    def write(self, layer, k, v):
+        self.new[layer] = (k, v)
 
     def attend(self, layer, source, q, nodiag):                            # q: [1, 1, H, D]
         _, _, H, D = q.shape
@@ -108,17 +108,6 @@ class ExportKV:
         y = torch.softmax(scores, dim=-1) @ v                              # [Hkv, H/Hkv, D]
         y = y * mask.any().to(y.dtype)  # no key at all (token 0 without diagonal): output exactly 0
         return y.reshape(1, 1, H * D)
-
-    def begin_block(self):
-        pass
-
-    def begin_pass(self):
-        self.pending = {t: None for t in self.step.cfg.deferred_targets}
-
-    def end_pass(self) -> bool:
-        self.new.update(self.pending)
-        self.pending = {}
-        return False
 
 
 def check_window(cfg: ModelConfig, sinks: int, window: int) -> None:

@@ -149,56 +149,84 @@ class Block(nn.Module):
 
 
 # ---- KV backends: where K/V live and how attention reads them ----------------------------------
-# The model holds the LCKV rules (which layer stores, which it reads, no-diagonal, the pass
-# schedule); a backend holds the storage. Its interface, called by Block.forward / run_layers:
-#   store(layer, k, v)              this layer's own new K/V, keys before RoPE: [B, T, Hkv, D]
-#   attend(layer, source, q, nodiag) -> [B, T, H*D]: q (rotated) over `source`'s K/V
-#   begin_block()                   before the first pass over the iterated block
-#   begin_pass() / end_pass() -> bool   around each pass; end_pass makes the targets' new K/V
-#                                   visible and returns True to stop iterating (adaptive)
-# Backends: SequenceKV (training, below), CachedKV (the KVCache pool, below), and the decode
-# backend of kernels/fast_decode.py (pool views, CUDA graphs, the Triton kernel).
-class SequenceKV:
-    """A whole sequence, no cache (training, evaluation): a layer reading a cyclic target sees the
-    previous pass's K/V of it (zeros before the first pass)."""
+class KVBackend:
+    """The model holds the LCKV rules (which layer stores, which K/V it reads, no-diagonal, the pass
+    schedule); a backend holds the storage. Block.forward / run_layers call:
+      store(layer, k, v)                this layer's own new K/V, keys before RoPE: [B, T, Hkv, D]
+      attend(layer, source, q, nodiag)  -> [B, T, H*D]: q (rotated) over `source`'s K/V
+      begin_block()                     before the first pass over the iterated block
+      begin_pass() / end_pass() -> bool around each pass (True: stop iterating)
+    The deferred-target rule lives here: during a pass, a deferred target's new K/V are held and
+    written when the pass ends (cfg.deferred_targets); every other layer's are written at once.
+    Subclasses implement write(layer, k, v) and attend. Backends: SequenceKV (training), CachedKV
+    (the KVCache pool), kernels.fast_decode.PoolDecodeKV, kernels.fast_prefill.StaticPrefillKV,
+    export_onnx.ExportKV."""
 
-    def __init__(self, cfg: ModelConfig, rope, masks, zeros):
-        self.targets, self.deferred, self.rope, self.masks = cfg.cyclic_targets, cfg.deferred_targets, rope, masks
-        self.fresh: dict = {}
-        self.carried = {t: (zeros, zeros) for t in self.targets} if cfg.iter_block is not None else {}
+    def __init__(self, cfg: ModelConfig):
+        self.deferred = cfg.deferred_targets
+        self.pending: dict = {}
 
-    def store(self, layer, k, v):
-        self.fresh[layer] = (apply_rope(k, *self.rope), v)
-        if layer in self.carried and layer not in self.deferred:   # published within the pass
-            del self.carried[layer]
+    def write(self, layer, k, v):
+        raise NotImplementedError
 
     def attend(self, layer, source, q, nodiag):
-        k, v = self.carried[source] if source in self.carried else self.fresh[source]
-        return masked_attention(q, k, v, *self.masks[nodiag])
+        raise NotImplementedError
+
+    def store(self, layer, k, v):
+        if layer in self.pending:
+            self.pending[layer] = (k, v)
+        else:
+            self.write(layer, k, v)
 
     def begin_block(self):
         pass
 
     def begin_pass(self):
-        pass
+        self.pending = {t: None for t in self.deferred}
 
     def end_pass(self) -> bool:
+        for t, (k, v) in self.pending.items():
+            self.write(t, k, v)
+        self.pending = {}
+        return False
+
+
+class SequenceKV(KVBackend):
+    """A whole sequence, no cache (training, evaluation): a layer reading a cyclic target sees the
+    previous pass's K/V of it (zeros before the first pass)."""
+
+    def __init__(self, cfg: ModelConfig, rope, masks, zeros):
+        super().__init__(cfg)
+        self.targets, self.rope, self.masks = cfg.cyclic_targets, rope, masks
+        self.fresh: dict = {}
+        self.carried = {t: (zeros, zeros) for t in self.targets} if cfg.iter_block is not None else {}
+
+    def write(self, layer, k, v):
+        self.fresh[layer] = (apply_rope(k, *self.rope), v)
+        self.carried.pop(layer, None)   # a published target: its readers from here on see this pass's
+
+    def attend(self, layer, source, q, nodiag):
+        k, v = self.carried[source] if source in self.carried else self.fresh[source]
+        return masked_attention(q, k, v, *self.masks[nodiag])
+
+    def end_pass(self) -> bool:
+        super().end_pass()
         self.carried = {t: self.fresh[t] for t in self.targets}
         return False
 
 
-class CachedKV:
-    """One step over the KVCache pool: row b's n[b] new tokens after its slot's cached ones. Own K/V
-    are written at the new positions; a cyclic target's are held until its pass ends (the first pass
-    sees zeros at the new positions). Each source's keys are gathered and rotated once per pass and
-    shared by its readers. tol: stop passes once the targets' K/V change less (mean square)."""
+class CachedKV(KVBackend):
+    """One step over the KVCache pool: row b's n[b] new tokens after its slot's cached ones, written
+    at the new positions (the first pass sees zeros for the targets'). Each source's keys are gathered
+    and rotated once per pass and shared by its readers. tol: stop passes once the targets' K/V
+    change less (mean square) than it."""
 
     def __init__(self, cfg: ModelConfig, cache, slot_t, w_slot, w_pos, real, S, k_rope, masks, tol, shape):
+        super().__init__(cfg)
         self.cfg, self.cache, self.slot_t, self.S, self.k_rope, self.masks = cfg, cache, slot_t, S, k_rope, masks
         self.shape = shape                          # (B, N): rows and new tokens per row (padded)
         self.w_slot, self.w_pos, self.real, self.tol = w_slot, w_pos, real, tol
         self.gathered: dict = {}
-        self.pending: dict = {}       # deferred targets' K/V of this pass
         self.published: dict = {}     # adaptive: published targets' (new, old) K/V of this pass
         self.passes_run = 0
 
@@ -208,15 +236,14 @@ class CachedKV:
         self.cache.v[li].index_put_((self.w_slot, self.w_pos), self.real(v))
         self.gathered.pop(layer, None)
 
+    def _old(self, layer):  # the cache's K/V at the new positions, before this pass writes them
+        li = self.cache.layer_index[layer]
+        return self.cache.k[li][self.w_slot, self.w_pos], self.cache.v[li][self.w_slot, self.w_pos]
+
     def store(self, layer, k, v):
-        if layer in self.pending:
-            self.pending[layer] = (k, v)
-            return
-        if self.tol is not None and layer in self.cfg.cyclic_targets:   # published now: its change
-            li = self.cache.layer_index[layer]
-            self.published[layer] = ((k, self.cache.k[li][self.w_slot, self.w_pos]),
-                                     (v, self.cache.v[li][self.w_slot, self.w_pos]))
-        self.write(layer, k, v)
+        if self.tol is not None and layer in self.cfg.cyclic_targets and layer not in self.pending:
+            self.published[layer] = tuple(zip((k, v), self._old(layer)))   # published now: its change
+        super().store(layer, k, v)
 
     def attend(self, layer, source, q, nodiag):
         if source not in self.gathered:
@@ -234,25 +261,19 @@ class CachedKV:
                 self.write(t, z, z)
 
     def begin_pass(self):
-        self.pending = {t: None for t in self.cfg.deferred_targets}
+        super().begin_pass()
         self.published = {}
 
     def end_pass(self) -> bool:
         delta = self._change() if self.tol is not None else None
-        for t, (k, v) in list(self.pending.items()):
-            self.write(t, k, v)
-        self.pending = {}
+        super().end_pass()
         self.passes_run += 1
         return delta is not None and delta.item() < self.tol
 
     def _change(self):
         """Mean squared change of the targets' new K/V between this pass and the last (0-d)."""
-        pairs = []
-        for t, (k, v) in self.pending.items():
-            li = self.cache.layer_index[t]
-            pairs += [(k, self.cache.k[li][self.w_slot, self.w_pos]), (v, self.cache.v[li][self.w_slot, self.w_pos])]
-        for kv_pairs in self.published.values():
-            pairs += list(kv_pairs)
+        pairs = [p for t, (k, v) in self.pending.items() for p in zip((k, v), self._old(t))]
+        pairs += [p for kv_pairs in self.published.values() for p in kv_pairs]
         return torch.stack([(self.real(new).float() - old.float()).pow(2).mean() for new, old in pairs]).mean()
 
 

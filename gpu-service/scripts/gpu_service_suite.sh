@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # GPU-service suite for a GPU machine (also runs on CPU): the service tests with the engine and server on
-# cuda where available, then short load runs. Everything lands in $OUT (default ./gpu-suite-out):
+# cuda where available, then a short serving run (bench/run.py --suite serving: the real server under
+# concurrent streams vs the engine alone). Everything lands in $OUT (default ./gpu-suite-out):
 #   env.txt               torch / CUDA / package versions seen
 #   pytest.txt, junit.xml the test run (LCKV_TEST_DEVICE=cuda|cpu)
-#   load-tiny.json        64 streams on the tiny test model (tokens/s, TTFT, nothing lost)
-#   load-1.1b.json        cuda only: 128 streams on a random TinyLlama-1.1B-shaped LCKV model (bf16)
-#   load-1.1b-reference.json  the same with the engine's reference decode step (model.decode): the ratio
+#   serving.jsonl         tiny shape on CPU, or TinyLlama-1.1B shape (bf16) on cuda: tokens/s, TTFT, ITL,
+#                         nothing lost or duplicated, the engine alone in the same row
 # Usage (from the repository root): bash gpu-service/scripts/gpu_service_suite.sh
 # Needs torch plus the packages in gpu-service/pyproject.toml (+ test extras). On a machine without
 # network, point WHEELHOUSE at a folder of wheels made elsewhere with
@@ -47,18 +47,13 @@ LCKV_TEST_DEVICE=$device "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT
   2>&1 | tee "$OUT/pytest.txt"
 rc=${PIPESTATUS[0]}
 
-"$PY" tests/load_run.py --device $device --streams 64 --max-tokens 64 --max-slots 64 \
-  --out "$OUT/load-tiny.json" 2>&1 | tail -5 | tee "$OUT/load-tiny.txt"
-[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
-
 if [ $device = cuda ]; then
-  for dec in fast reference; do
-    sfx=$([ $dec = fast ] && echo "" || echo "-$dec")
-    "$PY" tests/load_run.py --device cuda --dtype bfloat16 --preset tinyllama-1.1b --streams 128 \
-      --max-tokens 128 --prompt-words 120 --max-slots 128 --window 1020 --prefill-mode iterative --decode $dec \
-      --out "$OUT/load-1.1b$sfx.json" 2>&1 | tail -5 | tee "$OUT/load-1.1b$sfx.txt"
-    [ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
-  done
+  serving=(--shapes tinyllama-1.1b --variants llama,lckv-w2 --streams 128 --settings 512+128 --arrivals burst)
+else
+  serving=(--tiny --variants lckv-w2 --streams 16 --arrivals burst)
 fi
+"$PY" "$root/bench/run.py" --suite serving:300 "${serving[@]}" --device $device --out "$OUT/serving.jsonl" \
+  2>&1 | tail -5 | tee "$OUT/serving.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
 echo "gpu_service_suite: device=$device rc=$rc (results in $OUT)"
 exit $rc

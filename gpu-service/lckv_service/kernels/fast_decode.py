@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..device import to_device
-from ..model import LCKVModel, apply_rope
+from ..model import KVBackend, LCKVModel, apply_rope
 from . import triton_decode
 
 _compiled_rope = None
@@ -227,12 +227,13 @@ class FastDecode:
         self._pool = None
 
 
-class PoolDecodeKV:
+class PoolDecodeKV(KVBackend):
     """The model's KV backend for one FastDecode step (model.py, "KV backends"): own K/V written at
     each row's position in the pool; attention reads the source layer's K/V in place (Triton, keys
     rotated in registers) or through views / one gather with keys rotated once per source."""
 
     def __init__(self, fd: FastDecode, slot_idx, first: int | None, pos, S: int):
+        super().__init__(fd.cfg)
         self.fd, self.cache, self.slot_idx, self.first, self.pos, self.S = fd, fd.cache, slot_idx, first, pos, S
         kp = torch.arange(S, device=pos.device)
         self.empty = (pos == 0)[:, None, None, None]                        # nodiag row without keys
@@ -247,7 +248,7 @@ class PoolDecodeKV:
         B = self.slot_idx.shape[0]
         return buf.narrow(0, self.first, B)[:, :self.S] if self.first is not None else buf[self.slot_idx, :self.S]
 
-    def store(self, layer, k, v):                                            # [B, 1, Hkv, D]
+    def write(self, layer, k, v):                                            # [B, 1, Hkv, D]
         li = self.cache.layer_index[layer]
         self.cache.k[li][self.slot_idx, self.pos] = k[:, 0]
         self.cache.v[li][self.slot_idx, self.pos] = v[:, 0]
@@ -274,12 +275,3 @@ class PoolDecodeKV:
             if fd.last_reader[source] == layer:
                 del self.rotated[source]
         return y.reshape(B, 1, H * D)
-
-    def begin_block(self):
-        pass
-
-    def begin_pass(self):
-        pass
-
-    def end_pass(self) -> bool:
-        return False

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..model import LCKVModel, apply_rope, attention_masks
+from ..model import KVBackend, LCKVModel, apply_rope, attention_masks
 
 TOKEN_BUCKETS = (16, 32, 64, 128, 256)
 
@@ -246,16 +246,16 @@ class FastPrefill:
         self._pool = None
 
 
-class StaticPrefillKV:
+class StaticPrefillKV(KVBackend):
     """The model's KV backend for one FastPrefill step (model.py, "KV backends"): masked writes of the
     real tokens' K/V (`put`), a cyclic target's held until its pass ends (zeros before the first),
     each source's keys rotated once per pass and freed after its last reader, GQA as grouped rows."""
 
     def __init__(self, fp: FastPrefill, put, slot_idx, first: int | None, S: int, masks, k_rope, n_new: int):
+        super().__init__(fp.cfg)
         self.fp, self.cache, self.put, self.slot_idx, self.first, self.S = fp, fp.cache, put, slot_idx, first, S
         self.masks, self.k_rope, self.n_new = masks, k_rope, n_new
         self.rotated: dict = {}
-        self.pending: dict = {}
 
     def _rows(self, buf):  # [B, S, Hkv, D]: a view of the pool for contiguous slots
         B = self.slot_idx.shape[0]
@@ -266,12 +266,6 @@ class StaticPrefillKV:
         self.put(self.cache.k[li], k)
         self.put(self.cache.v[li], v)
         self.rotated.pop(layer, None)
-
-    def store(self, layer, k, v):
-        if layer in self.pending:
-            self.pending[layer] = (k, v)
-        else:
-            self.write(layer, k, v)
 
     def attend(self, layer, source, q, nodiag):                          # q: [B, N, H, D]
         B, N, H, D = q.shape
@@ -296,12 +290,3 @@ class StaticPrefillKV:
         z = torch.zeros(B, N, cfg.num_kv_heads, cfg.head_dim, dtype=self.cache.dtype, device=self.cache.device)
         for t in cfg.cyclic_targets:  # pass 1 sees zeros for the new tokens' target K/V
             self.write(t, z, z)
-
-    def begin_pass(self):
-        self.pending = {t: None for t in self.fp.cfg.deferred_targets}
-
-    def end_pass(self) -> bool:
-        for t, (k, v) in list(self.pending.items()):
-            self.write(t, k, v)
-        self.pending = {}
-        return False
