@@ -247,14 +247,18 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
 
   /** A response's history, or a conversation's items (by its id); null when it does not exist here. */
   async history(id: string): Promise<ChatMessage[] | null> {
-    if (id.startsWith("conv_")) return this.chain.conversation()?.id === id ? this.chain.messages() : null;
+    if (id.startsWith("conv_")) return this.isConversation(id) ? this.chain.messages() : null;
     return this.chain.historyOf(id);
   }
 
   /** A page of a conversation's items or of a response's input items (by its id). */
   async items(q: PageQuery, id: string) {
-    if (id.startsWith("conv_")) return this.chain.conversation()?.id === id ? this.chain.items(q) : null;
+    if (id.startsWith("conv_")) return this.isConversation(id) ? this.chain.items(q) : null;
     return this.chain.items(q, id);
+  }
+
+  private isConversation(id: string): boolean {
+    return this.chain.conversation()?.id === id;
   }
 
   async createConversation(conv: ConversationRecord, items: ItemRecord[]): Promise<void> {
@@ -263,45 +267,40 @@ export class SessionObject extends DurableObject<Env> implements SessionRpc {
   }
 
   async conversation(id: string): Promise<ConversationRecord | null> {
-    const conv = this.chain.conversation();
-    return conv?.id === id ? conv : null;
+    return this.isConversation(id) ? this.chain.conversation() : null;
   }
 
   async updateConversation(id: string, metadata: Record<string, string>): Promise<ConversationRecord | null> {
-    if (!(await this.conversation(id))) return null;
+    if (!this.isConversation(id)) return null;
     this.chain.setMetadata(metadata);
     this.touch();
     return this.chain.conversation();
   }
 
-  /** The conversation's state changes only between turns: "busy" while one runs. */
-  private async conversationOp(id: string, op: () => boolean): Promise<"done" | "not_found" | "busy"> {
-    if (!(await this.conversation(id))) return "not_found";
+  /** The conversation's items change only between turns: "busy" while one runs. */
+  private conversationOp<T extends string>(id: string, op: () => boolean, done: T): T | "not_found" | "busy" {
+    if (!this.isConversation(id)) return "not_found";
     if (this.running) return "busy";
-    return op() ? "done" : "not_found";
+    return op() ? done : "not_found";
   }
 
   async deleteConversation(id: string): Promise<"deleted" | "not_found" | "busy"> {
-    const r = await this.conversationOp(id, () => true);
-    if (r === "done") await this.clear();
-    return r === "done" ? "deleted" : r;
+    const r = this.conversationOp(id, () => true, "deleted");
+    if (r === "deleted") await this.clear();
+    return r;
   }
 
   async addItems(conversationId: string, items: ItemRecord[]): Promise<"added" | "not_found" | "busy"> {
-    const r = await this.conversationOp(conversationId, () => {
-      this.ctx.storage.transactionSync(() => this.chain.appendItems(items, null));
-      return true;
-    });
-    if (r === "done") this.touch();
-    return r === "done" ? "added" : r;
+    const r = this.conversationOp(conversationId, () => (this.ctx.storage.transactionSync(() => this.chain.appendItems(items, null)), true), "added");
+    if (r === "added") this.touch();
+    return r;
   }
 
   async item(conversationId: string, itemId: string): Promise<ItemRecord | null> {
-    return (await this.conversation(conversationId)) ? this.chain.item(itemId) : null;
+    return this.isConversation(conversationId) ? this.chain.item(itemId) : null;
   }
 
   async deleteItem(conversationId: string, itemId: string): Promise<"deleted" | "not_found" | "busy"> {
-    const r = await this.conversationOp(conversationId, () => this.chain.deleteItem(itemId));
-    return r === "done" ? "deleted" : r;
+    return this.conversationOp(conversationId, () => this.chain.deleteItem(itemId), "deleted");
   }
 }

@@ -1,6 +1,6 @@
 // The session message-matching rule (pure).
 import { describe, expect, it } from "vitest";
-import { planTurn, rebuildPlan, trimToFit } from "../../src/session/transcript";
+import { planFullHistory, planTurn, rebuildPlan, trimToFit } from "../../src/session/transcript";
 import type { ChatMessage } from "../../src/upstream/types";
 
 const u = (content: string): ChatMessage => ({ role: "user", content });
@@ -99,5 +99,24 @@ describe("trimToFit", () => {
     expect(sends.at(-2)).toEqual([s("rules"), u("last")]);
     expect(sends.at(-1)).toEqual([u("last")]);
     expect(trimToFit(planTurn([], [u("only")], false), { prompt_tokens: 900, max_prompt_tokens: 100 })).toBeNull();
+  });
+});
+
+describe("planFullHistory (Responses turns carry the whole history)", () => {
+  const t = [u("q1"), a("r1")];
+
+  it("extending the transcript reuses the blob and sends only the new input", () => {
+    expect(planFullHistory(t, [...t, u("q2")], true)).toEqual({ mode: "reuse", send: [u("q2")], useBlob: true, conversation: [...t, u("q2")], keep: 2 });
+  });
+
+  it("anything else rebuilds from the request, never appends: other instructions, a deleted item, no assistant left", () => {
+    expect(planFullHistory(t, [s("new"), ...t, u("q2")], true)).toMatchObject({ mode: "rebuild", useBlob: false, keep: 0 });
+    expect(planFullHistory(t, [u("q1"), u("q2")], true)).toMatchObject({ mode: "rebuild", send: [u("q1"), u("q2")], keep: 1 });
+    expect(planFullHistory(t, [u("q2")], true)).toMatchObject({ mode: "rebuild", send: [u("q2")], conversation: [u("q2")] });
+  });
+
+  it("without a blob even an extension is rebuilt; an empty transcript is new", () => {
+    expect(planFullHistory(t, [...t, u("q2")], false)).toMatchObject({ mode: "rebuild", useBlob: false, send: [...t, u("q2")] });
+    expect(planFullHistory([], [u("hi")], true)).toMatchObject({ mode: "new", useBlob: false });
   });
 });
