@@ -177,7 +177,7 @@ class FastPrefill:
     # ---- the step: pure tensor work, no host sync; shapes fixed by (B, N, S, passes, contiguous) --
     def _step(self, idx, start, n, slot_idx, first: int | None, S: int, passes: int, all_logits: bool = False):
         cfg, cache, model = self.cfg, self.cache, self.model
-        layers, cap = model.model.layers, cache.capacity
+        cap = cache.capacity
         B, N = idx.shape
         dev = idx.device
         j = torch.arange(N, device=dev)

@@ -18,7 +18,7 @@ import torch
 
 from ..cache import KVCache
 from ..checkpoint import load_model
-from ..errors import ConfigError, LCKVError
+from ..errors import LCKVError
 from ..model import PrefillMode
 from ..tokenizer import ChatTokenizer
 
