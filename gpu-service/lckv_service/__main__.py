@@ -55,8 +55,13 @@ def serve(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="lckv_service serve",
                                  description="Serve a model folder over the internal protocol. "
                                              "The shared secret comes from env GPU_SERVICE_SECRET.")
+    from .errors import ConfigError
     from .server.service import ServeConfig
-    ServeConfig.add_arguments(ap)
+    try:
+        ServeConfig.add_arguments(ap)     # reads the options' environment variables
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     ap.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     ap.add_argument("--log-format", default=os.environ.get("LOG_FORMAT", "text"), choices=["text", "json"])
     a = ap.parse_args(argv)
@@ -64,7 +69,6 @@ def serve(argv: list[str]) -> int:
 
     from aiohttp import web
 
-    from .errors import ConfigError
     from .server.app import create_app
 
     try:

@@ -107,7 +107,8 @@ class ServeConfig:
                 try:
                     default = m["kind"](os.environ[m["env"]])
                 except ValueError:
-                    raise ConfigError(f"env {m['env']} must be a {m['kind'].__name__}", param=m["env"]) from None
+                    what = {int: "an integer", float: "a number"}.get(m["kind"], "text")
+                    raise ConfigError(f"env {m['env']} must be {what}", param=m["env"]) from None
             ap.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=m["kind"], default=default,
                             choices=m.get("choices"), help=m["help"] + (f" (env {m['env']})" if m.get("env") else ""))
 
@@ -167,7 +168,6 @@ class ModelService:
         mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
         runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
                              decode=cfg.decode, decode_graphs=graphs)
-        self.prefill_kind = kind
         self.engine = Engine(Scheduler(self.sched_cfg), runner, self.tokenizer, metrics)
         self.async_engine = AsyncEngine(self.engine)
         log.info("model loaded: id=%s device=%s dtype=%s slots=%d capacity=%d kv_layers=%d prefill=%s "

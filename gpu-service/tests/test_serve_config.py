@@ -1,0 +1,59 @@
+"""ServeConfig is the one declaration of the serving options: the `serve` flags derive from it."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+import pytest
+
+from lckv_service.errors import ConfigError
+from lckv_service.server.service import ServeConfig
+
+
+def _parse(argv, monkeypatch=None, **env):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    ap = argparse.ArgumentParser()
+    ServeConfig.add_arguments(ap)
+    return ServeConfig.from_args(ap.parse_args(argv), secret="s")
+
+
+def test_every_option_but_the_secret_is_a_flag_with_its_default(monkeypatch):
+    for name in ("MODEL_DIR", "PORT", "LCKV_DECODE", "MODEL_ID"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = _parse([])
+    for f in fields(ServeConfig):
+        if f.name != "secret":
+            assert getattr(cfg, f.name) == f.default, f.name
+    ap = argparse.ArgumentParser()
+    ServeConfig.add_arguments(ap)
+    flags = {a.dest for a in ap._actions if a.option_strings}
+    assert flags == {f.name for f in fields(ServeConfig)} - {"secret"} | {"help"}
+
+
+def test_flags_and_env_reach_the_config(monkeypatch):
+    cfg = _parse(["--prefill-mode", "tokenwise", "--decode-graphs", "off", "--max-batched-tokens", "64",
+                  "--window", "100"], monkeypatch, PORT="9001", MODEL_ID="m1")
+    assert (cfg.prefill_mode, cfg.decode_graphs, cfg.max_batched_tokens, cfg.window) == ("tokenwise", "off", 64, 100)
+    assert cfg.port == 9001 and cfg.model_id == "m1"
+
+
+def test_bad_values_are_refused_naming_the_option(monkeypatch):
+    with pytest.raises(ConfigError) as e:
+        _parse([], monkeypatch, PORT="eighty")
+    assert e.value.param == "PORT" and "integer" in str(e.value)
+    monkeypatch.delenv("PORT")
+    with pytest.raises(SystemExit):               # argparse: a value outside the declared choices
+        _parse(["--prefill-mode", "fastest"])
+    for kw, param in ((dict(prefill_mode="fastest"), "prefill_mode"), (dict(decode_graphs="yes"), "decode_graphs"),
+                      (dict(max_batched_tokens=0), "max_batched_tokens"), (dict(window=0), "window")):
+        with pytest.raises(ConfigError) as e:
+            ServeConfig(model="m", secret="s", **kw)
+        assert e.value.param == param
+
+
+def test_serve_refuses_a_bad_env_value_with_a_message(monkeypatch, capsys):
+    from lckv_service.__main__ import serve
+    monkeypatch.setenv("PORT", "eighty")
+    assert serve([]) == 2
+    assert "PORT" in capsys.readouterr().err
