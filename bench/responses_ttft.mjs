@@ -63,7 +63,7 @@ try {
         stateless.push(await ttft(() => client.chat.completions.create({ model: model.id, messages: [...history, { role: "user", content: q }],
           stream: true, max_tokens: 4, temperature: 0 })));
       } catch (e) {
-        refused = `${e.status} ${e.code ?? e.message}`;
+        refused = `${e.status ?? "mid-stream"} ${e.code ?? e.message}`;
       }
     }
     const row = { label: opts.label, history_tokens: seen, chain_ttft_ms: median(chain), stateless_ttft_ms: stateless.length ? median(stateless) : null,
@@ -76,6 +76,6 @@ try {
 }
 const fmt = (v) => (v === null ? "—" : v.toFixed(0));
 const md = [`| device | history tokens | TTFT by previous_response_id (ms) | TTFT, whole history stateless (ms) | note |`, "|---|---|---|---|---|",
-  ...rows.map((r) => `| ${r.label} | ${r.history_tokens} | ${fmt(r.chain_ttft_ms)} | ${fmt(r.stateless_ttft_ms)} | ${r.stateless_refused ? `stateless refused: ${r.stateless_refused}` : `median of ${r.repeats}`} |`)];
+  ...rows.map((r) => `| ${r.label} | ${r.history_tokens} | ${fmt(r.chain_ttft_ms)} | ${fmt(r.stateless_ttft_ms)} | ${r.stateless_refused ? `stateless failed: ${r.stateless_refused}` : `median of ${r.repeats}`} |`)];
 writeFileSync(join(ROOT, "bench", "results", `responses-ttft-${opts.label}.md`), `${md.join("\n")}\n`);
 console.log(md.join("\n"));
