@@ -5,10 +5,11 @@
 import type { Context } from "hono";
 import { streamSSE, type SSEStreamingApi } from "hono/streaming";
 import type { AppEnv } from "../env";
-import { toApiError } from "../errors";
+import { type ApiError, toApiError } from "../errors";
 import type { Turn } from "../turn";
 import { eventError } from "../upstream/errors";
-import { chatChunk, chatUsageChunk, textChunk, textUsageChunk, type ResponseIdentity } from "./responses";
+import type { DoneEvent } from "../upstream/types";
+import { chatChunk, chatUsageChunk, textChunk, textUsageChunk, type FinishReason, type ResponseIdentity } from "./responses";
 
 export type StreamFormat = "chat" | "text";
 
@@ -39,27 +40,38 @@ export async function* withTicks<T>(events: AsyncIterable<T>, ms = KEEPALIVE_MS)
   }
 }
 
-export function sseResponse(c: Context<AppEnv>, turn: Turn, fmt: StreamFormat, idn: ResponseIdentity,
-  includeUsage: boolean, onFinish: (status: string) => void): Response {
+/** What one stream format writes at each point of a turn; `done` returns the outcome for the log. */
+export interface TurnWriter {
+  start(): Promise<void>;
+  delta(text: string): Promise<void>;
+  done(ev: DoneEvent): Promise<string>;
+  /** `code`: the error's code, or what stands for it when it has none. */
+  fail(err: ApiError, code: string): Promise<void>;
+}
+
+/**
+ * A turn as an SSE stream: the writer's events, keep-alive comments while none arrives, an error in
+ * band if the turn fails after the 200 (never Hono's `event: error`), and cancellation when the
+ * client goes away. onFinish gets the outcome once.
+ */
+export function turnStream(c: Context<AppEnv>, turn: Turn, writer: (stream: SSEStreamingApi) => TurnWriter,
+  onFinish: (outcome: string) => void): Response {
   return streamSSE(c, async (stream) => {
     stream.onAbort(() => turn.cancel());
+    const w = writer(stream);
     let outcome = "incomplete";
     try {
-      if (fmt === "chat") await send(stream, chatChunk(idn, { role: "assistant", content: "" }, null, includeUsage));
+      await w.start();
       for await (const ev of withTicks(turn.events)) {
         if (stream.aborted) break;
         if (ev === TICK) await stream.write(": keep-alive\n\n");
         else if (ev.type === "delta") {
-          if (ev.text === "") continue;
-          await send(stream, fmt === "chat" ? chatChunk(idn, { content: ev.text }, null, includeUsage) : textChunk(idn, ev.text, null, includeUsage));
+          if (ev.text !== "") await w.delta(ev.text);
         } else if (ev.type === "done") {
-          await send(stream, fmt === "chat" ? chatChunk(idn, {}, ev.finish_reason, includeUsage) : textChunk(idn, "", ev.finish_reason, includeUsage));
-          if (includeUsage) await send(stream, fmt === "chat" ? chatUsageChunk(idn, ev.usage) : textUsageChunk(idn, ev.usage));
-          await stream.writeSSE({ data: "[DONE]" });
-          outcome = "done";
+          outcome = await w.done(ev);
           return;
         } else {
-          await send(stream, eventError(ev).toBody());
+          await w.fail(eventError(ev), ev.error.code ?? "server_error");
           outcome = `error:${ev.error.code ?? "unknown"}`;
           return;
         }
@@ -72,10 +84,31 @@ export function sseResponse(c: Context<AppEnv>, turn: Turn, fmt: StreamFormat, i
       else {
         const apiErr = toApiError(err);
         outcome = `error:${apiErr.code ?? "internal_error"}`;
-        await send(stream, apiErr.toBody());
+        await w.fail(apiErr, apiErr.code ?? "internal_error");
       }
     } finally {
       onFinish(stream.aborted && outcome === "incomplete" ? "client_closed" : outcome);
     }
   });
+}
+
+/** Chat and text completions: role chunk (chat), content chunks, finish chunk, usage chunk, [DONE]. */
+export function sseResponse(c: Context<AppEnv>, turn: Turn, fmt: StreamFormat, idn: ResponseIdentity,
+  includeUsage: boolean, onFinish: (status: string) => void): Response {
+  const chunk = (text: string, finish: FinishReason | null) => fmt === "chat"
+    ? chatChunk(idn, finish === null ? { content: text } : {}, finish, includeUsage)
+    : textChunk(idn, text, finish, includeUsage);
+  return turnStream(c, turn, (stream) => ({
+    start: async () => {
+      if (fmt === "chat") await send(stream, chatChunk(idn, { role: "assistant", content: "" }, null, includeUsage));
+    },
+    delta: (text) => send(stream, chunk(text, null)),
+    done: async (ev) => {
+      await send(stream, chunk("", ev.finish_reason));
+      if (includeUsage) await send(stream, fmt === "chat" ? chatUsageChunk(idn, ev.usage) : textUsageChunk(idn, ev.usage));
+      await stream.writeSSE({ data: "[DONE]" });
+      return "done";
+    },
+    fail: (err) => send(stream, err.toBody()),
+  }), onFinish);
 }
