@@ -498,3 +498,16 @@ def test_an_empty_completions_prompt_starts_a_new_document(srv):
     r = run_one(srv.url, {"model": MODEL_ID, "kind": "completion", "prompt": "", "sampling": {"max_tokens": 6}})
     assert r.status == 200 and r.events[0]["prompt_tokens"] == 1
     assert r.events[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_read_frames_takes_whole_frames_and_keeps_the_rest():
+    """A response stream arrives in arbitrary pieces: only complete frames come out, in order."""
+    stream = P.json_frame({"type": "delta", "text": "hé"}) + b"".join(P.blob_frames(b"xyz")) + P.end_frame()
+    got, buf = [], b""
+    for i in range(len(stream)):                       # one byte at a time: the worst split
+        frames, buf = P.read_frames(buf + stream[i:i + 1])
+        got += frames
+    assert buf == b"" and [k for k, _ in got] == [P.J, P.B, P.E]
+    assert split_frames(stream) == got                  # the strict test parser agrees
+    frames, rest = P.read_frames(stream[:7])
+    assert frames == [] and rest == stream[:7]

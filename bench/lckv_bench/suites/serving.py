@@ -26,7 +26,6 @@ import os
 import random
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ import torch
 
 from lckv_service.checkpoint import load_model, save_model
 from lckv_service.model import LCKVModel, PrefillMode
+from lckv_service.server import protocol as P
 from lckv_service.testmodel import CORPUS, train_tokenizer, write_tokenizer_files
 
 from .. import ours
@@ -158,35 +158,30 @@ def free_port() -> int:
 def _body(i: int, prompt: str, gen: int) -> bytes:
     obj = {"request_id": f"bench-{i}", "model": MODEL_ID, "kind": "completion", "prompt": prompt,
            "sampling": {"max_tokens": gen, "temperature": 0.0}, "return_blob": False}
-    payload = json.dumps(obj).encode()
-    return struct.pack(">cI", b"J", len(payload)) + payload + struct.pack(">cI", b"E", 0)
+    return P.json_frame(obj) + P.end_frame()
 
 
 async def _one(session, url: str, body: bytes, delay: float, t_start: float) -> dict:
-    import aiohttp  # noqa: F401  (session type)
     await asyncio.sleep(max(0.0, t_start + delay - time.perf_counter()))
     sent = time.perf_counter()
     frames: list[tuple[float, int]] = []   # (arrival time, token ids in the frame)
     done, buf = None, b""
-    headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": "application/vnd.lckv.frames"}
+    headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": P.CONTENT_TYPE}
     async with session.post(url + "/v1/internal/generate", data=body, headers=headers) as r:
         if r.status != 200:
             return {"status": r.status, "error": (await r.text())[:300]}
         async for chunk in r.content.iter_any():
-            buf += chunk
-            while len(buf) >= 5:
-                kind, n = struct.unpack(">cI", buf[:5])
-                if len(buf) < 5 + n:
-                    break
-                payload, buf = buf[5:5 + n], buf[5 + n:]
-                if kind == b"J":
-                    ev = json.loads(payload)
-                    if ev["type"] == "delta":
-                        frames.append((time.perf_counter(), len(ev["token_ids"])))
-                    elif ev["type"] == "done":
-                        done = ev
-                    elif ev["type"] == "error":
-                        return {"status": 200, "error": ev}
+            got, buf = P.read_frames(buf + chunk)
+            for kind, payload in got:
+                if kind != P.J:
+                    continue
+                ev = json.loads(payload)
+                if ev["type"] == "delta":
+                    frames.append((time.perf_counter(), len(ev["token_ids"])))
+                elif ev["type"] == "done":
+                    done = ev
+                elif ev["type"] == "error":
+                    return {"status": 200, "error": ev}
     return {"status": 200, "sent": sent, "frames": frames, "done": done, "end": time.perf_counter()}
 
 

@@ -42,6 +42,19 @@ def end_frame() -> bytes:
     return frame(E)
 
 
+def read_frames(buf: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The complete frames at the front of a streamed buffer, as (kind, payload), and the rest
+    (a frame still arriving). For clients of a response stream."""
+    out, off = [], 0
+    while len(buf) - off >= _HEADER.size:
+        kind, n = _HEADER.unpack_from(buf, off)
+        if len(buf) - off - _HEADER.size < n:
+            break
+        out.append((kind, buf[off + _HEADER.size:off + _HEADER.size + n]))
+        off += _HEADER.size + n
+    return out, buf[off:]
+
+
 def _bad_frame(message: str) -> RequestError:
     return RequestError(message, param="body", code="invalid_frame")
 
