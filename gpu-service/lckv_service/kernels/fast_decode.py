@@ -100,7 +100,7 @@ class FastDecode:
             if n + 1 > cache.capacity:
                 raise ValueError(f"slot {s} is full (capacity {cache.capacity}); evict first")
         B = len(slot_list)
-        S = min(cache.capacity, -(-(max(lens) + 1) // self.bucket) * self.bucket)
+        S = self.key_bucket(max(lens))
         first = slot_list[0]
         contiguous = slot_list == list(range(first, first + B))
         if tokens.numel() != B:
@@ -121,6 +121,10 @@ class FastDecode:
         cache.tokens[slot_t, new_len - 1] = tokens
         cache.commit(slot_list, [n + 1 for n in lens], [1] * B, slot_t, new_len)
         return logits
+
+    def key_bucket(self, longest: int) -> int:
+        """Keys a step attends over when its longest row holds `longest` tokens before the step."""
+        return min(self.cache.capacity, -(-(longest + 1) // self.bucket) * self.bucket)
 
     def _check_bounds(self, slot_list: list[int], lens: list[int], S: int) -> None:
         """Every index a step will use, checked on the host from the mirrored lengths: an
@@ -201,8 +205,7 @@ class FastDecode:
                 first, B = None, batch_bucket(B)
             elif slot_list != list(range(first, first + B)):
                 raise ValueError("graphs are captured for contiguous slot ranges only")
-            for n in sorted({min(self.cache.capacity, -(-(m + 1) // self.bucket) * self.bucket)
-                             for m in max_lengths}):
+            for n in sorted({self.key_bucket(m) for m in max_lengths}):
                 if (first, B, n) not in self._graphs and len(self._graphs) < self.max_graphs:
                     self._graphs[(first, B, n)] = self._capture(first, B, n)
         return len(self._graphs)
@@ -213,7 +216,7 @@ class FastDecode:
         if not self.graphs or self.pad_slot is None:
             return len(self._graphs)
         cap = self.cache.capacity
-        keys = sorted({min(cap, s) for s in range(self.bucket, cap + self.bucket, self.bucket)})
+        keys = sorted({self.key_bucket(n) for n in range(0, cap, self.bucket)})
         batches = [b for b in BATCH_BUCKETS if b < batch_bucket(max_batch)] + [batch_bucket(max_batch)]
         for B in batches:
             for S in keys:
