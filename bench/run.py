@@ -98,6 +98,14 @@ def parse_ints(spec: str | None, param: str) -> tuple[int, ...] | None:
     return out
 
 
+def parse_streams(spec: str | None) -> tuple[int, ...] | None:
+    """Serving's stream counts; `max` (0 here) is as many as the service's K/V pool holds."""
+    if spec and "max" in [x.strip() for x in spec.split(",")]:
+        rest = ",".join(x for x in spec.split(",") if x.strip() not in ("max", ""))
+        return (parse_ints(rest, "streams") or ()) + (0,)
+    return parse_ints(spec, "streams")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", default="throughput,roofline", help="comma list of suite[:seconds]")
@@ -121,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="throughput suite, LCKV variants: prompts as batched decode steps (exact, 1x the "
                          "FLOPs), the paper's m+b parallel iterations, or auto: both measured at the run's "
                          "batch, the cheaper runs")
-    ap.add_argument("--streams", help="serving: comma list of concurrent streams (default 64,128,256)")
+    ap.add_argument("--streams", help="serving: comma list of concurrent streams (default 64,128,256); `max`: as "
+                                      "many as the service's K/V pool holds in the device's free memory")
     ap.add_argument("--arrivals", help="serving: comma list of burst, poisson (default both)")
     ap.add_argument("--rate", type=float, help="serving: Poisson arrivals per second (default streams/10s)")
     ap.add_argument("--server-src", help="serving: another tree's gpu-service folder to serve from (a baseline)")
@@ -142,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes = parse_list(args.shapes, tuple(SHAPES), "shape")
         variants = parse_list(args.variants, VARIANTS, "variant")
         settings = parse_settings(args.settings)
-        args.streams_list = parse_ints(args.streams, "streams")
+        args.streams_list = parse_streams(args.streams)
         args.arrivals_list = parse_list(args.arrivals, ("burst", "poisson"), "arrival")
         if args.rate is not None and not args.rate > 0:
             raise BenchError("--rate must be positive", param="rate")

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .device import to_device
+from .device import tensor_to_device, to_device
 from .errors import ConfigError
 
 
@@ -397,12 +397,12 @@ class LCKVModel(nn.Module):
             t = torch.as_tensor(t)
             if t.dim() != 1 or t.numel() == 0 or t.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"tokens[{b}] must be a non-empty 1-D integer tensor")
-            if int(t.min()) < 0 or int(t.max()) >= self.cfg.vocab_size:
+            if int(t.min()) < 0 or int(t.max()) >= self.cfg.vocab_size:   # host tokens: no device sync
                 raise ValueError(f"tokens[{b}] has ids outside [0, {self.cfg.vocab_size})")
             if cache.length(slots[b]) + t.numel() > cache.capacity:
                 raise ValueError(f"slot {slots[b]} holds {cache.length(slots[b])} tokens and cannot take "
                                  f"{t.numel()} more (capacity {cache.capacity}); evict first")
-            toks.append(t.to(cache.device, torch.long))
+            toks.append(tensor_to_device(t, cache.device))
         if mode.kind == "exact" and self.cfg.iter_block is not None:
             step = mode.chunk
             passes, tol, cap = None, None, None

@@ -179,18 +179,21 @@ def test_max_batch_probe_interpolates_between_its_measurements():
 
 def test_serving_suite_drives_the_real_server(tmp_path):
     """The serving suite on CPU: the real `lckv_service serve` process, concurrent streams in both
-    arrival patterns, the engine alone as the baseline in the same row, every token delivered once."""
+    arrival patterns, the engine alone as the baseline in the same row, every token delivered once;
+    `max` streams as many as the pool holds (capped here by a server flag), overlapped steps on."""
     rows = _run(tmp_path, "--suite", "serving:240", "--variants", "lckv-w2", "--settings", "12+6",
-                "--streams", "3", "--arrivals", "burst,poisson", "--rate", "20")
+                "--streams", "3,max", "--arrivals", "burst,poisson", "--rate", "20",
+                "--server-args", "--max-slots 4 --overlap on")
     sv = _ok(rows, "serving")
-    assert sorted(r["arrival"] for r in sv) == ["burst", "poisson"]
+    assert sorted((r["streams"], r["arrival"]) for r in sv) == [(3, "burst"), (3, "poisson"), (4, "burst"), (4, "poisson")]
+    assert all(r["slots_total"] == 4 and r["server_args"] == "--max-slots 4 --overlap on" for r in sv)
     for r in sv:
         for key in ("suite", "device", "variant", "shape", "streams", "prompt_len", "gen_len", "tokens_per_s",
                     "engine_tokens_per_s", "ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
                     "all_tokens_delivered_once", "step_ms", "step_run_ms"):
             assert r.get(key) is not None, key
-        assert r["all_tokens_delivered_once"] and r["completed"] == r["streams"] == 3
-        assert r["prompt_tokens_mean"] == 12 and r["generated_tokens"] <= 18
+        assert r["all_tokens_delivered_once"] and r["completed"] == r["streams"]
+        assert r["prompt_tokens_mean"] == 12 and r["generated_tokens"] <= 6 * r["streams"]
         assert r["ttft_p50_s"] <= r["ttft_p95_s"] and r["tokens_per_s"] > 0 and r["engine_tokens_per_s"] > 0
     assert "service_vs_engine" in next(r for r in sv if r["arrival"] == "burst")
     md = plot.serving_md(rows)
@@ -199,6 +202,7 @@ def test_serving_suite_drives_the_real_server(tmp_path):
 
 def test_serving_cli_refuses_bad_values(tmp_path, capsys):
     for args, param in ((["--streams", "0"], "streams"), (["--streams", "a,b"], "streams"),
+                        (["--streams", "max,-2"], "streams"),
                         (["--arrivals", "storm"], "arrival"), (["--rate", "-1"], "rate"),
                         (["--server-src", str(tmp_path)], "server_src")):
         assert bench_run.main(["--tiny", "--device", "cpu", "--quiet", "--suite", "serving",

@@ -31,11 +31,23 @@ def model(tok):
     return random_chat_model(tok, device=DEVICE)
 
 
+OVERLAP = [False]     # the engine mode every test of this module runs in (both, via `overlap`)
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["serial", "overlap"])
+def overlap(request):
+    """Every engine test runs with serial steps and with overlapped ones (step N launched before step
+    N-1's tokens are handled, lookahead tokens dropped): the results must be identical."""
+    OVERLAP[0] = request.param
+    yield request.param
+    OVERLAP[0] = False
+
+
 def make_engine(model, tok, num_slots=4, sinks=4, window=200, evict_step=0, budget=64, chunk=8, prefill_chunk=0):
     sc = SchedulerConfig(num_slots=num_slots, sinks=sinks, window=window, evict_step=evict_step,
                          max_batched_tokens=budget, max_waiting=64, prefill_chunk=prefill_chunk)
     runner = ModelRunner(model, num_slots, sc.capacity, sinks, PrefillMode("exact", chunk=chunk))
-    return Engine(Scheduler(sc), runner, tok)
+    return Engine(Scheduler(sc), runner, tok, overlap=OVERLAP[0])
 
 
 
@@ -278,3 +290,26 @@ def test_tokenwise_prefill_rides_the_decode_batch_and_is_exact(model, tok):
         assert torch.allclose(state(a).k, state(b).k, atol=1e-9) and torch.allclose(state(a).v, state(b).v, atol=1e-9)
     assert all(len(p.tokens) == 1 for plan in plans for p in plan.prefills)
     assert any(plan.decodes and plan.prefills for plan in plans)     # prompts and decodes in one step
+
+
+def test_a_lookahead_fed_past_the_end_of_a_reply_is_dropped_and_the_blob_stays_canonical(model, tok, overlap):
+    """Overlapped steps feed each sampled token to the next step before the host has seen it: the
+    step after the token that ends the reply (here a stop string) runs one lookahead decode whose
+    sample is dropped and whose fed token the canonical-tokens rule truncates from the session cache."""
+    (probe,) = run(make_engine(model, tok), [chat_request(tok, "p", PROMPTS[3], max_tokens=16)])
+    full = text(probe)
+    stop = next(full[k:k + 2] for k in range(4, len(full) - 1)
+                if "\ufffd" not in full[k:k + 2] and full.find(full[k:k + 2]) == k)
+    eng = make_engine(model, tok)
+    plans = []
+    schedule = eng.scheduler.schedule
+    eng.scheduler.schedule = lambda: plans.append(schedule()) or plans[-1]
+    (r,) = run(eng, [chat_request(tok, "r", PROMPTS[3], max_tokens=16, stop=[stop], return_blob=True)])
+    assert text(r) == full[:full.find(stop)] and r.events[-1].finish_reason == "stop"
+    decodes = sum(pl.decodes.count(r) for pl in plans)
+    assert decodes == len(r.output_ids) - 1 + (1 if overlap else 0)
+    canonical = tok.encode_chat(PROMPTS[3] + [{"role": "assistant", "content": text(r)}], False)
+    assert state(r).token_ids == canonical and state(r).tokens_seen == len(canonical)
+    fresh = _kv_of_fresh_prefill(model, tok, canonical)
+    assert torch.allclose(state(r).k, fresh.k, atol=1e-9) and torch.allclose(state(r).v, fresh.v, atol=1e-9)
+    assert sorted(eng.scheduler.free_slots) == [0, 1, 2, 3] and not eng.has_work()

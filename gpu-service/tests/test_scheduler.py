@@ -16,9 +16,10 @@ from lckv_service.engine.scheduler import Scheduler, SchedulerConfig, StepPlan
 from lckv_service.errors import ConfigError, OverloadedError
 
 
-class Params:  # the scheduler reads nothing from SamplingParams; the engine does
-    max_tokens = 4
-    stop = ()
+class Params:  # of SamplingParams the scheduler reads max_tokens only (to skip useless lookaheads)
+    def __init__(self, max_tokens: int = 4):
+        self.max_tokens = max_tokens
+        self.stop = ()
 
 
 def make_scheduler(**kw) -> Scheduler:
@@ -27,8 +28,9 @@ def make_scheduler(**kw) -> Scheduler:
     return Scheduler(SchedulerConfig(**cfg))
 
 
-def make_requests(lengths: list[int], prefix: str = "r") -> list[Request]:
-    return [Request(f"{prefix}{i}", list(range(100 * i, 100 * i + n)), Params()) for i, n in enumerate(lengths)]
+def make_requests(lengths: list[int], prefix: str = "r", max_tokens: int = 4) -> list[Request]:
+    return [Request(f"{prefix}{i}", list(range(100 * i, 100 * i + n)), Params(max_tokens))
+            for i, n in enumerate(lengths)]
 
 
 class FakeRunner:
@@ -37,6 +39,7 @@ class FakeRunner:
     def __init__(self, sched: Scheduler):
         self.sched = sched
         self.slots: dict[int, list[int]] = {}
+        self.sampled: dict[Request, int] = {}   # each request's last sampled token, as the device holds it
         self.n = 0
 
     def run(self, plan: StepPlan) -> list[tuple[Request, int]]:
@@ -55,29 +58,46 @@ class FakeRunner:
             if p.sample:
                 out.append(p.request)
         for r in plan.decodes:
-            self.slots[r.slot].append(r.last_token)
+            self.slots[r.slot].append(self.sampled[r])
             assert len(self.slots[r.slot]) <= cap
             out.append(r)
         for r in out + [p.request for p in plan.prefills]:
             assert len(self.slots[r.slot]) == r.cache_len, "scheduler's view of the slot drifted"
         self.n += 1
-        return [(r, 1000 + r.tokens_seen) for r in out]
+        out = [(r, 1000 + r.tokens_seen) for r in out]
+        self.sampled.update(out)
+        return out
 
 
-def drive(sched: Scheduler, runner: FakeRunner, max_new: int = 3, max_steps: int = 10_000) -> list[StepPlan]:
-    """The engine's update rule, reduced: append the sample, finish after max_new tokens."""
-    plans = []
+def update(sched: Scheduler, sampled: list[tuple[Request, int]]) -> None:
+    """The engine's update rule, reduced: take the sample (filling a lookahead's entry), finish after
+    max_tokens; a request that already finished drops its lookahead's sample."""
+    for req, tok in sampled:
+        req.in_flight -= 1
+        if req.status.finished:
+            continue
+        req.output_ids.append(tok)
+        if req.lookahead:
+            req.fed_this_turn[-1], req.lookahead = tok, False
+        if len(req.output_ids) >= req.params.max_tokens:
+            sched.finish(req, RequestStatus.FINISHED_LENGTH)
+        else:
+            req.phase = Phase.DECODE
+
+
+def drive(sched: Scheduler, runner: FakeRunner, max_steps: int = 10_000, overlap: bool = False) -> list[StepPlan]:
+    """Serial: schedule, run, update. Overlapped as the engine does: step N is planned and run before
+    step N-1's samples are handled."""
+    plans, in_flight = [], []
     for _ in range(max_steps):
         plan = sched.schedule()
-        if plan.empty:
+        if plan.empty and not in_flight:
             break
         plans.append(plan)
-        for req, tok in runner.run(plan):
-            req.output_ids.append(tok)
-            if len(req.output_ids) >= max_new:
-                sched.finish(req, RequestStatus.FINISHED_LENGTH)
-            else:
-                req.phase = Phase.DECODE
+        sampled = runner.run(plan) if not plan.empty else []
+        if overlap:
+            sampled, in_flight = in_flight, sampled
+        update(sched, sampled)
     return plans
 
 
@@ -103,10 +123,10 @@ def test_admits_up_to_free_slots_in_arrival_order():
 
 def test_token_budget_chunks_prefill_and_samples_only_after_the_last_chunk():
     s = make_scheduler(num_slots=1, max_batched_tokens=8, window=100)
-    (r,) = make_requests([20])
+    (r,) = make_requests([20], max_tokens=2)
     s.add(r)
     runner = FakeRunner(s)
-    plans = drive(s, runner, max_new=2)
+    plans = drive(s, runner)
     chunks = [[len(p.tokens) for p in pl.prefills] for pl in plans]
     assert chunks[:3] == [[8], [8], [4]]
     assert [p.sample for pl in plans[:3] for p in pl.prefills] == [False, False, True]
@@ -160,10 +180,10 @@ def test_finish_frees_the_slot_at_once_and_removes_waiting_requests():
 
 def test_eviction_happens_exactly_when_full():
     s = make_scheduler(num_slots=1, sinks=2, window=10, evict_step=4, max_batched_tokens=64)
-    (r,) = make_requests([25])
+    (r,) = make_requests([25], max_tokens=1)
     s.add(r)
     runner = FakeRunner(s)
-    plans = drive(s, runner, max_new=1)
+    plans = drive(s, runner)
     # 12 tokens fill the slot; each eviction keeps 2 sinks + 6 recent, then 4 more tokens fit
     assert [len(p.tokens) for pl in plans for p in pl.prefills] == [12, 4, 4, 4, 1]
     assert sum(len(pl.evictions) for pl in plans) == 4
@@ -177,15 +197,48 @@ def test_eviction_happens_exactly_when_full():
 def test_kept_tokens_do_not_depend_on_chunking(budget, prompt, new, window, step):
     """What a slot keeps is a function of the token sequence only (so resumed == stateless)."""
     results = []
-    for b in (budget, 10_000):
+    for b, overlap in ((budget, False), (10_000, False), (budget, True)):
         s = make_scheduler(num_slots=1, sinks=2, window=window, evict_step=step, max_batched_tokens=b)
-        (r,) = make_requests([prompt])
+        (r,) = make_requests([prompt], max_tokens=new)
         s.add(r)
         runner = FakeRunner(s)
-        drive(s, runner, max_new=new)
-        results.append((runner.slots[0], r.tokens_seen))
-    assert results[0] == results[1]
-    assert len(results[0][0]) <= 2 + window
+        drive(s, runner, overlap=overlap)
+        results.append((runner.slots[0], r.tokens_seen, r.output_ids))
+    assert results[0] == results[1] == results[2]
+    assert len(results[0][0]) <= 2 + window and len(results[0][2]) == new
+
+
+def test_overlapped_steps_decode_lookaheads_but_never_past_max_tokens_or_through_an_eviction():
+    s = make_scheduler(num_slots=1, sinks=2, window=4, evict_step=2, max_batched_tokens=64)
+    (r,) = make_requests([3], max_tokens=6)
+    s.add(r)
+    runner = FakeRunner(s)
+    p1 = s.schedule()                       # the whole prompt; its sample is in flight
+    first = runner.run(p1)
+    p2 = s.schedule()                       # decodes that sample before knowing it
+    assert p2.decodes == [r] and r.lookahead and r.fed_this_turn[-1] == scheduler_mod.LOOKAHEAD
+    second = runner.run(p2)
+    update(s, first)
+    assert r.fed_this_turn == r.prompt_ids + r.output_ids and not r.lookahead
+    in_flight, plans = second, [p1, p2]
+    while True:                             # overlapped to the end
+        plan = s.schedule()
+        if plan.empty and not in_flight:
+            break
+        plans.append(plan)
+        sampled, in_flight = in_flight, runner.run(plan)
+        assert not (plan.evictions and plan.decodes and r.lookahead), "evicted for a lookahead"
+        update(s, sampled)
+    assert len(r.output_ids) == 6 and r.status is RequestStatus.FINISHED_LENGTH
+    assert sum(len(p.decodes) for p in plans) == 5          # no lookahead past max_tokens
+    # the slot holds what serial steps would leave: prompt and outputs with the same evictions
+    serial = make_scheduler(num_slots=1, sinks=2, window=4, evict_step=2, max_batched_tokens=64)
+    (q,) = make_requests([3], max_tokens=6)
+    serial.add(q)
+    ref = FakeRunner(serial)
+    drive(serial, ref)
+    assert runner.slots[0] == ref.slots[0] and r.output_ids == q.output_ids
+    assert sum(len(p.evictions) for p in plans) == 1 and r.tokens_seen == q.tokens_seen
 
 
 def test_truncation_is_planned_once_and_updates_the_view():

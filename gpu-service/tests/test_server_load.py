@@ -17,10 +17,11 @@ PROMPTS = [[{"role": "user", "content": text}] for text in (
     "The cache keeps the keys and values.", "Rivers run to the sea.", "How are you today?")]
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory):
+@pytest.fixture(scope="module", params=["off", "on"], ids=["serial", "overlap"])
+def srv(tmp_path_factory, request):
     folder = model_folder(tmp_path_factory.mktemp("load-models"))
-    with ServerThread(serve_config(folder, max_slots=16, max_waiting=N_STREAMS, max_batched_tokens=256)) as s:
+    with ServerThread(serve_config(folder, max_slots=16, max_waiting=N_STREAMS, max_batched_tokens=256,
+                                   overlap=request.param)) as s:
         yield s
 
 

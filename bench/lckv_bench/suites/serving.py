@@ -120,7 +120,7 @@ class ServerProcess:
             text = r.read().decode()
         out = {}
         for line in text.splitlines():
-            if line.startswith("lckv_engine_") and not line.startswith("#"):
+            if line.startswith("lckv_") and not line.startswith("#"):
                 name, _, value = line.rpartition(" ")
                 out[name] = float(value)
         return out
@@ -315,8 +315,11 @@ def run(ctx: Context) -> None:
                         ctx.rec.write("serving", **row)
 
 
+MAX_BATCH_SLOTS = 4096   # `--streams max`: the pool is sized from free memory up to this many slots
+
+
 def _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base) -> list[dict]:
-    n_max = max(streams)
+    n_max = MAX_BATCH_SLOTS if 0 in streams else max(streams)
     flags = ["--max-slots", str(n_max), "--window", str(prompt + gen + 4), "--max-waiting", str(n_max),
              "--max-tokens", str(gen), "--log-level", "WARNING", *extra]
     log = Path(tempfile.gettempdir()) / f"serving-{base['shape']}-{base['variant']}.log"
@@ -324,6 +327,10 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base) -
     rows = []
     try:
         server.wait_ready(timeout=min(600, ctx.budget.left()))
+        slots = int(server.metrics().get("lckv_kv_pool_slots", 0))   # sessions the pool holds at once
+        base = dict(base, slots_total=slots)
+        streams = sorted({n if n else slots for n in streams})
+        n_max = max(streams)
         warm = make_prompts(folder, 4, prompt, seed=99)
         asyncio.run(drive(server.url, warm, min(gen, 8), [0.0] * 4))
         for n in streams:

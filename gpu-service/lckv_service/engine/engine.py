@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ..tokenizer import ChatTokenizer
 from .request import Event, Phase, Request, RequestStatus
-from .runner import ModelRunner
+from .runner import ModelRunner, StepHandle
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 class Engine:
     def __init__(self, scheduler: Scheduler, runner: ModelRunner, tokenizer: ChatTokenizer,
-                 metrics: EngineMetrics | None = None):
+                 metrics: EngineMetrics | None = None, overlap: bool = False):
         self.scheduler = scheduler
+        self.overlap = overlap
+        self._in_flight: StepHandle | None = None     # overlap: the launched step not yet collected
         self.runner = runner
         self.tokenizer = tokenizer
         self.metrics = metrics
@@ -67,7 +69,7 @@ class Engine:
 
     def has_work(self) -> bool:
         with self._lock:
-            return self.scheduler.has_work() or bool(self._aborts)
+            return self.scheduler.has_work() or bool(self._aborts) or self._in_flight is not None
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -79,7 +81,13 @@ class Engine:
 
     # ---- the engine thread ----------------------------------------------------------------------
     def step(self) -> bool:
-        """One step; returns False when there was nothing to do."""
+        """One step; returns False when there was nothing to do.
+
+        Without overlap: schedule -> launch -> wait for the tokens -> update. With overlap, step N is
+        launched before step N-1's tokens are waited for and handled, so the host's update of N-1 and
+        scheduling of N+1 run while the device computes N; decodes in N feed N-1's sampled ids on the
+        device. A request that N-1 ends was fed one lookahead token in N: its sampled token is dropped,
+        and for a session turn the canonical-tokens rule (below) truncates the fed lookahead."""
         t0 = time.perf_counter()
         with self._lock:
             for rid in self._aborts:
@@ -88,30 +96,57 @@ class Engine:
                     self.scheduler.finish(req, RequestStatus.FINISHED_ABORTED)
             self._aborts.clear()
             plan = self.scheduler.schedule()
-        if plan.empty:
+        prev, launched = self._in_flight, None
+        if plan.empty and prev is None:
             return False
         t1 = time.perf_counter()
-        try:
-            sampled = self.runner.run(plan)
-        except Exception as e:  # a model failure fails this step's requests, not the process
-            log.exception("engine step failed")
-            with self._lock:
-                for req in {*plan.admitted, *plan.restarts, *(p.request for p in plan.prefills), *plan.decodes}:
-                    self._fail(req, e)
-            return True
+        if not plan.empty:
+            try:
+                launched = self.runner.launch(plan, prev)
+            except Exception as e:  # a model failure fails this step's requests, not the process
+                log.exception("engine step failed")
+                self._fail_plan(plan, e)
+        if self.overlap:
+            self._in_flight = launched
+        else:
+            prev = launched
+        sampled = []
+        if prev is not None:
+            try:
+                sampled = self.runner.collect(prev)
+            except Exception as e:
+                log.exception("engine step failed")
+                self._fail_rows(prev, e)
+                if launched is not None and self.overlap:   # it fed ids of the failed step
+                    self._fail_rows(launched, e)
+                    self._in_flight = None
         t2 = time.perf_counter()
         now = time.monotonic()
         for req, tok in sampled:
-            if not req.status.finished:
+            req.in_flight -= 1
+            # a request that ended while this step was in flight: its lookahead token is dropped
+            if not req.status.finished and req.phase is not Phase.FINALIZE:
                 self._guarded(req, self._on_token, req, tok, now)
         if self.metrics:
             self.metrics.count_tokens(len(sampled))
+        busy = set(self._in_flight.reqs) if self._in_flight is not None else set()
         for req in list(self.scheduler.running):   # only this thread changes `running`
-            if req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart:
+            if (req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart
+                    and req not in busy):
                 self._guarded(req, self._export, req)
         if self.metrics:
             self.metrics.observe_step(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_device_s)
         return True
+
+    def _fail_plan(self, plan, exc: BaseException) -> None:
+        with self._lock:
+            for req in {*plan.admitted, *plan.restarts, *(p.request for p in plan.prefills), *plan.decodes}:
+                self._fail(req, exc)
+
+    def _fail_rows(self, handle, exc: BaseException) -> None:
+        with self._lock:
+            for req in handle.reqs:
+                self._fail(req, exc)
 
     def _guarded(self, req: Request, fn, *args) -> None:
         """Per-request update work (detokenizing, re-encoding, export): a failure fails that request only."""
@@ -132,6 +167,9 @@ class Engine:
     # ---- update (engine thread; the lock only where the scheduler or the request table change) ----
     def _on_token(self, req: Request, tok: int, now: float) -> None:
         req.output_ids.append(tok)
+        if req.lookahead:   # the scheduler fed this token to the next step before it was known
+            req.fed_this_turn[-1] = tok
+            req.lookahead = False
         if self.metrics:
             if req.first_token_time is None:
                 self.metrics.observe_ttft(now - req.arrival)

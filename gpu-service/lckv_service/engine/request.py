@@ -78,6 +78,8 @@ class Request:
     retokenized: bool = False                  # the reply's canonical ids differed from the sampled ids
     rebuilt: bool = False                      # ... and the turn was re-fed from its start state
     final_status: RequestStatus | None = None  # how generation ended (kept through FINALIZE)
+    in_flight: int = 0                         # launched steps sampling its next tokens (not yet known)
+    lookahead: bool = False                    # fed_this_turn[-1] is that in-flight token
     text_stream: Any = None
     runner_state: Any = None
     first_token_time: float | None = None

@@ -8,8 +8,12 @@ keys rotated once per source layer and, on CUDA with Triton, the flash-decoding 
 keys in registers. decode="reference" runs model.decode (for debugging). Key buckets: 256 on CUDA
 (repeating shapes; what CUDA graphs key on), 16 on CPU, where a bucket only adds masked keys
 (measured on lckv-tiny: FastDecode with bucket 16 is as fast as model.decode at batch 1 and up to
-~1.6x faster at batch 32 with 512 cached tokens). CUDA graphs stay off by default: a serving batch
-changes slots and size every step, and graphs serve contiguous slot ranges only.
+~1.6x faster at batch 32 with 512 cached tokens). With decode_graphs, slot indices are a graph input
+and batches are padded to buckets (FastDecode's pad_slot), so any serving batch replays a graph.
+
+A step is `launch` (enqueue the cache operations, the model and sampling; on CUDA it returns before
+the device has run them) then `collect` (wait for that step's sampled ids only, via a pinned copy and
+an event). The engine may launch step N+1 before collecting step N (Engine(overlap=True)).
 """
 from __future__ import annotations
 
@@ -109,13 +113,17 @@ class ModelRunner:
                                    pad_slot=num_slots if decode_graphs else None)
 
     def run(self, plan: StepPlan) -> list[tuple[Request, int]]:
-        """Apply the plan's cache operations, run the model, return (request, sampled token) pairs.
-        On CUDA `last_device_s` is then the device time span of the step's work."""
-        events = None
+        """Launch the plan's step and wait for its sampled tokens."""
+        return self.collect(self.launch(plan))
+
+    def launch(self, plan: StepPlan, prev: "StepHandle | None" = None) -> "StepHandle":
+        """Apply the plan's cache operations and enqueue the model and sampling work; on CUDA this
+        returns before the device has run it. A decode row of a request sampled in `prev` (still in
+        flight) feeds that sampled id straight from the device."""
+        timing = None
         if self.device.type == "cuda":
-            events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            events[0].record()
-        self.last_device_s = None
+            timing = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            timing[0].record()
         for req in plan.admitted:
             self._load_turn_start(req)
             req.runner_state = make_stream(req.params)
@@ -131,7 +139,7 @@ class ModelRunner:
         chunks = [p for p in plan.prefills if len(p.tokens) > 1]
         singles = [p for p in plan.prefills if len(p.tokens) == 1]
         if chunks:
-            tokens = [to_device(p.tokens, self.device) for p in chunks]
+            tokens = [torch.tensor(p.tokens) for p in chunks]     # host tensors: checked without a sync
             logits = self.model.prefill(self.cache, [p.request.slot for p in chunks], tokens,
                                         mode=self.prefill_mode)                # [len(chunks), V]
             self._take(logits, [i for i, p in enumerate(chunks) if p.sample], chunks, reqs, parts)
@@ -139,23 +147,59 @@ class ModelRunner:
             # one decode step for sampled tokens and one-token prompt pieces alike
             slots = torch.tensor([r.slot for r in plan.decodes] + [p.request.slot for p in singles],
                                  dtype=torch.long)                             # CPU: no host sync
-            toks = to_device([r.last_token for r in plan.decodes] + [p.tokens[0] for p in singles], self.device)
-            logits = self.decode(slots, toks)                                  # [decodes + singles, V]
+            logits = self.decode(slots, self._decode_tokens(plan, singles, prev))   # [decodes + singles, V]
             nd = len(plan.decodes)
             reqs += plan.decodes
             rows = list(range(nd)) + [nd + i for i, p in enumerate(singles) if p.sample]
             self._take(logits, rows, None, None, parts)
             reqs += [p.request for p in singles if p.sample]
         if not reqs:
+            return StepHandle([], None, None, None, timing)
+        ids = sample(parts[0] if len(parts) == 1 else torch.cat(parts), [r.params for r in reqs],
+                     [r.runner_state for r in reqs])                           # [len(reqs)] on the device
+        host, done = ids, None
+        if self.device.type == "cuda":
+            # the ids travel to pinned memory behind the step's work; collect() waits for this copy
+            # only, not for whatever was launched after it
+            host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            host.copy_(ids, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        if timing is not None:
+            timing[1].record()
+        return StepHandle(reqs, ids, host, done, timing)
+
+    def collect(self, handle: "StepHandle") -> list[tuple[Request, int]]:
+        """Wait for a launched step's sampled tokens: (request, token) per sampled row."""
+        if handle.done is not None:
+            handle.done.synchronize()
+        self.last_device_s = None
+        if handle.timing is not None:
+            handle.timing[1].synchronize()
+            self.last_device_s = handle.timing[0].elapsed_time(handle.timing[1]) / 1000
+        if not handle.reqs:
             return []
-        out = sample(parts[0] if len(parts) == 1 else torch.cat(parts), [r.params for r in reqs],
-                     [r.runner_state for r in reqs])
-        if events is not None:
-            events[1].record()
-        ids = out.tolist()                                                     # the step's one host sync
-        if events is not None:
-            self.last_device_s = events[0].elapsed_time(events[1]) / 1000
-        return list(zip(reqs, ids))
+        return list(zip(handle.reqs, handle.host.tolist()))
+
+    def _decode_tokens(self, plan: StepPlan, singles, prev: "StepHandle | None") -> torch.Tensor:
+        """The decode step's input ids [decodes + singles]: host ids, and for requests sampled in the
+        in-flight step `prev`, its sampled ids, gathered on the device (no host sync)."""
+        rows = prev.rows() if prev is not None and prev.reqs else {}
+        n = prev.ids.shape[0] if rows else 0
+        index, host = [], []                # index into cat(prev.ids, host)
+        for r in plan.decodes:
+            j = rows.get(r)
+            if j is None:
+                j = n + len(host)
+                host.append(r.last_token)
+            index.append(j)
+        for p in singles:
+            index.append(n + len(host))
+            host.append(p.tokens[0])
+        if len(host) == len(index):
+            return to_device(host, self.device)
+        both = torch.cat([prev.ids, to_device(host, self.device)]) if host else prev.ids
+        return both[to_device(index, self.device)]
 
     def _take(self, logits: torch.Tensor, rows: list[int], items, reqs, parts) -> None:
         """Append the logits of `rows` (all of them without an index copy) and, given the plan
@@ -196,3 +240,15 @@ class ModelRunner:
     @property
     def bytes_total(self) -> int:
         return KVCache.bytes_for(self.model.cfg, self.cache.num_slots, self.cache.capacity, self.dtype)
+
+
+class StepHandle:
+    """A launched step: its sampled rows' requests, their ids on the device (`ids`) and on the host
+    once `done` has fired (`host`), and the step's device-time events."""
+    __slots__ = ("reqs", "ids", "host", "done", "timing")
+
+    def __init__(self, reqs: list[Request], ids, host, done, timing):
+        self.reqs, self.ids, self.host, self.done, self.timing = reqs, ids, host, done, timing
+
+    def rows(self) -> dict[Request, int]:
+        return {r: i for i, r in enumerate(self.reqs)}

@@ -5,6 +5,10 @@ fill the rest of the token budget with prompt chunks (chunked prefill), first co
 Requests join and leave the batch at any step. StreamingLLM eviction is planned here too: a slot is
 trimmed to sinks + (window - evict_step) exactly when it is full and must take a token, and a chunk
 never crosses that point, so what a slot keeps depends only on the token sequence, not on chunking.
+
+With overlapped steps (Engine(overlap=True)) a request's sampled token may still be in flight when
+the next step is planned: it then decodes a lookahead, recorded as LOOKAHEAD in `fed_this_turn`
+until the engine learns the token.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ from dataclasses import dataclass, field
 
 from ..errors import ConfigError, OverloadedError
 from .request import Phase, Request, RequestStatus
+
+LOOKAHEAD = -1          # fed_this_turn's entry for a token fed before the host knows it
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +131,18 @@ class Scheduler:
             if budget == 0:
                 break
             if req.phase is Phase.DECODE and not req.pending:
-                self._make_room(req, plan)
-                self._append(req, [req.last_token])
+                if req.in_flight:
+                    # its last token is still being sampled (overlapped steps): feed it from the device
+                    # as a lookahead, unless it is known to be the last one or feeding it would evict
+                    # (an eviction must not depend on a token that may end the turn)
+                    if len(req.output_ids) + req.in_flight >= req.params.max_tokens or req.cache_len >= self.cfg.capacity:
+                        continue
+                    self._append(req, [LOOKAHEAD])
+                    req.lookahead = True
+                else:
+                    self._make_room(req, plan)
+                    self._append(req, [req.last_token])
+                req.in_flight += 1
                 plan.decodes.append(req)
                 budget -= 1
         capacity, per_request = self.cfg.capacity, self.cfg.prefill_chunk
@@ -139,7 +155,11 @@ class Scheduler:
                 chunk = req.pending[:n]
                 del req.pending[:n]          # in place: no copy of the rest of a long prompt per step
                 self._append(req, chunk)
-                plan.prefills.append(PrefillItem(req, chunk, req.phase is Phase.PREFILL and not req.pending))
+                sample = req.phase is Phase.PREFILL and not req.pending
+                plan.prefills.append(PrefillItem(req, chunk, sample))
+                if sample:   # decodes from the next step on, its first token possibly still in flight
+                    req.phase = Phase.DECODE
+                    req.in_flight += 1
                 budget -= n
         return plan
 

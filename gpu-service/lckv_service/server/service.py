@@ -69,6 +69,9 @@ class ServeConfig:
                                "(model.decode, for debugging)", choices=("fast", "reference"), env="LCKV_DECODE")
     decode_graphs: str = _opt(AUTO, "CUDA graphs for the decode step: auto (on with CUDA and decode=fast) | "
                                     "on | off", choices=("auto", "on", "off"))
+    overlap: str = _opt(AUTO, "overlap each step's host work (tokens to events, scheduling the next step) "
+                              "with the device's work on the next step: auto (on with CUDA) | on | off",
+                        choices=("auto", "on", "off"))
     max_batched_tokens: int | None = _opt(None, "token budget of one step (default: slots + 8192 on CUDA, "
                                                 "slots + 512 on CPU)", kind=int)
     max_waiting: int = _opt(64, "admission queue bound (beyond: 503)", kind=int)
@@ -168,11 +171,13 @@ class ModelService:
         mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
         runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
                              decode=cfg.decode, decode_graphs=graphs)
-        self.engine = Engine(Scheduler(self.sched_cfg), runner, self.tokenizer, metrics)
+        overlap = cfg.overlap == "on" or (cfg.overlap == AUTO and cuda)
+        self.engine = Engine(Scheduler(self.sched_cfg), runner, self.tokenizer, metrics, overlap=overlap)
         self.async_engine = AsyncEngine(self.engine)
         log.info("model loaded: id=%s device=%s dtype=%s slots=%d capacity=%d kv_layers=%d prefill=%s "
-                 "step_tokens=%d decode_graphs=%s", self.model_id, device, str(dtype).removeprefix("torch."),
-                 num_slots, capacity, len(self.model_cfg.kv_layers), kind, budget, graphs)
+                 "step_tokens=%d decode_graphs=%s overlap=%s", self.model_id, device,
+                 str(dtype).removeprefix("torch."), num_slots, capacity, len(self.model_cfg.kv_layers), kind,
+                 budget, graphs, overlap)
 
     def info(self) -> dict:
         c = self.model_cfg
