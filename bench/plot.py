@@ -211,22 +211,23 @@ def targets_md(rows, groups) -> str:
 
 # ---- plots ---------------------------------------------------------------------------------------
 def _serving_key(r):
-    return (r["device"], r["shape"], r["variant"], r.get("server_src", "this tree"), r["prompt_len"], r["gen_len"],
-            r["arrival"], r["streams"])
+    server = " ".join(x for x in (r.get("server_src", "this tree"), r.get("server_args")) if x)
+    return (r["device"], r["shape"], r["variant"], server, r["prompt_len"], r["gen_len"], r["arrival"], r["streams"])
 
 
 def serving_md(rows) -> str:
     sv = latest(rows, "serving", _serving_key)
-    body = [[d, s, v, src, f"{p}+{g}", a, fmt(n), fmt(r["tokens_per_s"]), fmt(r.get("engine_tokens_per_s")),
+    body = [[d, s, v, src, f"{p}+{g}", a, fmt(n), fmt(r.get("slots_total")), fmt(r["tokens_per_s"]),
+             fmt(r.get("engine_tokens_per_s")),
              fmt(r.get("service_vs_engine"), 2), fmt(r["ttft_p50_s"], 2), fmt(r["ttft_p95_s"], 2),
              fmt(1e3 * r["itl_p50_s"], 1) if r.get("itl_p50_s") is not None else "—",
              fmt(1e3 * r["engine_step_s"], 1) if r.get("engine_step_s") is not None else "—",
              fmt(r.get("step_ms"), 1), fmt(r.get("gpu_busy_frac"), 2), fmt(r["all_tokens_delivered_once"])]
             for (d, s, v, src, p, g, a, n), r in sorted(sv.items(), key=lambda kv: (kv[0][0], kv[0][1], vkey(kv[0][2]),
                                                                                  kv[0][3], kv[0][4:]))]
-    return table(["device", "shape", "variant", "server", "prompt+gen", "arrival", "streams", "service tok/s",
-                  "engine tok/s", "service/engine", "TTFT p50 s", "TTFT p95 s", "ITL p50 ms", "engine step ms",
-                  "service step ms", "GPU busy", "tokens once"], body)
+    return table(["device", "shape", "variant", "server", "prompt+gen", "arrival", "streams", "pool slots",
+                  "service tok/s", "engine tok/s", "service/engine", "TTFT p50 s", "TTFT p95 s", "ITL p50 ms",
+                  "engine step ms", "service step ms", "GPU busy", "tokens once"], body)
 
 
 def _save(plt, fig, out: Path, name: str, made: list[str]) -> None:
@@ -314,7 +315,9 @@ def plots(rows, out: Path) -> list[str]:
 
     sv = latest(rows, "serving", _serving_key)
     burst = {k: r for k, r in sv.items() if k[6] == "burst"}
-    if burst:
+    if burst:   # the (device, shape) with the most points; the table has the rest
+        ds = max(sorted({k[:2] for k in burst}), key=lambda d: sum(k[:2] == d for k in burst))
+        burst = {k: r for k, r in burst.items() if k[:2] == ds}
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
         for key in sorted({k[:6] for k in burst}, key=lambda k: (vkey(k[2]), k[3])):
             pts = sorted((k[7], r) for k, r in burst.items() if k[:6] == key)

@@ -2,10 +2,12 @@
 # The serving benchmark on a GPU machine (one device call each; writes $OUT/serving-<part>.jsonl/.log):
 #   bash bench/serving_gpu.sh now       # CUDA graph tests, then this tree's service vs the engine alone
 #   bash bench/serving_gpu.sh baseline  # the same load against another tree's service (.baseline/gpu-service)
+#   bash bench/serving_gpu.sh max       # Llama-2-7B shape, as many streams as each variant's K/V pool holds
+#   bash bench/serving_gpu.sh rows      # no tests: only the run.py arguments given
 # Carry .whl (pytest, prometheus-client, jinja2, py-spy: the machine has no internet) and, for
 # `baseline`, .baseline (`git archive <commit> gpu-service/lckv_service | tar -x -C .baseline`).
 set -uo pipefail
-part=${1:?usage: bash bench/serving_gpu.sh now|baseline [run.py args...]}; shift
+part=${1:?usage: bash bench/serving_gpu.sh now|baseline|max|rows [run.py args...]}; shift
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/results}; mkdir -p "$out"; out=$(cd "$out" && pwd)
 py=$(command -v python3)
@@ -27,6 +29,8 @@ case "$part" in
       tests/test_engine.py tests/test_server_load.py >>"$log" 2>&1) || echo "engine tests failed" >>"$log"
     src=() ;;
   baseline) src=(--server-src .baseline/gpu-service) ;;
+  max) src=(--shapes llama2-7b --streams max --arrivals burst) ;;
+  rows) src=() ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
 timeout --signal=INT --kill-after=20 "${BUDGET:-500}" "$py" bench/run.py --suite "serving:${SUITE_S:-470}" \
