@@ -153,18 +153,18 @@ class ModelRunner:
             rows = list(range(nd)) + [nd + i for i, p in enumerate(singles) if p.sample]
             self._take(logits, rows, None, None, parts)
             reqs += [p.request for p in singles if p.sample]
-        if not reqs:
-            return StepHandle([], None, None, None, timing)
-        ids = sample(parts[0] if len(parts) == 1 else torch.cat(parts), [r.params for r in reqs],
-                     [r.runner_state for r in reqs])                           # [len(reqs)] on the device
-        host, done = ids, None
-        if self.device.type == "cuda":
-            # the ids travel to pinned memory behind the step's work; collect() waits for this copy
-            # only, not for whatever was launched after it
-            host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
-            host.copy_(ids, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+        ids = host = done = None
+        if reqs:
+            ids = sample(parts[0] if len(parts) == 1 else torch.cat(parts), [r.params for r in reqs],
+                         [r.runner_state for r in reqs])                       # [len(reqs)] on the device
+            host = ids
+            if self.device.type == "cuda":
+                # the ids travel to pinned memory behind the step's work; collect() waits for this copy
+                # only, not for whatever was launched after it
+                host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+                host.copy_(ids, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
         if timing is not None:
             timing[1].record()
         return StepHandle(reqs, ids, host, done, timing)
