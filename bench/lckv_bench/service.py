@@ -9,6 +9,7 @@ and sampling have the real width).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -53,10 +54,15 @@ def make_model_folder(folder: Path, shape: str, variant: str, max_positions: int
     return folder
 
 
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(path)
+
+
 def make_prompts(folder: Path, n: int, length: int, seed: int = 0) -> list[str]:
     """n different texts of exactly `length` tokens under the folder's tokenizer."""
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok = _tokenizer(str(folder / "tokenizer.json"))
     words = " ".join(CORPUS).split()
     rng = random.Random(seed)
     out = []

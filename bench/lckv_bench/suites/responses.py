@@ -7,7 +7,7 @@ with exactly the upstream requests the Worker makes for each:
   true`) with that blob and keeps the blob that comes back. The chain is built that way turn by turn
   (each turn a new user input of up to `turn_tokens` tokens and `max_tokens` 1, as
   bench/responses_ttft.mjs builds it through the Worker); the timed turn is a short question
-  continuing the chain's head (the head stays the head: an unfinished continuation commits nothing).
+  continuing the chain's head, and every repeat continues that same head (its blob is not replaced).
 - stateless (src/generation.ts statelessTurn: a chat completion without a session): the whole history
   plus the question as messages, no blob, `return_blob: false`. The service's `--max-prompt-tokens` is
   raised so that it is accepted at all (by default it refuses prompts over its cache capacity).
@@ -174,8 +174,10 @@ async def _drive(ctx: Context, url: str, folder: Path, sizes: list[int], repeats
     per_token = {"build": 0.0, "stateless": 0.0}    # seconds per token seen so far: what is left would cost
 
     def need(after: int, seen: int) -> float:
+        """Seconds the larger sizes' history and first stateless request would take (a 1.5x margin: a
+        history past the cache window builds slower than the part before it)."""
         larger = [n for n in sizes if n > after]
-        return sum((n - seen) * per_token["build"] + n * per_token["stateless"] for n in larger)
+        return 1.5 * sum((n - seen) * per_token["build"] + n * per_token["stateless"] for n in larger)
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
         s = Session(http, url, folder)
