@@ -8,7 +8,7 @@
 # Writes $OUT/responses-gpu.jsonl, $OUT/responses-ttft-gpu.md (copy both into bench/results/) and
 # $OUT/responses-gpu.log. Carry .whl (prometheus-client, jinja2: the machine has no internet); no
 # pytest needed. Env: HISTORY (default 1000,4000,16000), REPEATS (3), SUITE_S (the suite's seconds,
-# 200: a stateless request that would outlive them is cut and reported as a lower bound), BUDGET (230).
+# 190: a stateless request that would outlive them is cut and reported as a lower bound), BUDGET (225).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench/results}; mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -22,7 +22,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 log="$out/responses-gpu.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$log" 2>&1
 # the suite bounds itself (SUITE_S); the outer timeout only guards against a hang
-timeout --signal=INT --kill-after=15 "${BUDGET:-230}" "$py" bench/run.py --suite "responses:${SUITE_S:-200}" \
+timeout --signal=INT --kill-after=15 "${BUDGET:-225}" "$py" bench/run.py --suite "responses:${SUITE_S:-190}" \
   --shapes tinyllama-1.1b --variants lckv-w2 --history "${HISTORY:-1000,4000,16000}" --repeats "${REPEATS:-3}" \
   --label gpu --out "$out/responses-gpu.jsonl" "$@" >>"$log" 2>&1 || echo "run.py exited with $?" >>"$log"
 cat "$out/responses-ttft-gpu.md" 2>/dev/null || echo "no table: see $log"
