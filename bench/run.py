@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,9 +34,10 @@ from lckv_bench.common import BenchError, Budget, Context, Recorder, device_info
 from lckv_bench.shapes import SHAPES, VARIANTS  # noqa: E402
 from lckv_bench.suites.throughput import SETTINGS, TINY_SETTINGS, _weight  # noqa: E402
 
-SUITES = ("throughput", "roofline", "prefill", "streaming", "sessions", "serving")
+SUITES = ("throughput", "roofline", "prefill", "streaming", "sessions", "serving", "responses")
 DEFAULT_SHAPES = {"throughput": ("llama2-7b", "tinyllama-1.1b"), "roofline": (), "prefill": ("tinyllama-1.1b",),
-                  "streaming": ("tinyllama-1.1b",), "sessions": ("tinyllama-1.1b",), "serving": ("tinyllama-1.1b",)}
+                  "streaming": ("tinyllama-1.1b",), "sessions": ("tinyllama-1.1b",), "serving": ("tinyllama-1.1b",),
+                  "responses": ("tinyllama-1.1b",)}
 
 
 def parse_suites(spec: str, total: float) -> list[tuple[str, float]]:
@@ -134,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--arrivals", help="serving: comma list of burst, poisson (default both)")
     ap.add_argument("--rate", type=float, help="serving: Poisson arrivals per second (default streams/10s)")
     ap.add_argument("--server-src", help="serving: another tree's gpu-service folder to serve from (a baseline)")
-    ap.add_argument("--server-args", help="serving: extra flags for `lckv_service serve`, one string")
+    ap.add_argument("--server-args", help="serving, responses: extra flags for `lckv_service serve`, one string")
+    ap.add_argument("--history", help="responses: comma list of history sizes in tokens (default 1000,4000,16000)")
+    ap.add_argument("--repeats", type=int, help="responses: timed turns per history size (default 3)")
+    ap.add_argument("--label", help="responses: names the table responses-ttft-<label>.md next to --out "
+                    "(default gpu on CUDA, cpu-service on CPU; cpu is the Worker path's table)")
+    ap.add_argument("--model-folder", help="responses: serve this model folder instead of a random-weight one "
+                    "of each shape (e.g. gpu-service/models/lckv-tiny)")
     ap.add_argument("--hw-json", help="a previous run's hw row (JSON): reuse its ceilings instead of measuring")
     ap.add_argument("--quiet", action="store_true")
     # internal: how a parent hands a worker its share of the run
@@ -157,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError("--rate must be positive", param="rate")
         if args.server_src and not (Path(args.server_src) / "lckv_service").is_dir():
             raise BenchError("--server-src must be a gpu-service folder (holding lckv_service/)", param="server_src")
+        args.history_list = parse_ints(args.history, "history")
+        if args.repeats is not None and args.repeats < 1:
+            raise BenchError("--repeats must be >= 1", param="repeats")
+        if args.label is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", args.label):
+            raise BenchError("--label must be 1-64 letters, digits, '.', '_' or '-'", param="label")
+        if args.model_folder and not (Path(args.model_folder) / "config.json").is_file():
+            raise BenchError("--model-folder must be a model folder (holding config.json)", param="model_folder")
         if args.max_run_batch is not None and args.max_run_batch < 1:
             raise BenchError("--max-run-batch must be >= 1", param="max_run_batch")
         if args.worker_startup_s is None:
@@ -209,7 +224,9 @@ def _run_suite(name, secs, device, rec, args, shapes, settings, variants, hw_row
                   settings=settings, variants=variants, hw=hw_row, max_run_batch=args.max_run_batch,
                   graphs=args.graphs == "on", lckv_prefill=args.lckv_prefill,
                   streams=getattr(args, "streams_list", None), arrivals=getattr(args, "arrivals_list", None),
-                  rate=args.rate, server_src=args.server_src, server_args=args.server_args)
+                  rate=args.rate, server_src=args.server_src, server_args=args.server_args,
+                  history=getattr(args, "history_list", None), repeats=args.repeats, label=args.label,
+                  model_folder=args.model_folder)
     t = time.perf_counter()
     importlib.import_module(f"lckv_bench.suites.{name}").run(ctx)
     if not args.worker:   # a worker runs a share of a suite: its parent records the suite's end
@@ -228,7 +245,9 @@ def _parent(args, suites, device, run_id, settings, shapes, variants) -> int:
     common += ["--settings", args.settings] if args.settings else []
     common += ["--graphs", args.graphs, "--lckv-prefill", args.lckv_prefill]
     for flag, v in (("--streams", args.streams), ("--arrivals", args.arrivals), ("--rate", args.rate),
-                    ("--server-src", args.server_src), ("--server-args", args.server_args)):
+                    ("--server-src", args.server_src), ("--server-args", args.server_args),
+                    ("--history", args.history), ("--repeats", args.repeats), ("--label", args.label),
+                    ("--model-folder", args.model_folder)):
         common += [flag, str(v)] if v is not None else []
     if args.hw_json:   # ceilings measured earlier on this machine: recorded again under this run_id
         hw_full = {"device": device.type, **json.loads(args.hw_json)}

@@ -111,7 +111,11 @@ class Context:
     arrivals: tuple[str, ...] | None = None               # serving: burst | poisson
     rate: float | None = None                             # serving: Poisson arrivals per second
     server_src: str | None = None                         # serving: another tree's gpu-service (a baseline)
-    server_args: str | None = None                        # serving: extra `serve` flags
+    server_args: str | None = None                        # serving, responses: extra `serve` flags
+    history: tuple[int, ...] | None = None                # responses: history sizes in tokens
+    repeats: int | None = None                            # responses: timed turns per size
+    label: str | None = None                              # responses: names its markdown table
+    model_folder: str | None = None                       # responses: serve this folder
 
     def preferred_decoder(self) -> str:
         """The decoder pick_decoder tries first here (it falls back from it step by step)."""

@@ -209,3 +209,42 @@ def test_serving_cli_refuses_bad_values(tmp_path, capsys):
                                "--out", str(tmp_path / "x.jsonl"), *args]) == 2
         assert f"param: {param}" in capsys.readouterr().err
         assert not (tmp_path / "x.jsonl").exists()
+
+
+LCKV_TINY = Path(__file__).resolve().parents[1] / "models" / "lckv-tiny"
+
+
+def test_responses_suite_drives_the_real_server_with_the_workers_upstream_requests(tmp_path):
+    """Issue 16's GPU row, on CPU: the real `lckv_service serve` process with the trained demo model
+    (its greedy tokens depend on the context, so agreement means something). The chain's turn sends
+    only its new input with the head's blob; the stateless one the whole history without one."""
+    rows = _run(tmp_path, "--suite", "responses:120", "--model-folder", str(LCKV_TINY), "--history", "40,120",
+                "--repeats", "2", "--label", "test")
+    got = _ok(rows, "responses")
+    assert [r["target_tokens"] for r in got] == [40, 120]
+    for r in got:
+        assert r["device"].startswith("cpu") and r["model"] == "lckv-tiny" and r["label"] == "test"
+        assert r["history_tokens"] >= r["target_tokens"] and r["evicted_tokens"] == 0 and r["blob_bytes"] > 0
+        # the continuation reuses the whole history and prefills only the question
+        assert r["chain_cached_tokens"] == r["history_tokens"]
+        assert 0 < r["chain_new_tokens"] < 32 and r["chain_prompt_tokens"] == r["history_tokens"] + r["chain_new_tokens"]
+        # the stateless request carries the same conversation as tokens, none of it cached
+        assert r["stateless_prompt_tokens"] == r["chain_prompt_tokens"] and r["stateless_cached_tokens"] == 0
+        assert r["stateless_repeats"] == 2 and r["stateless_over_ms"] is None and r["stateless_refused"] is None
+        assert len(r["chain_ttft_ms_runs"]) == 2 and min(r["chain_ttft_ms_runs"] + r["stateless_ttft_ms_runs"]) > 0
+        # a blob holds exactly the conversation's canonical tokens: same greedy continuation
+        assert len(r["chain_token_ids"]) == 4 and r["chain_token_ids"] == r["stateless_token_ids"] and r["same_tokens"]
+    assert got[0]["chain_token_ids"] != got[1]["chain_token_ids"]   # the history matters to this model
+    assert got[1]["build_turns"] > got[0]["build_turns"]            # the chain grew turn by turn
+    md = (tmp_path / "responses-ttft-test.md").read_text()
+    assert md.startswith("| device | history tokens | TTFT by previous_response_id (ms) | TTFT, whole history stateless")
+    assert md.count("| cpu") == 2 and "same greedy tokens" in md and "No Worker, Durable Object or SSE" in md
+
+
+def test_responses_cli_refuses_bad_values(tmp_path, capsys):
+    for args, param in ((["--history", "0"], "history"), (["--history", "1k"], "history"), (["--repeats", "0"], "repeats"),
+                        (["--label", "../x"], "label"), (["--model-folder", str(tmp_path)], "model_folder")):
+        assert bench_run.main(["--tiny", "--device", "cpu", "--quiet", "--suite", "responses",
+                               "--out", str(tmp_path / "x.jsonl"), *args]) == 2
+        assert f"param: {param}" in capsys.readouterr().err
+        assert not (tmp_path / "x.jsonl").exists()

@@ -14,125 +14,35 @@ One row per (shape, variant, prompt+gen, streams, arrival):
   phase (schedule, run, update), device span per step (CUDA), gpu_busy_frac (device span / wall);
   gpu_util_mean_pct from nvidia-smi sampling.
 
-The model's tokenizer is the test BPE plus filler tokens up to the shape's vocabulary (so the LM head
-and sampling have the real width); prompts are plain words cut to exactly `prompt_len` tokens.
+The model folder, the server process and the request client are bench/lckv_bench/service.py's;
+prompts are plain words cut to exactly `prompt_len` tokens.
 """
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import os
 import random
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
 
-from lckv_service.checkpoint import load_model, save_model
-from lckv_service.model import LCKVModel, PrefillMode
-from lckv_service.server import protocol as P
-from lckv_service.testmodel import CORPUS, train_tokenizer, write_tokenizer_files
+from lckv_service.checkpoint import load_model
+from lckv_service.model import PrefillMode
 
 from .. import ours
 from ..common import Context, release
-from ..shapes import make_config
+from ..service import (MODEL_ID, SERVICE_SRC, ServerProcess, free_port, generate, make_model_folder, make_prompts,
+                       request_body)
 
 STREAMS, TINY_STREAMS = (64, 128, 256), (4, 8)
 SETTINGS, TINY_SETTINGS = ((512, 512),), ((24, 12),)
 VARIANTS = ("llama", "lckv-w2")
 ARRIVALS = ("burst", "poisson")
-SECRET = "bench-serving-secret"
-MODEL_ID = "bench"
-SERVICE_SRC = Path(__file__).resolve().parents[3] / "gpu-service"
-
-
-# ---- the model folder --------------------------------------------------------------------------
-def make_model_folder(folder: Path, shape: str, variant: str, max_positions: int, dtype: torch.dtype) -> Path:
-    tok = train_tokenizer()
-    cfg = make_config(shape, variant, max_positions)
-    if cfg.vocab_size < tok.get_vocab_size():   # the CPU test shape: the tokenizer's width
-        cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size())
-    n_fill = cfg.vocab_size - tok.get_vocab_size()
-    tok.add_tokens([f"<w{i}>" for i in range(n_fill)])   # decodable ids up to the shape's width
-    folder.mkdir(parents=True, exist_ok=True)
-    write_tokenizer_files(tok, folder)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = LCKVModel(cfg).to(dtype)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02) if p.dim() == 2 else p.fill_(1.0)
-    save_model(model, folder, dtype=dtype)
-    return folder
-
-
-def make_prompts(folder: Path, n: int, length: int, seed: int = 0) -> list[str]:
-    """n different texts of exactly `length` tokens under the folder's tokenizer."""
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    words = " ".join(CORPUS).split()
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        text = " ".join(rng.choice(words) for _ in range(length * 2))
-        ids = tok.encode(text, add_special_tokens=False).ids[:length]
-        cut = tok.decode(ids, skip_special_tokens=False)
-        if len(tok.encode(cut, add_special_tokens=False).ids) == length:
-            out.append(cut)
-    return out
-
-
-# ---- the server process ------------------------------------------------------------------------
-class ServerProcess:
-    def __init__(self, folder: Path, device: str, port: int, flags: list[str], src: Path, log: Path):
-        self.url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, GPU_SERVICE_SECRET=SECRET, PYTHONPATH=str(src))
-        cmd = [sys.executable, "-m", "lckv_service", "serve", "--model", str(folder), "--model-id", MODEL_ID,
-               "--host", "127.0.0.1", "--port", str(port), "--device", device, *flags]
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float) -> None:
-        t = time.monotonic()
-        while time.monotonic() - t < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not ready after {timeout:.0f}s")
-
-    def metrics(self) -> dict[str, float]:
-        req = urllib.request.Request(self.url + "/metrics", headers={"Authorization": f"Bearer {SECRET}"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line.startswith("lckv_") and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 def _pyspy(server: "ServerProcess", base: dict, n: int):
@@ -147,42 +57,15 @@ def _pyspy(server: "ServerProcess", base: dict, n: int):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---- the client --------------------------------------------------------------------------------
 def _body(i: int, prompt: str, gen: int) -> bytes:
-    obj = {"request_id": f"bench-{i}", "model": MODEL_ID, "kind": "completion", "prompt": prompt,
-           "sampling": {"max_tokens": gen, "temperature": 0.0}, "return_blob": False}
-    return P.json_frame(obj) + P.end_frame()
+    return request_body({"request_id": f"bench-{i}", "model": MODEL_ID, "kind": "completion", "prompt": prompt,
+                         "sampling": {"max_tokens": gen, "temperature": 0.0}, "return_blob": False})
 
 
 async def _one(session, url: str, body: bytes, delay: float, t_start: float) -> dict:
     await asyncio.sleep(max(0.0, t_start + delay - time.perf_counter()))
-    sent = time.perf_counter()
-    frames: list[tuple[float, int]] = []   # (arrival time, token ids in the frame)
-    done, buf = None, b""
-    headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": P.CONTENT_TYPE}
-    async with session.post(url + "/v1/internal/generate", data=body, headers=headers) as r:
-        if r.status != 200:
-            return {"status": r.status, "error": (await r.text())[:300]}
-        async for chunk in r.content.iter_any():
-            got, buf = P.read_frames(buf + chunk)
-            for kind, payload in got:
-                if kind != P.J:
-                    continue
-                ev = json.loads(payload)
-                if ev["type"] == "delta":
-                    frames.append((time.perf_counter(), len(ev["token_ids"])))
-                elif ev["type"] == "done":
-                    done = ev
-                elif ev["type"] == "error":
-                    return {"status": 200, "error": ev}
-    return {"status": 200, "sent": sent, "frames": frames, "done": done, "end": time.perf_counter()}
+    return await generate(session, url, body)
 
 
 async def drive(url: str, prompts: list[str], gen: int, delays: list[float]) -> list[dict]:
@@ -204,7 +87,7 @@ def pct(xs: list[float], q: float) -> float | None:
 def delivered(r: dict) -> bool:
     """Every sampled id reached the client exactly once: usage counts them all, and an end-of-turn
     token that stopped the stream is counted but not sent as text."""
-    got, usage = sum(k for _, k in r["frames"]), r["done"]["usage"]["completion_tokens"]
+    got, usage = sum(len(ids) for _, ids in r["frames"]), r["done"]["usage"]["completion_tokens"]
     return got == usage or (r["done"]["finish_reason"] == "stop" and got == usage - 1)
 
 
@@ -217,8 +100,8 @@ def summarize(results: list[dict]) -> dict:
     ttft = [r["frames"][0][0] - r["sent"] for r in ok if r["frames"]]
     itl = []
     for r in ok:
-        for (ta, _), (tb, k) in zip(r["frames"], r["frames"][1:]):
-            itl += [(tb - ta) / k] * k
+        for (ta, _), (tb, ids) in zip(r["frames"], r["frames"][1:]):
+            itl += [(tb - ta) / len(ids)] * len(ids)
     prompt_tokens = [r["done"]["usage"]["prompt_tokens"] for r in ok]
     return {"completed": len(ok), "failed": len(errors), "error_sample": str(errors[0].get("error"))[:300] if errors else None,
             "all_tokens_delivered_once": delivered_once, "generated_tokens": tokens, "wall_s": round(wall, 3),
