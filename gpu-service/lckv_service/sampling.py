@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
+import numpy as np
 import torch
 
 from .device import to_device
@@ -162,10 +164,18 @@ def splitmix64(seed_hi: torch.Tensor, seed_lo: torch.Tensor, n_hi: torch.Tensor,
     return _xorshr(hi, lo, 31)
 
 
-def uniforms(seeds: list[int], counters: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
-    """u[i] in [0, 1) (float64, 53 bits) for stream seeds[i] at draw counters[i]."""
-    words = to_device([[s >> 32, s & _M32, c >> 32, c & _M32] for s, c in zip(seeds, counters)],
-                      device).view(-1, 4)                        # one host->device copy
+def uniforms(seeds, counters, device: torch.device | str = "cpu") -> torch.Tensor:
+    """u[i] in [0, 1) (float64, 53 bits) for stream seeds[i] at draw counters[i] (ints in [0, 2^64))."""
+    return _uniforms(to_device(_words(seeds, counters), device))      # one host->device copy
+
+
+def _words(seeds, counters) -> np.ndarray:
+    """[n, 4] int64: the 32-bit words (seed hi, seed lo, counter hi, counter lo) of each draw."""
+    s, c = np.asarray(seeds, np.uint64), np.asarray(counters, np.uint64)
+    return np.stack([s >> 32, s & _M32, c >> 32, c & _M32], axis=1).astype(np.int64)
+
+
+def _uniforms(words: torch.Tensor) -> torch.Tensor:
     hi, lo = splitmix64(*words.unbind(1))
     top53 = (hi << 21) | (lo >> 11)                   # out >> 11: < 2^53, exact in float64
     return top53.to(torch.float64) * 2.0 ** -53
@@ -203,35 +213,34 @@ def nucleus_floor(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_TEMPERATURE, _SEED, _COUNTER = attrgetter("temperature"), attrgetter("seed"), attrgetter("counter")
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams],
            streams: list[SampleStream | None]) -> torch.Tensor:
     """logits [B, V] -> token ids [B] (on logits' device). Each sampled row takes one draw from its
-    stream (advancing its counter); rows are independent of each other.
+    stream (advancing its counter); rows are independent of each other. An all-greedy batch costs
+    one argmax launch and no host sync.
 
     A sampled row keeps the tokens of probability >= its nucleus floor (all tokens at top_p = 1; ties
     at the floor all stay) and picks by inverse CDF in vocabulary order: the first token whose
     cumulative kept probability exceeds u * (kept mass). Any fixed order gives the same distribution;
     vocabulary order needs no sort."""
     out = logits.argmax(dim=-1)
-    rows = [i for i, p in enumerate(params) if not p.greedy]
-    if not rows:
+    if not any(map(_TEMPERATURE, params)):          # every row greedy (SamplingParams.greedy)
         return out
     dev = logits.device
-    for i in rows:
-        if streams[i] is None:
-            raise ValueError(f"row {i} samples (temperature {params[i].temperature}) but has no stream")
-    u = uniforms([streams[i].seed for i in rows], [streams[i].counter for i in rows], dev)
-    for i in rows:
-        streams[i].counter += 1
-    temp = to_device([params[i].temperature for i in rows], dev, torch.float64)
-    row_t = to_device(rows, dev)
+    rows, words, temp, top_p = sampled_rows(params, streams)
+    n, nucleus = rows.size, np.flatnonzero(top_p < 1.0)
+    # two host->device copies for the step: the integers and the floats
+    ints = to_device(np.concatenate([rows, nucleus, words.reshape(-1)]), dev)
+    floats = to_device(np.concatenate([temp, top_p[nucleus]]), dev, torch.float64)
+    row_t, sub, k = ints[:n], ints[n:n + nucleus.size], n + nucleus.size
+    u = _uniforms(ints[k:].view(n, 4))
     # float64: the inverse CDF then resolves every token whose probability exceeds ~1e-16
-    probs = torch.softmax(logits[row_t].double() / temp[:, None], dim=-1)
-    nucleus = [j for j, i in enumerate(rows) if params[i].top_p < 1.0]
-    if nucleus:
-        sub = to_device(nucleus, dev)
-        top_p = to_device([params[rows[j]].top_p for j in nucleus], dev, torch.float64)
-        floor = nucleus_floor(probs[sub], top_p)
+    probs = torch.softmax(logits[row_t].double() / floats[:n, None], dim=-1)
+    if nucleus.size:
+        floor = nucleus_floor(probs[sub], floats[n:])
         probs[sub] = probs[sub].masked_fill(probs[sub] < floor, 0.0)
     cdf = probs.cumsum(-1)
     j = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)   # never a zero-probability token
@@ -239,3 +248,21 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     last = torch.where(probs > 0, torch.arange(probs.shape[-1], device=dev), 0).amax(-1, keepdim=True)
     out[row_t] = torch.minimum(j, last).squeeze(1)
     return out
+
+
+def sampled_rows(params: list[SamplingParams], streams: list[SampleStream | None]):
+    """The host side of `sample`: the non-greedy rows, their draws' SplitMix64 words (advancing each
+    stream by one), temperatures and top_p, as numpy arrays."""
+    temps = np.fromiter(map(_TEMPERATURE, params), np.float64, len(params))
+    rows = np.flatnonzero(temps)                     # temperature > 0: not greedy
+    picked = rows.tolist()
+    drawn = [streams[i] for i in picked]
+    if None in drawn:
+        i = picked[drawn.index(None)]
+        raise ValueError(f"row {i} samples (temperature {params[i].temperature}) but has no stream")
+    n = len(drawn)
+    words = _words(np.fromiter(map(_SEED, drawn), np.uint64, n), np.fromiter(map(_COUNTER, drawn), np.uint64, n))
+    for st in drawn:
+        st.counter += 1
+    top_p = np.fromiter((params[i].top_p for i in picked), np.float64, n)
+    return rows, words, temps[rows], top_p

@@ -259,6 +259,11 @@ def test_top_p_removes_exactly_the_tail():
 def test_sampling_without_a_stream_is_an_error():
     with pytest.raises(ValueError, match="no stream"):
         sample(torch.zeros(1, 4), [SamplingParams(temperature=1.0)], [None])
+    params = [SamplingParams(), SamplingParams(temperature=0.5, seed=1), SamplingParams(temperature=1.0)]
+    streams = [None, make_stream(params[1]), None]
+    with pytest.raises(ValueError, match=r"row 2 samples \(temperature 1.0\) but has no stream"):
+        sample(torch.zeros(3, 4), params, streams)
+    assert streams[1].counter == 0                    # refused before any stream advanced
 
 
 def test_negative_seeds_are_their_64_bit_pattern():
