@@ -6,8 +6,8 @@ softmax(logits / temperature) (see `sample`). Randomness is counter-based: a req
 SplitMix64 seeded with `seed` (see `splitmix64`). That is a pure function of the request's own state,
 so a seeded request yields the same tokens whatever else shares its batch and at any batch position.
 The uniforms are computed on the host (numpy's uint64 arithmetic, which wraps mod 2^64 by definition)
-and uploaded with the step's other sampling inputs: the same bits whatever the device, and no
-per-step launches for the ~100 elementwise operations the hash would take on 32-bit words.
+and uploaded with the step's other sampling inputs: the same bits whatever the device, and no device
+launches for the hash (a host step's fixed cost is its launches, not the arithmetic).
 
 Why inverse CDF and not Gumbel-max: it needs one hashed uniform per row and step instead of one per
 vocabulary entry (8k-150k integer hashes per row and step).
