@@ -175,18 +175,18 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     at the floor all stay) and picks by inverse CDF in vocabulary order: the first token whose
     cumulative kept probability exceeds u * (kept mass). Any fixed order gives the same distribution;
     vocabulary order needs no sort."""
-    out = logits.argmax(dim=-1)
     if not any(map(_TEMPERATURE, params)):          # every row greedy (SamplingParams.greedy)
-        return out
+        return logits.argmax(dim=-1)
     dev = logits.device
     rows, u, temp, top_p = sampled_rows(params, streams)
     n, nucleus = rows.size, np.flatnonzero(top_p < 1.0)
+    every = n == logits.shape[0]                     # no greedy row: no argmax, gather or scatter
     # two host->device copies for the step: the integers and the floats
     ints = to_device(np.concatenate([rows, nucleus]), dev)
     floats = to_device(np.concatenate([u, temp, top_p[nucleus]]), dev, torch.float64)
     row_t, sub, u, temp = ints[:n], ints[n:], floats[:n], floats[n:2 * n]
     # float64: the inverse CDF then resolves every token whose probability exceeds ~1e-16
-    probs = torch.softmax(logits[row_t].double() / temp[:, None], dim=-1)
+    probs = torch.softmax((logits if every else logits[row_t]).double() / temp[:, None], dim=-1)
     if nucleus.size:
         floor = nucleus_floor(probs[sub], floats[2 * n:])
         probs[sub] = probs[sub].masked_fill(probs[sub] < floor, 0.0)
@@ -194,7 +194,11 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
     j = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)   # never a zero-probability token
     # u * total can round up to total (no cdf exceeds it): take the last token of nonzero probability
     last = torch.where(probs > 0, torch.arange(probs.shape[-1], device=dev), 0).amax(-1, keepdim=True)
-    out[row_t] = torch.minimum(j, last).squeeze(1)
+    drawn = torch.minimum(j, last).squeeze(1)
+    if every:
+        return drawn
+    out = logits.argmax(dim=-1)
+    out[row_t] = drawn
     return out
 
 

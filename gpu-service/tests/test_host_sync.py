@@ -81,5 +81,6 @@ def test_sampling_without_top_p_never_waits_for_the_device():
     logits = torch.zeros(3, 32, device="meta")
     with HostWaits() as w:
         out = sample(logits, params, streams)
-    assert w.seen == [] and out.shape == (3,)
-    assert [s.counter for s in streams[1:]] == [1, 1]
+        every = sample(logits[1:], params[1:], streams[1:])          # no greedy row: no scatter
+    assert w.seen == [] and out.shape == (3,) and every.shape == (2,)
+    assert [s.counter for s in streams[1:]] == [2, 2]
