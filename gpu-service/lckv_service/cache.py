@@ -5,16 +5,21 @@ StreamingLLM eviction (keep `sinks` first + most recent tokens) is a plain slice
 tokens [0,1,2,3,6,7,8] decodes the next token at position 7.
 
 Lengths live twice: `lengths` on the device (for kernels) and a host mirror (for shapes and
-capacity checks), so the decode hot path needs no device->host sync.
+capacity checks), so the decode hot path needs no device->host sync. The mirrors are numpy arrays so
+a step over a thousand slots reads and updates them in a few vectorised operations, not per slot.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .config import ModelConfig
 from .device import to_device
+
+
+_INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 @dataclass
@@ -39,8 +44,8 @@ class KVCache:
         self.v = torch.zeros(shape, device=self.device, dtype=dtype)
         self.tokens = torch.zeros(num_slots, capacity, device=self.device, dtype=torch.long)
         self.lengths = torch.zeros(num_slots, device=self.device, dtype=torch.long)
-        self._len = [0] * num_slots          # host mirror of lengths
-        self._seen = [0] * num_slots         # tokens ever appended per slot
+        self._len = np.zeros(num_slots, np.int64)    # host mirror of lengths
+        self._seen = np.zeros(num_slots, np.int64)   # tokens ever appended per slot
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def _slot(self, slot) -> int:
@@ -56,27 +61,51 @@ class KVCache:
             raise ValueError(f"slots must be a non-empty list of distinct slot indices, got {out}")
         return out
 
+    def slot_array(self, slots: torch.Tensor) -> np.ndarray:
+        """`check_slots` for a 1-D CPU integer tensor (the decode step's input), vectorised: the
+        validated slots as an int64 array (possibly sharing the tensor's memory; read it only).
+        Anything else goes through check_slots, so every bad input fails the same way."""
+        if not (isinstance(slots, torch.Tensor) and slots.device.type == "cpu" and slots.dim() == 1
+                and slots.numel() and slots.dtype in _INDEX_DTYPES):
+            return np.asarray(self.check_slots(slots.tolist() if isinstance(slots, torch.Tensor) else slots),
+                              np.int64)
+        a = slots.numpy().astype(np.int64, copy=False)
+        if a.min() < 0 or a.max() >= self.num_slots:
+            self._slot(int(a[(a < 0) | (a >= self.num_slots)][0]))    # raises, naming the first bad slot
+        if np.bincount(a).max() > 1:
+            raise ValueError(f"slots must be a non-empty list of distinct slot indices, got {a.tolist()}")
+        return a
+
     def length(self, slot) -> int:
-        return self._len[self._slot(slot)]
+        return int(self._len[self._slot(slot)])
+
+    def lengths_of(self, slots: np.ndarray) -> np.ndarray:
+        """Host lengths of validated `slots` (a copy)."""
+        return self._len[slots]
 
     def tokens_seen(self, slot) -> int:
-        return self._seen[self._slot(slot)]
+        return int(self._seen[self._slot(slot)])
 
     def reset(self, slot):
         """Free the slot (no memset: lengths bound every read)."""
         s = self._slot(slot)
         self._len[s] = self._seen[s] = 0
-        self.lengths[s] = 0
+        self._set_length(s, 0)
 
-    def commit(self, slots: list[int], new_lengths: list[int], added: list[int], slot_t=None, lengths_t=None):
-        """Called by the model after writing K/V of `added[b]` new tokens into each slot
-        (slot_t / lengths_t: the same as device tensors, if the caller has them)."""
-        for s, n, a in zip(slots, new_lengths, added):
-            self._len[s] = n
-            self._seen[s] += a
+    def _set_length(self, s: int, n: int) -> None:
+        # fill_, not `lengths[s] = n`: on CUDA that assignment copies a pageable host scalar, a
+        # blocking copy that waits for the device stream to drain
+        self.lengths[s].fill_(n)
+
+    def commit(self, slots, new_lengths, added, slot_t=None, lengths_t=None):
+        """Called by the model after writing K/V of `added[b]` new tokens into each of the distinct,
+        validated `slots` (lists or int arrays; `added` may be one int for all; slot_t / lengths_t:
+        slots and new lengths as device tensors, if the caller has them)."""
+        self._len[slots] = new_lengths
+        np.add.at(self._seen, slots, added)
         if slot_t is None or lengths_t is None:
-            slot_t, lengths_t = to_device([slots, new_lengths], self.device)
-        self.lengths[slot_t] = lengths_t
+            slot_t, lengths_t = to_device(np.array([slots, new_lengths], np.int64), self.device)
+        self.lengths.index_put_((slot_t,), lengths_t)
 
     # ---- StreamingLLM --------------------------------------------------------------------------
     def evict(self, slot, sinks: int, keep_recent: int):
@@ -85,7 +114,7 @@ class KVCache:
         for name, v in (("sinks", sinks), ("keep_recent", keep_recent)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {v!r}")
-        n = self._len[s]
+        n = int(self._len[s])
         if n <= sinks + keep_recent:
             return
         src = slice(n - keep_recent, n)
@@ -94,7 +123,7 @@ class KVCache:
             buf[:, s, dst] = buf[:, s, src].clone()    # regions may overlap: copy out first
         self.tokens[s, dst] = self.tokens[s, src].clone()
         self._len[s] = sinks + keep_recent
-        self.lengths[s] = sinks + keep_recent
+        self._set_length(s, sinks + keep_recent)
 
     # ---- sizes ---------------------------------------------------------------------------------
     @staticmethod
@@ -112,9 +141,9 @@ class KVCache:
     # ---- export / restore (for blobs) ----------------------------------------------------------
     def export(self, slot) -> CacheState:
         s = self._slot(slot)
-        n = self._len[s]
+        n = int(self._len[s])
         return CacheState(k=self.k[:, s, :n].to("cpu", copy=True), v=self.v[:, s, :n].to("cpu", copy=True),
-                          token_ids=self.tokens[s, :n].tolist(), tokens_seen=self._seen[s])
+                          token_ids=self.tokens[s, :n].tolist(), tokens_seen=int(self._seen[s]))
 
     def restore(self, slot, state: CacheState):
         s = self._slot(slot)
@@ -124,10 +153,12 @@ class KVCache:
             raise ValueError(f"cache state has shape {tuple(state.k.shape)}/{tuple(state.v.shape)}, expected {shape}")
         if n > self.capacity:
             raise ValueError(f"cache state holds {n} tokens, more than the slot capacity {self.capacity}")
-        if state.tokens_seen < n:
-            raise ValueError("cache state has tokens_seen < number of cached tokens")
-        self.k[:, s, :n] = state.k.to(self.device, self.dtype)
-        self.v[:, s, :n] = state.v.to(self.device, self.dtype)
-        self.tokens[s, :n] = torch.tensor(state.token_ids, dtype=torch.long, device=self.device)
+        seen = state.tokens_seen
+        if isinstance(seen, bool) or not isinstance(seen, int) or not n <= seen < 2 ** 63:
+            raise ValueError(f"cache state has tokens_seen {seen!r}, expected an integer in [{n}, 2^63)")
+        # pinned, non-blocking copies: a pageable one would first drain the device stream
+        self.k[:, s, :n] = to_device(state.k, self.device, self.dtype)
+        self.v[:, s, :n] = to_device(state.v, self.device, self.dtype)
+        self.tokens[s, :n] = to_device(state.token_ids, self.device)
         self._len[s], self._seen[s] = n, state.tokens_seen
-        self.lengths[s] = n
+        self._set_length(s, n)

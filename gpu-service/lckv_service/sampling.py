@@ -4,8 +4,10 @@ Greedy rows (temperature 0) take the argmax; the others draw by inverse CDF over
 softmax(logits / temperature) (see `sample`). Randomness is counter-based: a request keeps
 (seed, counter), and draw number `counter` is the uniform made from output number `counter` of
 SplitMix64 seeded with `seed` (see `splitmix64`). That is a pure function of the request's own state,
-so a seeded request yields the same tokens whatever else shares its batch and at any batch position,
-and the integer arithmetic gives the same bits on CPU and CUDA.
+so a seeded request yields the same tokens whatever else shares its batch and at any batch position.
+The uniforms are computed on the host (numpy's uint64 arithmetic, which wraps mod 2^64 by definition)
+and uploaded with the step's other sampling inputs: the same bits whatever the device, and no device
+launches for the hash (a host step's fixed cost is its launches, not the arithmetic).
 
 Why inverse CDF and not Gumbel-max: it needs one hashed uniform per row and step instead of one per
 vocabulary entry (8k-150k integer hashes per row and step).
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
+import numpy as np
 import torch
 
 from .device import to_device
@@ -104,71 +108,26 @@ def make_stream(params: SamplingParams) -> SampleStream | None:
     return SampleStream(secrets.randbits(63) if params.seed is None else params.seed)
 
 
-# ---- SplitMix64 on int64 tensors, without signed overflow ------------------------------------------
-# A 64-bit word is held as two int64 tensors (hi, lo), each in [0, 2^32). Products are formed from
-# 16-bit limbs, so every intermediate stays below 2^50: no signed overflow (undefined in C++, so not
-# something to lean on in torch kernels), no arithmetic-shift sign extension, and bit-identical results
-# on every device. Reference (Steele, Lea, Flood 2014; Vigna's splitmix64.c), all mod 2^64:
-#     z = seed + (n + 1) * 0x9E3779B97F4A7C15
-#     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
-#     z = (z ^ (z >> 27)) * 0x94D049BB133111EB
-#     out = z ^ (z >> 31)
-# i.e. output n (0-based) of the sequential generator `splitmix64.c` started from state `seed`.
-# The uniform is u = (out >> 11) * 2^-53, in [0, 1) with 53 bits.
-_M32 = 0xFFFFFFFF
-_M16 = 0xFFFF
-GOLDEN = 0x9E3779B97F4A7C15
-MIX1 = 0xBF58476D1CE4E5B9
-MIX2 = 0x94D049BB133111EB
+# ---- SplitMix64 (Steele, Lea, Flood 2014; Vigna's splitmix64.c), all mod 2^64 ---------------------
+# Output n (0-based) of the sequential generator started from state `seed`. The uniform is
+# u = (out >> 11) * 2^-53, in [0, 1) with 53 bits (exact in float64).
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _mul32_lo(a: torch.Tensor, c: int) -> torch.Tensor:
-    """(a * c) mod 2^32 for a in [0, 2^32) and a 32-bit constant c."""
-    return (a * (c & _M16) + (((a * (c >> 16)) & _M16) << 16)) & _M32
+def splitmix64(seeds: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """SplitMix64 output number n of `seed`, elementwise over uint64 arrays."""
+    z = seeds + (n + np.uint64(1)) * GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * MIX1
+    z = (z ^ (z >> np.uint64(27))) * MIX2
+    return z ^ (z >> np.uint64(31))
 
 
-def _mul32_wide(a: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """a * c as (hi, lo) 32-bit words, for a in [0, 2^32) and a 32-bit constant c."""
-    a0, a1, c0, c1 = a & _M16, a >> 16, c & _M16, c >> 16
-    mid = a1 * c0 + a0 * c1                           # < 2^33
-    t = a0 * c0 + ((mid & _M16) << 16)                # < 2^33
-    return (a1 * c1 + (mid >> 16) + (t >> 32)) & _M32, t & _M32
-
-
-def _mul64(hi: torch.Tensor, lo: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi:lo) * c mod 2^64 for a 64-bit constant c."""
-    c_hi, c_lo = c >> 32, c & _M32
-    p_hi, p_lo = _mul32_wide(lo, c_lo)
-    return (p_hi + _mul32_lo(hi, c_lo) + _mul32_lo(lo, c_hi)) & _M32, p_lo
-
-
-def _add64(a_hi, a_lo, b_hi, b_lo):
-    lo = a_lo + b_lo
-    return (a_hi + b_hi + (lo >> 32)) & _M32, lo & _M32
-
-
-def _xorshr(hi: torch.Tensor, lo: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """z ^ (z >> r) for 0 < r < 32."""
-    return hi ^ (hi >> r), lo ^ (((lo >> r) | (hi << (32 - r))) & _M32)
-
-
-def splitmix64(seed_hi: torch.Tensor, seed_lo: torch.Tensor, n_hi: torch.Tensor, n_lo: torch.Tensor):
-    """SplitMix64 output number n of `seed`, elementwise; every argument and result a 32-bit word."""
-    n_lo = n_lo + 1                                   # (n + 1), carried into the high word
-    n_hi, n_lo = (n_hi + (n_lo >> 32)) & _M32, n_lo & _M32
-    hi, lo = _add64(seed_hi, seed_lo, *_mul64(n_hi, n_lo, GOLDEN))
-    hi, lo = _mul64(*_xorshr(hi, lo, 30), MIX1)
-    hi, lo = _mul64(*_xorshr(hi, lo, 27), MIX2)
-    return _xorshr(hi, lo, 31)
-
-
-def uniforms(seeds: list[int], counters: list[int], device: torch.device | str = "cpu") -> torch.Tensor:
-    """u[i] in [0, 1) (float64, 53 bits) for stream seeds[i] at draw counters[i]."""
-    words = to_device([[s >> 32, s & _M32, c >> 32, c & _M32] for s, c in zip(seeds, counters)],
-                      device).view(-1, 4)                        # one host->device copy
-    hi, lo = splitmix64(*words.unbind(1))
-    top53 = (hi << 21) | (lo >> 11)                   # out >> 11: < 2^53, exact in float64
-    return top53.to(torch.float64) * 2.0 ** -53
+def uniforms(seeds, counters) -> np.ndarray:
+    """u[i] in [0, 1) (float64, 53 bits) for stream seeds[i] at draw counters[i] (ints in [0, 2^64))."""
+    out = splitmix64(np.asarray(seeds, np.uint64).reshape(-1), np.asarray(counters, np.uint64).reshape(-1))
+    return (out >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
 NUCLEUS_TOPK = (64, 1024)   # nucleus search: top-k stages before a full sort of the vocabulary
@@ -203,39 +162,59 @@ def nucleus_floor(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_TEMPERATURE, _SEED, _COUNTER = attrgetter("temperature"), attrgetter("seed"), attrgetter("counter")
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams],
            streams: list[SampleStream | None]) -> torch.Tensor:
     """logits [B, V] -> token ids [B] (on logits' device). Each sampled row takes one draw from its
-    stream (advancing its counter); rows are independent of each other.
+    stream (advancing its counter); rows are independent of each other. An all-greedy batch costs
+    one argmax launch and no host sync.
 
     A sampled row keeps the tokens of probability >= its nucleus floor (all tokens at top_p = 1; ties
     at the floor all stay) and picks by inverse CDF in vocabulary order: the first token whose
     cumulative kept probability exceeds u * (kept mass). Any fixed order gives the same distribution;
     vocabulary order needs no sort."""
-    out = logits.argmax(dim=-1)
-    rows = [i for i, p in enumerate(params) if not p.greedy]
-    if not rows:
-        return out
+    if not any(map(_TEMPERATURE, params)):          # every row greedy (SamplingParams.greedy)
+        return logits.argmax(dim=-1)
     dev = logits.device
-    for i in rows:
-        if streams[i] is None:
-            raise ValueError(f"row {i} samples (temperature {params[i].temperature}) but has no stream")
-    u = uniforms([streams[i].seed for i in rows], [streams[i].counter for i in rows], dev)
-    for i in rows:
-        streams[i].counter += 1
-    temp = to_device([params[i].temperature for i in rows], dev, torch.float64)
-    row_t = to_device(rows, dev)
+    rows, u, temp, top_p = sampled_rows(params, streams)
+    n, nucleus = rows.size, np.flatnonzero(top_p < 1.0)
+    every = n == logits.shape[0]                     # no greedy row: no argmax, gather or scatter
+    # two host->device copies for the step: the integers and the floats
+    ints = to_device(np.concatenate([rows, nucleus]), dev)
+    floats = to_device(np.concatenate([u, temp, top_p[nucleus]]), dev, torch.float64)
+    row_t, sub, u, temp = ints[:n], ints[n:], floats[:n], floats[n:2 * n]
     # float64: the inverse CDF then resolves every token whose probability exceeds ~1e-16
-    probs = torch.softmax(logits[row_t].double() / temp[:, None], dim=-1)
-    nucleus = [j for j, i in enumerate(rows) if params[i].top_p < 1.0]
-    if nucleus:
-        sub = to_device(nucleus, dev)
-        top_p = to_device([params[rows[j]].top_p for j in nucleus], dev, torch.float64)
-        floor = nucleus_floor(probs[sub], top_p)
+    probs = torch.softmax((logits if every else logits[row_t]).double() / temp[:, None], dim=-1)
+    if nucleus.size:
+        floor = nucleus_floor(probs[sub], floats[2 * n:])
         probs[sub] = probs[sub].masked_fill(probs[sub] < floor, 0.0)
     cdf = probs.cumsum(-1)
     j = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)   # never a zero-probability token
     # u * total can round up to total (no cdf exceeds it): take the last token of nonzero probability
     last = torch.where(probs > 0, torch.arange(probs.shape[-1], device=dev), 0).amax(-1, keepdim=True)
-    out[row_t] = torch.minimum(j, last).squeeze(1)
+    drawn = torch.minimum(j, last).squeeze(1)
+    if every:
+        return drawn
+    out = logits.argmax(dim=-1)
+    out[row_t] = drawn
     return out
+
+
+def sampled_rows(params: list[SamplingParams], streams: list[SampleStream | None]):
+    """The host side of `sample`: the non-greedy rows, their uniforms (advancing each stream by one
+    draw), temperatures and top_p, as numpy arrays."""
+    temps = np.fromiter(map(_TEMPERATURE, params), np.float64, len(params))
+    rows = np.flatnonzero(temps)                     # temperature > 0: not greedy
+    picked = rows.tolist()
+    drawn = [streams[i] for i in picked]
+    if None in drawn:
+        i = picked[drawn.index(None)]
+        raise ValueError(f"row {i} samples (temperature {params[i].temperature}) but has no stream")
+    n = len(drawn)
+    u = uniforms(np.fromiter(map(_SEED, drawn), np.uint64, n), np.fromiter(map(_COUNTER, drawn), np.uint64, n))
+    for st in drawn:
+        st.counter += 1
+    top_p = np.fromiter((params[i].top_p for i in picked), np.float64, n)
+    return rows, u, temps[rows], top_p

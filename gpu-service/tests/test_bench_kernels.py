@@ -99,9 +99,44 @@ def test_fast_decode_checks_indices_on_host():
     with pytest.raises(ValueError, match="full"):
         fd(torch.tensor([0]), torch.tensor([1]))
     with pytest.raises(ValueError, match="bucket"):
-        fd._check_bounds([0], [3], 9)                  # a bucket beyond the pool would read past it
+        fd._check_bounds((0, 0), (3, 3), 9)                  # a bucket beyond the pool would read past it
     with pytest.raises(ValueError, match="lengths"):
-        fd._check_bounds([0], [8], 8)
+        fd._check_bounds((0, 0), (8, 8), 8)
+
+
+@pytest.mark.parametrize("slots, match", [
+    ([1, 1], "distinct"), ([4], r"slot 4 is not in \[0, 4\)"), ([0, -2], "slot -2 is not in"),
+    ([], "non-empty"), ([3, 2], "slot 3 is the padding slot"), ([2, 0, 1], "slot 0 is full"),
+])
+def test_fast_decode_refuses_bad_slots_and_changes_nothing(slots, match):
+    cfg = tiny_cfg(2)
+    model = make_model(cfg)
+    cache = KVCache(cfg, 4, 4, dtype=torch.float64)
+    fd = FastDecode(model, cache, pad_slot=3)
+    model.prefill(cache, [0, 1], [torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 4])])   # both full
+    model.prefill(cache, [2], [torch.tensor([5])])
+    before = (cache.lengths.clone(), cache.k.clone(), cache.tokens.clone())
+    with pytest.raises(ValueError, match=match):
+        fd(torch.tensor(slots, dtype=torch.long), torch.ones(len(slots), dtype=torch.long))
+    assert torch.equal(cache.lengths, before[0]) and torch.equal(cache.k, before[1])
+    assert torch.equal(cache.tokens, before[2])
+    assert [cache.length(s) for s in range(4)] == [4, 4, 1, 0] == [cache.tokens_seen(s) for s in range(4)]
+
+
+def test_fast_decode_permuted_ranges_are_gathered():
+    """Slot orders whose ends look like a range ([1, 3, 2, 4]: last - first = B - 1) but are not one
+    must be gathered, not read through a view of the pool; int32 slots are the same slots."""
+    cfg = tiny_cfg(2, layers=6)
+    model = make_model(cfg)
+    ref, fast = cache_pair(cfg, model, lens=[2, 7, 0, 5, 11])
+    fd = FastDecode(model, fast, bucket=8)
+    g = torch.Generator().manual_seed(3)
+    for slots in ([1, 3, 2, 4], [3, 2, 1], [0, 4, 2, 3, 1], [4, 3]):
+        tok = torch.randint(0, cfg.vocab_size, (len(slots),), generator=g)
+        want = model.decode(ref, torch.tensor(slots), tok)
+        got = fd(torch.tensor(slots, dtype=torch.int32), tok)
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    _same_state(ref, fast)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -1,9 +1,11 @@
 """KVCache: sizes, eviction, export/restore, slot validation."""
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_model, tiny_cfg
 from lckv_service.cache import CacheState, KVCache
+from lckv_service.device import to_device
 from lckv_service.config import ModelConfig
 
 
@@ -91,3 +93,72 @@ def test_bad_slots(bad):
 def test_bad_pool(kw):
     with pytest.raises(ValueError):
         KVCache(tiny_cfg(2), **kw)
+
+
+@pytest.mark.parametrize("slots, match", [
+    (torch.tensor([0, 2, 0]), r"distinct slot indices, got \[0, 2, 0\]"),
+    (torch.tensor([1, 3]), r"slot 3 is not in \[0, 3\)"),
+    (torch.tensor([1, -1, 5]), r"slot -1 is not in \[0, 3\)"),
+    (torch.tensor([], dtype=torch.long), "non-empty"),
+    (torch.tensor([0.0]), r"slot 0\.0 is not in"),
+    (torch.tensor([True]), "slot True is not in"),
+    (torch.tensor([[0, 1]]), r"slot \[0, 1\] is not in"),
+    ([0, "1"], "slot '1' is not in"),
+])
+def test_slot_array_refuses_what_check_slots_refuses(slots, match):
+    cache = KVCache(tiny_cfg(2), 3, 4)
+    with pytest.raises(ValueError, match=match):
+        cache.slot_array(slots)
+
+
+def test_slot_array_takes_any_integer_dtype():
+    cache = KVCache(tiny_cfg(2), 300, 4)
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        a = cache.slot_array(torch.tensor([2, 0, 255], dtype=dtype))
+        assert a.dtype == np.int64 and a.tolist() == [2, 0, 255]
+    assert cache.slot_array([4, 1]).tolist() == [4, 1]
+
+
+def test_commit_keeps_both_mirrors_exact():
+    cache = KVCache(tiny_cfg(2), 4, 8)
+    cache.commit([3, 1], [5, 2], [5, 2])                          # lists, no device tensors
+    cache.commit(np.array([1]), np.array([6]), 4)                 # arrays, one `added` for all
+    cache.commit([3], [7], [2], torch.tensor([3]), torch.tensor([7]))
+    assert [cache.length(s) for s in range(4)] == [0, 6, 0, 7] == cache.lengths.tolist()
+    assert [cache.tokens_seen(s) for s in range(4)] == [0, 6, 0, 7]
+    assert all(type(cache.length(s)) is int and type(cache.tokens_seen(s)) is int for s in range(4))
+    cache.evict(3, sinks=1, keep_recent=2)
+    assert cache.length(3) == 3 and cache.tokens_seen(3) == 7 and cache.lengths.tolist() == [0, 6, 0, 3]
+    st = cache.export(3)
+    assert type(st.tokens_seen) is int and st.tokens_seen == 7
+
+
+@pytest.mark.parametrize("seen", [2, True, 1.5 + 4, 2 ** 63, "9"])
+def test_restore_refuses_a_bad_tokens_seen_and_changes_nothing(seen):
+    cfg = tiny_cfg(0)
+    cache = KVCache(cfg, 2, 8)
+    shape = (len(cfg.kv_layers), 3, cfg.num_kv_heads, cfg.head_dim)
+    before = (cache.k.clone(), cache.tokens.clone(), cache.lengths.clone())
+    with pytest.raises(ValueError, match="tokens_seen"):
+        cache.restore(1, CacheState(k=torch.ones(shape), v=torch.ones(shape), token_ids=[1, 2, 3], tokens_seen=seen))
+    assert torch.equal(cache.k, before[0]) and torch.equal(cache.tokens, before[1])
+    assert torch.equal(cache.lengths, before[2]) and cache.length(1) == 0 and cache.tokens_seen(1) == 0
+
+
+def test_restore_converts_dtype_and_keeps_tokens_seen():
+    cfg = tiny_cfg(0)
+    cache = KVCache(cfg, 2, 8, dtype=torch.float64)
+    shape = (len(cfg.kv_layers), 3, cfg.num_kv_heads, cfg.head_dim)
+    k = torch.randn(shape, dtype=torch.float32)
+    cache.restore(1, CacheState(k=k, v=-k, token_ids=[4, 5, 6], tokens_seen=2 ** 53 - 1))
+    assert torch.equal(cache.k[:, 1, :3], k.double()) and torch.equal(cache.v[:, 1, :3], -k.double())
+    assert cache.tokens[1, :3].tolist() == [4, 5, 6] and cache.tokens_seen(1) == 2 ** 53 - 1
+    assert cache.lengths.tolist() == [0, 3]
+
+
+def test_to_device_takes_lists_arrays_and_tensors():
+    for values in ([[1, 2], [3, 4]], np.array([[1, 2], [3, 4]], np.int32), torch.tensor([[1, 2], [3, 4]])):
+        t = to_device(values, "cpu")
+        assert t.dtype == torch.long and t.tolist() == [[1, 2], [3, 4]]
+    t = to_device(np.array([0.5, 2.0]), "cpu", torch.float64)
+    assert t.dtype == torch.float64 and t.tolist() == [0.5, 2.0]

@@ -27,6 +27,7 @@ attention output, and the cache's lengths advance by one.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,56 +93,58 @@ class FastDecode:
     # ---- public: same contract as model.decode ---------------------------------------------------
     @torch.no_grad()
     def __call__(self, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """slots (CPU), tokens: [B] -> logits [B, V]; appends one token per slot."""
+        """slots (CPU), tokens: [B] -> logits [B, V]; appends one token per slot.
+        Host work is a few vectorised operations on the cache's host mirrors, whatever B: the
+        engine overlaps it with the previous step's device work only while it stays shorter."""
         cache = self.cache
-        slot_list = cache.check_slots(slots.tolist())
-        lens = [cache.length(s) for s in slot_list]
-        for s, n in zip(slot_list, lens):
-            if n + 1 > cache.capacity:
-                raise ValueError(f"slot {s} is full (capacity {cache.capacity}); evict first")
-        B = len(slot_list)
-        S = self.key_bucket(max(lens))
-        first = slot_list[0]
-        contiguous = slot_list == list(range(first, first + B))
+        slot_a = cache.slot_array(slots)                                    # distinct, in range
+        lens = cache.lengths_of(slot_a)
+        B, longest = slot_a.size, int(lens.max())
+        if longest + 1 > cache.capacity:                                    # argmax: the first full one
+            raise ValueError(f"slot {int(slot_a[lens.argmax()])} is full (capacity {cache.capacity}); evict first")
+        S = self.key_bucket(longest)
+        first = int(slot_a[0])
+        contiguous = int(slot_a[-1]) - first == B - 1 and (B < 3 or bool((np.diff(slot_a) == 1).all()))
         if tokens.numel() != B:
             raise ValueError(f"tokens must hold one id per slot ({B}), got shape {tuple(tokens.shape)}")
-        if tokens.device.type == "cpu" and tokens.numel() and not (
+        if tokens.device.type == "cpu" and not (
                 0 <= int(tokens.min()) and int(tokens.max()) < self.cfg.vocab_size):
             raise ValueError(f"tokens has ids outside [0, {self.cfg.vocab_size})")   # device ids: argmax, in range
-        self._check_bounds(slot_list, lens, S)
-        tokens = tokens.to(cache.device, torch.long).view(B)
-        if self.pad_slot is not None and self.pad_slot in slot_list:
+        self._check_bounds((int(slot_a.min()), int(slot_a.max())), (int(lens.min()), longest), S)
+        if self.pad_slot is not None and bool((slot_a == self.pad_slot).any()):
             raise ValueError(f"slot {self.pad_slot} is the padding slot")
+        tokens = tokens.to(cache.device, torch.long).view(B)
         key = (None, batch_bucket(B), S) if self.pad_slot is not None else (first, B, S) if contiguous else None
-        slot_t = to_device(slot_list, cache.device)
+        slot_t = to_device(slot_a, cache.device)
         if self.graphs and key is not None and (key in self._graphs or len(self._graphs) < self.max_graphs):
             logits, new_len = self._replay(key, tokens, slot_t)
         else:
             logits, new_len = self._step(tokens, slot_t, first if contiguous else None, S)
-        cache.tokens[slot_t, new_len - 1] = tokens
-        cache.commit(slot_list, [n + 1 for n in lens], [1] * B, slot_t, new_len)
+        cache.commit(slot_a, lens + 1, 1, slot_t, new_len)
         return logits
 
     def key_bucket(self, longest: int) -> int:
         """Keys a step attends over when its longest row holds `longest` tokens before the step."""
         return min(self.cache.capacity, -(-(longest + 1) // self.bucket) * self.bucket)
 
-    def _check_bounds(self, slot_list: list[int], lens: list[int], S: int) -> None:
-        """Every index a step will use, checked on the host from the mirrored lengths: an
-        out-of-range index on the device is a device-side assert, which poisons the CUDA context
-        for the rest of the process (no fallback could run after it)."""
+    def _check_bounds(self, slot_range: tuple[int, int], len_range: tuple[int, int], S: int) -> None:
+        """Every index a step will use, checked on the host from the mirrored lengths (each range:
+        the batch's (min, max)): an out-of-range index on the device is a device-side assert, which
+        poisons the CUDA context for the rest of the process (no fallback could run after it)."""
         cache = self.cache
         if not 0 < S <= cache.capacity or S > self.cos.shape[0]:
             raise ValueError(f"key bucket {S} outside the cache capacity {cache.capacity}")
-        if min(slot_list) < 0 or max(slot_list) >= cache.num_slots:
-            raise ValueError(f"slots {slot_list} outside [0, {cache.num_slots})")
-        if min(lens) < 0 or max(lens) + 1 > min(S, cache.capacity) or max(lens) >= self.cos.shape[0]:
-            raise ValueError(f"slot lengths {lens} do not fit key bucket {S} / capacity {cache.capacity}")
+        if slot_range[0] < 0 or slot_range[1] >= cache.num_slots:
+            raise ValueError(f"slots {slot_range[0]}..{slot_range[1]} outside [0, {cache.num_slots})")
+        if len_range[0] < 0 or len_range[1] + 1 > min(S, cache.capacity) or len_range[1] >= self.cos.shape[0]:
+            raise ValueError(f"slot lengths {len_range[0]}..{len_range[1]} do not fit key bucket {S} / "
+                             f"capacity {cache.capacity}")
 
     # ---- the step: pure tensor work, no host sync, shapes fixed by (B, S, contiguous) -------------
     def _step(self, tokens, slot_idx, first: int | None, S: int):
         cache = self.cache
         pos = cache.lengths[slot_idx]                                         # [B] new token positions
+        cache.tokens.index_put_((slot_idx, pos), tokens)                      # in the graph, if any
         cq, sq = self.cos[pos][:, None, :], self.sin[pos][:, None, :]         # [B, 1, D]
         x = self.model.model.embed_tokens(tokens)[:, None]                    # [B, 1, C]
         x = self.model.run_layers(x, PoolDecodeKV(self, slot_idx, first, pos, S), (cq, sq))
