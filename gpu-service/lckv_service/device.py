@@ -5,13 +5,6 @@ import numpy as np
 import torch
 
 
-def tensor_to_device(t: torch.Tensor, device, dtype=torch.long) -> torch.Tensor:
-    """A host tensor on `device`, through pinned memory on CUDA (see to_device)."""
-    if torch.device(device).type != "cuda" or t.device.type != "cpu":
-        return t.to(device, dtype)
-    return t.to(dtype).pin_memory().to(device, non_blocking=True)
-
-
 def to_device(values, device, dtype=torch.long) -> torch.Tensor:
     """Host values (a list, a numpy array or a CPU tensor) as a `dtype` tensor on `device`: on CUDA
     through pinned memory and a non-blocking copy (a copy from pageable memory first waits for the

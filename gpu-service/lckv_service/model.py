@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
-from .device import tensor_to_device, to_device
+from .device import to_device
 from .errors import ConfigError
 
 
@@ -402,7 +402,7 @@ class LCKVModel(nn.Module):
             if cache.length(slots[b]) + t.numel() > cache.capacity:
                 raise ValueError(f"slot {slots[b]} holds {cache.length(slots[b])} tokens and cannot take "
                                  f"{t.numel()} more (capacity {cache.capacity}); evict first")
-            toks.append(tensor_to_device(t, cache.device))
+            toks.append(to_device(t, cache.device))
         if mode.kind == "exact" and self.cfg.iter_block is not None:
             step = mode.chunk
             passes, tol, cap = None, None, None
