@@ -9,16 +9,7 @@
 # $OUT/responses-gpu.log. Carry .whl (prometheus-client, jinja2: the machine has no internet); no
 # pytest needed. Env: HISTORY (default 1000,4000,16000), REPEATS (3), SUITE_S (the suite's seconds,
 # 190: a stateless request that would outlive them is cut and reported as a lower bound), BUDGET (225).
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-bench/results}; mkdir -p "$out"; out=$(cd "$out" && pwd)
-py=$(command -v python3)
-if [ -d .whl ]; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD/gpu-service:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+source "$(dirname "$0")/gpu_env.sh"
 log="$out/responses-gpu.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$log" 2>&1
 # the suite bounds itself (SUITE_S); the outer timeout only guards against a hang

@@ -6,17 +6,8 @@
 #   bash bench/serving_gpu.sh rows      # no tests: only the run.py arguments given
 # Carry .whl (pytest, prometheus-client, jinja2, py-spy: the machine has no internet) and, for
 # `baseline`, .baseline (`git archive <commit> gpu-service/lckv_service | tar -x -C .baseline`).
-set -uo pipefail
 part=${1:?usage: bash bench/serving_gpu.sh now|baseline|max|rows [run.py args...]}; shift
-cd "$(dirname "$0")/.."
-out=${OUT:-bench/results}; mkdir -p "$out"; out=$(cd "$out" && pwd)
-py=$(command -v python3)
-if [ -d .whl ]; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD/gpu-service:$PWD/bench${PYTHONPATH:+:$PYTHONPATH}" TOKENIZERS_PARALLELISM=false
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+source "$(dirname "$0")/gpu_env.sh"
 export LCKV_BENCH_PYSPY=/tmp/site/bin/py-spy LCKV_BENCH_PYSPY_OUT="$out"
 log="$out/serving-$part.log"
 nvidia-smi --query-gpu=name,memory.total --format=csv >"$log" 2>&1

@@ -49,7 +49,7 @@ def _pyspy(server: "ServerProcess", base: dict, n: int):
     """Optional sampling profile of the server under the largest burst: env LCKV_BENCH_PYSPY names a
     py-spy binary, LCKV_BENCH_PYSPY_OUT the folder for its raw (collapsed-stack) output."""
     exe, out = os.environ.get("LCKV_BENCH_PYSPY"), os.environ.get("LCKV_BENCH_PYSPY_OUT")
-    if not exe or not out:
+    if not exe or not out or not os.access(exe, os.X_OK):   # not installed here: no profile, same rows
         return None
     name = f"pyspy-{base['shape']}-{base['variant']}-{'baseline' if base['server_src'] != 'this tree' else 'now'}-{n}.txt"
     return subprocess.Popen([exe, "record", "--pid", str(server.proc.pid), "--rate", "100", "--duration", "15",
