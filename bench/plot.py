@@ -222,12 +222,13 @@ def serving_md(rows) -> str:
              fmt(r.get("service_vs_engine"), 2), fmt(r["ttft_p50_s"], 2), fmt(r["ttft_p95_s"], 2),
              fmt(1e3 * r["itl_p50_s"], 1) if r.get("itl_p50_s") is not None else "—",
              fmt(1e3 * r["engine_step_s"], 1) if r.get("engine_step_s") is not None else "—",
-             fmt(r.get("step_ms"), 1), fmt(r.get("gpu_busy_frac"), 2), fmt(r["all_tokens_delivered_once"])]
+             fmt(r.get("step_ms"), 1), fmt(r.get("gpu_busy_frac"), 2), fmt(r["all_tokens_delivered_once"]),
+             r.get("run_id", "—")]
             for (d, s, v, src, p, g, a, n), r in sorted(sv.items(), key=lambda kv: (kv[0][0], kv[0][1], vkey(kv[0][2]),
                                                                                  kv[0][3], kv[0][4:]))]
     return table(["device", "shape", "variant", "server", "prompt+gen", "arrival", "streams", "pool slots",
                   "service tok/s", "engine tok/s", "service/engine", "TTFT p50 s", "TTFT p95 s", "ITL p50 ms",
-                  "engine step ms", "service step ms", "GPU busy", "tokens once"], body)
+                  "engine step ms", "service step ms", "GPU busy", "tokens once", "run"], body)
 
 
 def _save(plt, fig, out: Path, name: str, made: list[str]) -> None:
