@@ -313,3 +313,23 @@ def test_a_lookahead_fed_past_the_end_of_a_reply_is_dropped_and_the_blob_stays_c
     fresh = _kv_of_fresh_prefill(model, tok, canonical)
     assert torch.allclose(state(r).k, fresh.k, atol=1e-9) and torch.allclose(state(r).v, fresh.v, atol=1e-9)
     assert sorted(eng.scheduler.free_slots) == [0, 1, 2, 3] and not eng.has_work()
+
+
+def test_a_session_turn_is_exported_only_once_no_launched_step_still_writes_its_slot(model, tok, overlap):
+    """The blob export reads the slot on the host: with overlapped steps it waits until the step that
+    feeds the turn's last canonical tokens has been collected, so the export never stalls on it."""
+    eng = make_engine(model, tok, num_slots=2)
+    exports = []
+    export = eng.runner.export
+
+    def checked(slot):
+        in_flight = eng._in_flight.touched if eng._in_flight is not None else set()
+        exports.append(all(r.slot != slot for r in in_flight))
+        return export(slot)
+    eng.runner.export = checked
+    reqs = [chat_request(tok, f"s{i}", p, max_tokens=6 + 3 * i, return_blob=True) for i, p in enumerate(PROMPTS[:3])]
+    run(eng, reqs)
+    assert len(exports) == 3 and all(exports)
+    for p, r in zip(PROMPTS, reqs):
+        assert r.events[-1].type == "done"
+        assert state(r).token_ids == tok.encode_chat(p + [{"role": "assistant", "content": text(r)}], False)

@@ -105,7 +105,7 @@ class Engine:
                 launched = self.runner.launch(plan, prev)
             except Exception as e:  # a model failure fails this step's requests, not the process
                 log.exception("engine step failed")
-                self._fail_plan(plan, e)
+                self._fail_many(plan.requests(), e)
         if self.overlap:
             self._in_flight = launched
         else:
@@ -116,9 +116,9 @@ class Engine:
                 sampled = self.runner.collect(prev)
             except Exception as e:
                 log.exception("engine step failed")
-                self._fail_rows(prev, e)
+                self._fail_many(prev.touched, e)
                 if launched is not None and self.overlap:   # it fed ids of the failed step
-                    self._fail_rows(launched, e)
+                    self._fail_many(launched.touched, e)
                     self._in_flight = None
         t2 = time.perf_counter()
         now = time.monotonic()
@@ -129,7 +129,8 @@ class Engine:
                 self._guarded(req, self._on_token, req, tok, now)
         if self.metrics:
             self.metrics.count_tokens(len(sampled))
-        busy = set(self._in_flight.reqs) if self._in_flight is not None else set()
+        # a turn whose last tokens the in-flight step feeds is exported after it (no wait for it here)
+        busy = self._in_flight.touched if self._in_flight is not None else set()
         for req in list(self.scheduler.running):   # only this thread changes `running`
             if (req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart
                     and req not in busy):
@@ -138,14 +139,9 @@ class Engine:
             self.metrics.observe_step(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_device_s)
         return True
 
-    def _fail_plan(self, plan, exc: BaseException) -> None:
+    def _fail_many(self, reqs, exc: BaseException) -> None:
         with self._lock:
-            for req in {*plan.admitted, *plan.restarts, *(p.request for p in plan.prefills), *plan.decodes}:
-                self._fail(req, exc)
-
-    def _fail_rows(self, handle, exc: BaseException) -> None:
-        with self._lock:
-            for req in handle.reqs:
+            for req in list(reqs):
                 self._fail(req, exc)
 
     def _guarded(self, req: Request, fn, *args) -> None:
@@ -161,8 +157,7 @@ class Engine:
 
     def fail_all(self, exc: BaseException) -> None:
         with self._lock:
-            for req in [*self.scheduler.waiting, *self.scheduler.running]:
-                self._fail(req, exc)
+            self._fail_many([*self.scheduler.waiting, *self.scheduler.running], exc)
 
     # ---- update (engine thread; the lock only where the scheduler or the request table change) ----
     def _on_token(self, req: Request, tok: int, now: float) -> None:
@@ -213,8 +208,7 @@ class Engine:
         else:
             req.truncate = len(fed) - p
             req.pending = canonical[p:]
-        if not req.pending and not req.truncate and not req.restart:
-            self._export(req)
+        # exported by step() once nothing is left to feed and no launched step writes its slot
 
     def _complete(self, req: Request, status: RequestStatus, state) -> None:
         with self._lock:

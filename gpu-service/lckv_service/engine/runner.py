@@ -167,7 +167,7 @@ class ModelRunner:
                 done.record()
         if timing is not None:
             timing[1].record()
-        return StepHandle(reqs, ids, host, done, timing)
+        return StepHandle(reqs, ids, host, done, timing, plan.requests())
 
     def collect(self, handle: "StepHandle") -> list[tuple[Request, int]]:
         """Wait for a launched step's sampled tokens: (request, token) per sampled row."""
@@ -244,11 +244,13 @@ class ModelRunner:
 
 class StepHandle:
     """A launched step: its sampled rows' requests, their ids on the device (`ids`) and on the host
-    once `done` has fired (`host`), and the step's device-time events."""
-    __slots__ = ("reqs", "ids", "host", "done", "timing")
+    once `done` has fired (`host`), the step's device-time events, and every request whose slot it
+    works on (`touched`)."""
+    __slots__ = ("reqs", "ids", "host", "done", "timing", "touched")
 
-    def __init__(self, reqs: list[Request], ids, host, done, timing):
+    def __init__(self, reqs: list[Request], ids, host, done, timing, touched: set[Request]):
         self.reqs, self.ids, self.host, self.done, self.timing = reqs, ids, host, done, timing
+        self.touched = touched
 
     def rows(self) -> dict[Request, int]:
         return {r: i for i, r in enumerate(self.reqs)}

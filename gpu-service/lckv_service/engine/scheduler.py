@@ -75,6 +75,10 @@ class StepPlan:
         return not (self.admitted or self.restarts or self.truncations or self.evictions
                     or self.prefills or self.decodes)
 
+    def requests(self) -> set[Request]:
+        """Every request whose slot this step works on."""
+        return {*self.admitted, *self.restarts, *(p.request for p in self.prefills), *self.decodes}
+
     @property
     def num_tokens(self) -> int:
         return len(self.decodes) + sum(len(p.tokens) for p in self.prefills)
