@@ -136,7 +136,8 @@ class Engine:
                     and req not in busy):
                 self._guarded(req, self._export, req)
         if self.metrics:
-            self.metrics.observe_step(t1 - t0, t2 - t1, time.perf_counter() - t2, self.runner.last_device_s)
+            device_s = self.runner.last_device_s if prev is not None else None   # of the step collected here
+            self.metrics.observe_step(t1 - t0, t2 - t1, time.perf_counter() - t2, device_s)
         return True
 
     def _fail_many(self, reqs, exc: BaseException) -> None:
