@@ -29,6 +29,24 @@ export function sseData(text: string): string[] {
   });
 }
 
+/**
+ * Split a Responses API SSE body into its event objects, checking the framing strictly: each event
+ * is `event: <type>` then `data: <JSON whose type is the same>`. An empty body is no events.
+ */
+export function typedEvents(text: string): any[] {
+  if (text === "") return [];
+  if (!text.endsWith("\n\n")) throw new Error("SSE body does not end with a blank line");
+  return text.slice(0, -2).split("\n\n").map((ev) => {
+    const [name, data, ...rest] = ev.split("\n");
+    if (!name?.startsWith("event: ") || !data?.startsWith("data: ") || rest.length > 0) {
+      throw new Error(`unexpected SSE event: ${JSON.stringify(ev)}`);
+    }
+    const json = JSON.parse(data.slice(6));
+    if (json.type !== name.slice(7)) throw new Error(`event name ${name} is not the data's type ${json.type}`);
+    return json;
+  });
+}
+
 /** One call the GPU double received (its own record type). */
 export type { LogEntry as DoubleCall } from "./double/gpu-double";
 import type { LogEntry as DoubleCall } from "./double/gpu-double";

@@ -7,7 +7,7 @@ import { parse } from "yaml";
 import app from "../src/index";
 import { openApiYaml } from "../src/spec";
 import spec from "../openapi.yaml?raw";
-import { call, chat, MODEL, sseData, user } from "./helpers";
+import { call, chat, MODEL, sseData, typedEvents, user } from "./helpers";
 
 const doc = parse(spec) as any;
 
@@ -95,8 +95,7 @@ describe("openapi.yaml", () => {
     await check("DELETE", "/v1/conversations/{conversation_id}", await call(`/v1/conversations/${conv.id}`, { method: "DELETE" }));
     await check("GET", "/v1/conversations/{conversation_id}", await call(`/v1/conversations/${conv.id}`));
     for (const input of ["stream", "@fail"]) {
-      const events = (await (await post("/v1/responses", { model: MODEL, input, stream: true })).text()).trim().split("\n\n")
-        .map((ev) => JSON.parse(ev.split("\n")[1]!.slice(6)));
+      const events = typedEvents(await (await post("/v1/responses", { model: MODEL, input, stream: true })).text());
       for (const ev of events) {
         if (ev.response) validate({ $ref: "#/components/schemas/Response" }, ev.response);
         if (ev.item) validate({ $ref: "#/components/schemas/OutputMessage" }, ev.item);

@@ -1,44 +1,39 @@
-// The Responses API's stream: typed events with a sequence_number, in OpenAI's order
-// (response.created … response.completed / response.incomplete). A failure after the start is an
-// `error` event then `response.failed`; a client that goes away cancels the turn.
+// The Responses API as SSE: a live turn's typed events as they happen (a client that goes away
+// cancels the turn), and a stored response's events replayed. Both write the events of
+// response-events.ts as `event: <type>` / `data: <event JSON>`.
 import type { Context } from "hono";
-import type { SSEStreamingApi } from "hono/streaming";
+import { streamSSE, type SSEStreamingApi } from "hono/streaming";
 import type { AppEnv } from "../env";
 import type { Turn } from "../turn";
-import { failed, finished, inProgress, outputMessage, type ResponseTemplate } from "./response-object";
+import { type ResponseEvent, ResponseEvents } from "./response-events";
+import type { ResponseTemplate } from "./response-object";
 import { turnStream } from "./sse";
+
+async function write(stream: SSEStreamingApi, events: ResponseEvent[]): Promise<void> {
+  for (const ev of events) {
+    if (stream.aborted) return;
+    await stream.writeSSE({ event: ev.type, data: JSON.stringify(ev) });
+  }
+}
 
 export function responseStream(c: Context<AppEnv>, turn: Turn, id: string, template: ResponseTemplate, outputId: string,
   onFinish: (outcome: string) => void): Response {
   return turnStream(c, turn, (stream: SSEStreamingApi) => {
-    let seq = 0;
-    let text = "";
-    const emit = (type: string, fields: Record<string, unknown>) =>
-      stream.writeSSE({ event: type, data: JSON.stringify({ type, sequence_number: seq++, ...fields }) });
-    const at = { item_id: outputId, output_index: 0, content_index: 0 };
+    const events = new ResponseEvents(id, template, outputId);
     return {
-      start: async () => {
-        await emit("response.created", { response: inProgress(id, template) });
-        await emit("response.in_progress", { response: inProgress(id, template) });
-        await emit("response.output_item.added", { output_index: 0, item: outputMessage(outputId, "", "in_progress") });
-        await emit("response.content_part.added", { ...at, part: { type: "output_text", text: "", annotations: [], logprobs: [] } });
-      },
-      delta: async (delta) => {
-        text += delta;
-        await emit("response.output_text.delta", { ...at, delta, logprobs: [] });
-      },
+      start: () => write(stream, events.start()),
+      delta: (delta) => write(stream, [events.delta(delta)]),
       done: async (ev) => {
-        const body = finished(id, template, outputId, text, ev.finish_reason, ev.usage);
-        await emit("response.output_text.done", { ...at, text, logprobs: [] });
-        await emit("response.content_part.done", { ...at, part: body.output[0]!.content[0] });
-        await emit("response.output_item.done", { output_index: 0, item: body.output[0] });
-        await emit(body.status === "completed" ? "response.completed" : "response.incomplete", { response: body });
-        return body.status;
+        const end = events.done(ev.finish_reason, ev.usage);
+        await write(stream, end.events);
+        return end.status;
       },
-      fail: async (err, code) => {   // an error event, then response.failed
-        await emit("error", { code, message: err.message, param: err.param });
-        await emit("response.failed", { response: failed(id, template, code, err.message) });
-      },
+      fail: (err, code) => write(stream, events.fail(err, code)),
     };
   }, onFinish);
+}
+
+/** Already-built events (a stored response's), written in order; no upstream work to cancel. */
+export function replayStream(c: Context<AppEnv>, events: ResponseEvent[]): Response {
+  return streamSSE(c, (stream) => write(stream, events));
 }

@@ -139,6 +139,19 @@ export const pageQuery = z.object({
   order: z.enum(["asc", "desc"]).default("desc"),
 });
 
+const queryBool = () => z.enum(["true", "false"]).transform((v) => v === "true");
+const NOT_A_SEQUENCE_NUMBER = "Invalid input: expected an integer >= 0 (an event's sequence_number)";
+
+export const retrieveQuery = z.object({
+  stream: queryBool().optional().meta({ description: "true: the stored response's stream events as SSE, as a "
+    + "`stream: true` create sent them (its whole text in one response.output_text.delta). Default false: the response object." }),
+  // a query value is a string: a decimal number becomes a number for the integer check; anything else is refused as is
+  starting_after: z.preprocess((v) => (typeof v === "string" && /^-?\d+(\.\d+)?$/.test(v) ? Number(v) : v),
+    z.int({ error: NOT_A_SEQUENCE_NUMBER }).min(0, { error: NOT_A_SEQUENCE_NUMBER })).optional()
+    .meta({ description: "With stream=true: only the events whose sequence_number is greater than this." }),
+  include_obfuscation: queryBool().optional().meta({ description: IGNORED }),
+});
+
 /** One event of a streamed response: `event: <type>` and `data: <event JSON>`. */
 export const ResponseStreamEvent = z.object({
   event: z.string(),

@@ -1,6 +1,7 @@
 // The Responses API: POST /v1/responses (a turn, continuing a chain or a conversation, streamed or
-// not), GET/DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items. Stored responses live in
-// their chain's Durable Object, scoped to the tenant (src/chain/ids.ts).
+// not), GET/DELETE /v1/responses/{id} (GET with stream=true replays the stored response's stream
+// events), GET /v1/responses/{id}/input_items. Stored responses live in their chain's Durable
+// Object, scoped to the tenant (src/chain/ids.ts).
 import { createRoute } from "@hono/zod-openapi";
 import { z } from "zod";
 import { chainKeyOf, chainStub, newItemId } from "../chain/ids";
@@ -11,9 +12,10 @@ import { jsonBody } from "../middleware/json-body";
 import { collect } from "../openai/collect";
 import { AUTHENTICATED, errorResponses } from "../openai/error-responses";
 import { finished, fromRecord, itemList, type ResponseTemplate } from "../openai/response-object";
-import { responseStream } from "../openai/response-sse";
+import { storedResponseEvents } from "../openai/response-events";
+import { replayStream, responseStream } from "../openai/response-sse";
 import { ItemList, pageQuery, ResponseDeleted, responseId, ResponseObject, responseRequestSchema, ResponseStreamEvent,
-  type ResponseRequest } from "../openai/responses-schemas";
+  retrieveQuery, type ResponseRequest } from "../openai/responses-schemas";
 import { responseNotFound } from "../session/chain-turn";
 import { responseTurn } from "../session/response-service";
 import { requireModel } from "../upstream/models";
@@ -43,10 +45,15 @@ const params = z.object({ response_id: responseId });
 
 export const getResponseRoute = createRoute({
   method: "get", path: "/v1/responses/{response_id}", tags: ["responses"], operationId: "getResponse",
-  summary: "A stored response (the caller's own; a stored chain expires RESPONSE_TTL_SECONDS after its last turn).",
-  request: { params },
+  summary: "A stored response (the caller's own; a stored chain expires RESPONSE_TTL_SECONDS after its last turn), "
+    + "or with stream=true its stream events replayed.",
+  request: { params, query: retrieveQuery },
   responses: {
-    200: { description: "The response.", headers: OK_HEADERS, content: { "application/json": { schema: ResponseObject } } },
+    200: {
+      description: "The response; with stream=true its typed SSE events (see ResponseStreamEvent), after starting_after if given.",
+      headers: OK_HEADERS,
+      content: { "application/json": { schema: ResponseObject }, "text/event-stream": { schema: ResponseStreamEvent } },
+    },
     ...errorResponses(...AUTHENTICATED, 400, 404),
   },
 });
@@ -115,8 +122,10 @@ const stubFor = (c: { env: Parameters<typeof chainStub>[0]; get(k: "tenant"): st
 
 responses.openapi(getResponseRoute, async (c) => {
   const id = c.req.valid("param").response_id;
+  const { stream, starting_after: after = -1 } = c.req.valid("query");
   const record = await stubFor(c, id).response(id);
   if (!record) throw responseNotFound(id, "response_id");
+  if (stream) return replayStream(c, storedResponseEvents(record).filter((ev) => ev.sequence_number > after));
   return c.json(fromRecord(record), 200);
 });
 

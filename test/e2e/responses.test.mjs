@@ -1,7 +1,8 @@
 // End-to-end: the Responses and Conversations APIs with the official openai client against the real
 // stack (Worker in workerd + GPU service on CPU): chains by previous_response_id reuse the cache and
-// are token-identical to the whole history sent statelessly, conversations, forks, the typed stream,
-// retrieve/input_items/delete, store: false, tenancy, a GPU-service restart between turns.
+// are token-identical to the whole history sent statelessly, conversations, forks, the typed stream
+// (live, and replayed by retrieve with stream: true), retrieve/input_items/delete, store: false,
+// tenancy, a GPU-service restart between turns.
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import OpenAI from "openai";
@@ -93,6 +94,29 @@ describe("responses", () => {
     assert.ok(["response.completed", "response.incomplete"].includes(types.at(-1)));
     assert.equal(final.output_text, deltas);
     assert.equal((await client.responses.retrieve(final.id)).output_text, deltas);
+  });
+
+  test("retrieve with stream: true replays the stored response's events: the same text and final response", async () => {
+    const live = [];
+    for await (const ev of await client.responses.create({ model, input: "Tell me about the wind", stream: true, ...greedy })) live.push(ev);
+    const original = live.at(-1).response;
+    const replay = await client.responses.retrieve(original.id, { stream: true });
+    const events = [];
+    for await (const ev of replay) events.push(ev);
+    const head = ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"];
+    const tail = ["response.output_text.done", "response.content_part.done", "response.output_item.done"];
+    assert.deepEqual(events.map((e) => e.type), [...head, "response.output_text.delta", ...tail, live.at(-1).type]);
+    assert.deepEqual(events.map((e) => e.sequence_number), events.map((_, i) => i));
+    assert.equal(events[4].delta, live.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join(""));
+    assert.deepEqual(events.at(-1).response, original);
+    assert.equal(events.at(-1).response.status, (await client.responses.retrieve(original.id)).status);
+    const rest = [];
+    for await (const ev of await client.responses.retrieve(original.id, { stream: true, starting_after: 4 })) rest.push(ev);
+    assert.deepEqual(rest, events.slice(5));
+    const bad = await client.responses.retrieve(original.id, { stream: true, starting_after: -1 }).catch((e) => e);
+    assert.ok(bad instanceof OpenAI.BadRequestError);
+    assert.equal(bad.param, "starting_after");
+    await assert.rejects(stack.client(KEY_B).responses.retrieve(original.id, { stream: true }), OpenAI.NotFoundError);
   });
 
   test("store: false, delete, another tenant's ids, bad input", async () => {

@@ -2,7 +2,7 @@
 // reused, text equal to a stateless request), forks, store: false, retrieve/delete/input_items,
 // tenancy, bad input, and the typed stream.
 import { describe, expect, it } from "vitest";
-import { call, chat, doubleLog, MODEL, user } from "../helpers";
+import { call, chat, doubleLog, MODEL, typedEvents, user } from "../helpers";
 
 const create = (json: Record<string, unknown>, tenant = "tenant-a") =>
   call("/v1/responses", { method: "POST", json: { model: MODEL, temperature: 0, ...json }, tenant });
@@ -114,12 +114,7 @@ describe("responses", () => {
   it("streams the typed events in order", async () => {
     const res = await create({ input: "stream me", stream: true });
     expect(res.status).toBe(200);
-    const events = (await res.text()).trim().split("\n\n").map((ev) => {
-      const [e, d] = ev.split("\n");
-      const data = JSON.parse(d!.slice(6));
-      expect(e).toBe(`event: ${data.type}`);
-      return data;
-    });
+    const events = typedEvents(await res.text());
     const types = events.map((e) => e.type);
     expect(types.slice(0, 4)).toEqual(["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]);
     expect(types.slice(-4)).toEqual(["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]);
@@ -135,7 +130,7 @@ describe("responses", () => {
     const a = await ok({ input: "before" });
     const res = await create({ input: "@fail now", previous_response_id: a.body.id, stream: true });
     expect(res.status).toBe(200);
-    const events = (await res.text()).trim().split("\n\n").map((ev) => JSON.parse(ev.split("\n")[1]!.slice(6)));
+    const events = typedEvents(await res.text());
     const types = events.map((e) => e.type);
     expect(types.slice(-2)).toEqual(["error", "response.failed"]);
     expect(events.at(-1).response).toMatchObject({ status: "failed", output: [], usage: null });
