@@ -142,37 +142,33 @@ class ModelRunner:
             tokens = [torch.tensor(p.tokens) for p in chunks]     # host tensors: checked without a sync
             logits = self.model.prefill(self.cache, [p.request.slot for p in chunks], tokens,
                                         mode=self.prefill_mode)                # [len(chunks), V]
-            self._take(logits, [i for i, p in enumerate(chunks) if p.sample], chunks, reqs, parts)
+            rows = [i for i, p in enumerate(chunks) if p.sample]
+            self._take(logits, rows, parts)
+            reqs += [chunks[i].request for i in rows]
         if plan.decodes or singles:
             # one decode step for sampled tokens and one-token prompt pieces alike
             slots = torch.tensor([r.slot for r in plan.decodes] + [p.request.slot for p in singles],
                                  dtype=torch.long)                             # CPU: no host sync
             logits = self.decode(slots, self._decode_tokens(plan, singles, prev))   # [decodes + singles, V]
             nd = len(plan.decodes)
-            reqs += plan.decodes
-            rows = list(range(nd)) + [nd + i for i, p in enumerate(singles) if p.sample]
-            self._take(logits, rows, None, None, parts)
-            reqs += [p.request for p in singles if p.sample]
-        ids = host = done = None
+            self._take(logits, list(range(nd)) + [nd + i for i, p in enumerate(singles) if p.sample], parts)
+            reqs += plan.decodes + [p.request for p in singles if p.sample]
+        ids = host = None
         if reqs:
             ids = sample(parts[0] if len(parts) == 1 else torch.cat(parts), [r.params for r in reqs],
                          [r.runner_state for r in reqs])                       # [len(reqs)] on the device
             host = ids
             if self.device.type == "cuda":
-                # the ids travel to pinned memory behind the step's work; collect() waits for this copy
-                # only, not for whatever was launched after it
+                # the ids travel to pinned memory behind the step's work; collect() waits for the step's
+                # end event, recorded right after this copy, not for whatever was launched after it
                 host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
                 host.copy_(ids, non_blocking=True)
-                done = torch.cuda.Event()
-                done.record()
         if timing is not None:
             timing[1].record()
-        return StepHandle(reqs, ids, host, done, timing, plan.requests())
+        return StepHandle(reqs, ids, host, timing, plan.requests())
 
     def collect(self, handle: "StepHandle") -> list[tuple[Request, int]]:
         """Wait for a launched step's sampled tokens: (request, token) per sampled row."""
-        if handle.done is not None:
-            handle.done.synchronize()
         self.last_device_s = None
         if handle.timing is not None:
             handle.timing[1].synchronize()
@@ -201,14 +197,11 @@ class ModelRunner:
         both = torch.cat([prev.ids, to_device(host, self.device)]) if host else prev.ids
         return both[to_device(index, self.device)]
 
-    def _take(self, logits: torch.Tensor, rows: list[int], items, reqs, parts) -> None:
-        """Append the logits of `rows` (all of them without an index copy) and, given the plan
-        items, their requests."""
-        if not rows:
-            return
-        parts.append(logits if len(rows) == logits.shape[0] else logits[to_device(rows, logits.device)])
-        if items is not None:
-            reqs += [items[i].request for i in rows]
+    @staticmethod
+    def _take(logits: torch.Tensor, rows: list[int], parts: list[torch.Tensor]) -> None:
+        """Append the logits of `rows` (all of them without an index copy)."""
+        if rows:
+            parts.append(logits if len(rows) == logits.shape[0] else logits[to_device(rows, logits.device)])
 
     def warm_graphs(self) -> int:
         """Capture the decode step's CUDA graphs for every batch and key bucket the pool can need,
@@ -244,13 +237,12 @@ class ModelRunner:
 
 class StepHandle:
     """A launched step: its sampled rows' requests, their ids on the device (`ids`) and on the host
-    once `done` has fired (`host`), the step's device-time events, and every request whose slot it
+    once the step's end event (`timing[1]`, CUDA) has fired (`host`), and every request whose slot it
     works on (`touched`)."""
-    __slots__ = ("reqs", "ids", "host", "done", "timing", "touched")
+    __slots__ = ("reqs", "ids", "host", "timing", "touched")
 
-    def __init__(self, reqs: list[Request], ids, host, done, timing, touched: set[Request]):
-        self.reqs, self.ids, self.host, self.done, self.timing = reqs, ids, host, done, timing
-        self.touched = touched
+    def __init__(self, reqs: list[Request], ids, host, timing, touched: set[Request]):
+        self.reqs, self.ids, self.host, self.timing, self.touched = reqs, ids, host, timing, touched
 
     def rows(self) -> dict[Request, int]:
         return {r: i for i, r in enumerate(self.reqs)}
