@@ -337,6 +337,21 @@ def plots(rows, out: Path) -> list[str]:
         a1.legend(fontsize=7); a2.legend(fontsize=7)
         _save(plt, fig, out, "serving.png", made)
 
+    rt = latest(rows, "responses", lambda r: (r["device"], r["shape"], r["variant"], r["target_tokens"]))
+    if rt:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for s in sorted({k[:3] for k in rt}):
+            pts = sorted((r["history_tokens"], r) for k, r in rt.items() if k[:3] == s)
+            hs = [h for h, _ in pts]
+            line = ax.loglog(hs, [r["chain_ttft_ms"] / 1e3 for _, r in pts], "o-",
+                             label=f"{s[0]}: by previous_response_id")[0]
+            st = [(h, r["stateless_ttft_ms"] / 1e3) for h, r in pts if r.get("stateless_ttft_ms")]
+            ax.loglog([h for h, _ in st], [t for _, t in st], "x--", color=line.get_color(),
+                      label=f"{s[0]}: whole history, stateless")
+        ax.set_title(f"turn-N time to first token ({', '.join(sorted({k[1] + ' ' + k[2] for k in rt}))})", fontsize=9)
+        ax.set_xlabel("history tokens"); ax.set_ylabel("TTFT (s)"); ax.legend(fontsize=7)
+        _save(plt, fig, out, "responses_ttft.png", made)
+
     ss = latest(rows, "sessions", lambda r: (r["device"], r["shape"], r["variant"], r["history_len"]))
     if ss:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
