@@ -31,6 +31,23 @@ class CacheState:
     tokens_seen: int           # all tokens ever appended (>= n; the rest were evicted)
 
 
+class PendingExport:
+    """A slot's state on its way to the host (KVCache.export_start): read it once `ready()`."""
+    __slots__ = ("k", "v", "tokens", "tokens_seen", "done")
+
+    def __init__(self, k, v, tokens, tokens_seen: int, done):
+        self.k, self.v, self.tokens, self.tokens_seen, self.done = k, v, tokens, tokens_seen, done
+
+    def ready(self) -> bool:
+        return self.done is None or self.done.query()
+
+    def result(self) -> CacheState:
+        """The state (waits for the copies if they have not finished)."""
+        if self.done is not None:
+            self.done.synchronize()
+        return CacheState(k=self.k, v=self.v, token_ids=self.tokens.tolist(), tokens_seen=self.tokens_seen)
+
+
 class KVCache:
     def __init__(self, cfg: ModelConfig, num_slots: int, capacity: int, device="cpu", dtype=torch.float32):
         for name, v in (("num_slots", num_slots), ("capacity", capacity)):
@@ -107,6 +124,16 @@ class KVCache:
             slot_t, lengths_t = to_device(np.array([slots, new_lengths], np.int64), self.device)
         self.lengths.index_put_((slot_t,), lengths_t)
 
+    def truncate(self, slot, drop: int):
+        """Drop the slot's last `drop` tokens (lengths bound every read: no copy)."""
+        s = self._slot(slot)
+        n = int(self._len[s])
+        if isinstance(drop, bool) or not isinstance(drop, int) or not 0 <= drop <= n:
+            raise ValueError(f"drop must be an integer in [0, {n}], got {drop!r}")
+        self._len[s] = n - drop
+        self._seen[s] -= drop
+        self._set_length(s, n - drop)
+
     # ---- StreamingLLM --------------------------------------------------------------------------
     def evict(self, slot, sinks: int, keep_recent: int):
         """Keep the first `sinks` and the last `keep_recent` tokens: one copy, here, not per step."""
@@ -140,10 +167,26 @@ class KVCache:
 
     # ---- export / restore (for blobs) ----------------------------------------------------------
     def export(self, slot) -> CacheState:
+        return self.export_start(slot).result()
+
+    def export_start(self, slot) -> "PendingExport":
+        """Begin copying a slot's state to the host. On CUDA the copies go into pinned memory behind
+        the work already queued on the stream (so they see every write queued before them, and any
+        later write to the slot comes after them), without making the host wait; elsewhere they are
+        done on return."""
         s = self._slot(slot)
         n = int(self._len[s])
-        return CacheState(k=self.k[:, s, :n].to("cpu", copy=True), v=self.v[:, s, :n].to("cpu", copy=True),
-                          token_ids=self.tokens[s, :n].tolist(), tokens_seen=int(self._seen[s]))
+        parts = (self.k[:, s, :n], self.v[:, s, :n], self.tokens[s, :n])
+        if self.device.type != "cuda":
+            return PendingExport(*(p.to("cpu", copy=True) for p in parts), int(self._seen[s]), None)
+        host = []
+        for p in parts:
+            h = torch.empty(p.shape, dtype=p.dtype, pin_memory=True)
+            h.copy_(p, non_blocking=True)
+            host.append(h)
+        done = torch.cuda.Event()
+        done.record()
+        return PendingExport(*host, int(self._seen[s]), done)
 
     def restore(self, slot, state: CacheState):
         s = self._slot(slot)

@@ -62,6 +62,39 @@ def test_evict_keeps_sinks_and_recent():
             cache.evict(0, **bad)
 
 
+def test_truncate_drops_the_tail_as_if_it_was_never_fed():
+    cfg = tiny_cfg(2)
+    model = make_model(cfg)
+    cache = KVCache(cfg, 2, 32, dtype=torch.float64)
+    model.prefill(cache, [0, 1], [torch.arange(12) + 100, torch.arange(9) + 100])
+    cache.truncate(0, 3)
+    a, b = cache.export(0), cache.export(1)
+    assert a.token_ids == b.token_ids and a.tokens_seen == 9 and cache.lengths.tolist() == [9, 9]
+    assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+    la = model.decode(cache, torch.tensor([0, 1]), torch.tensor([7, 7]))   # decodes as if never fed
+    assert torch.equal(la[0], la[1])
+    for bad in (-1, 11, 1.0, True):
+        with pytest.raises(ValueError, match="drop"):
+            cache.truncate(0, bad)
+    assert cache.length(0) == 10 and cache.tokens_seen(0) == 10   # a refused truncate changes nothing
+
+
+def test_export_start_hands_back_the_slot_as_it_was_when_queued():
+    cfg = tiny_cfg(2)
+    model = make_model(cfg)
+    cache = KVCache(cfg, 1, 32, dtype=torch.float64)
+    model.prefill(cache, [0], [torch.arange(6) + 100])
+    before = cache.export(0)
+    pending = cache.export_start(0)
+    cache.reset(0)
+    model.prefill(cache, [0], [torch.arange(6) + 200])   # the slot's next user overwrites it
+    while not pending.ready():
+        pass
+    got = pending.result()
+    assert got.token_ids == before.token_ids and got.tokens_seen == 6
+    assert torch.equal(got.k, before.k) and torch.equal(got.v, before.v)
+
+
 def test_export_restore_round_trip():
     cfg = tiny_cfg(0)
     model = make_model(cfg)

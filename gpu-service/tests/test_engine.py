@@ -173,7 +173,7 @@ def _kv_of_fresh_prefill(model, tok, ids, sinks=4, window=200):
     r.events = []
     r.emit = r.events.append
     run(eng, [r])
-    return eng.runner.export(0)
+    return eng.runner.export(0).result()
 
 
 def test_turn_plus_blob_equals_one_stateless_request(model, tok):
@@ -316,8 +316,8 @@ def test_a_lookahead_fed_past_the_end_of_a_reply_is_dropped_and_the_blob_stays_c
 
 
 def test_a_session_turn_is_exported_only_once_no_launched_step_still_writes_its_slot(model, tok, overlap):
-    """The blob export reads the slot on the host: with overlapped steps it waits until the step that
-    feeds the turn's last canonical tokens has been collected, so the export never stalls on it."""
+    """With overlapped steps a turn is exported only after the step that feeds its last canonical
+    tokens has been collected, so its copy is queued behind that step and never behind a later one."""
     eng = make_engine(model, tok, num_slots=2)
     exports = []
     export = eng.runner.export
@@ -333,3 +333,52 @@ def test_a_session_turn_is_exported_only_once_no_launched_step_still_writes_its_
     for p, r in zip(PROMPTS, reqs):
         assert r.events[-1].type == "done"
         assert state(r).token_ids == tok.encode_chat(p + [{"role": "assistant", "content": text(r)}], False)
+
+
+class _LandsLate:
+    """A real export whose copy reports 'not landed yet' for its first `polls` checks."""
+
+    def __init__(self, pending, polls: int):
+        self.pending, self.polls = pending, polls
+
+    def ready(self) -> bool:
+        self.polls -= 1
+        return self.polls < 0 and self.pending.ready()
+
+    def result(self):
+        return self.pending.result()
+
+
+def test_a_turns_slot_is_reused_at_once_and_its_done_waits_for_the_blob_copy(model, tok):
+    """Exporting frees the slot at once (the copy is queued ahead of any later write to the slot) and
+    the host never waits for the copy: the turn's done event goes out once the copy has landed, and
+    the state it carries is the turn's, not what the slot's next request writes."""
+    eng = make_engine(model, tok, num_slots=1)
+    export = eng.runner.export
+    eng.runner.export = lambda slot: _LandsLate(export(slot), polls=3)
+    a = chat_request(tok, "a", PROMPTS[3], max_tokens=5, return_blob=True)
+    b = chat_request(tok, "b", PROMPTS[1], max_tokens=8)
+    eng.add(a)
+    eng.add(b)
+    while a.status is not RequestStatus.FINISHED_LENGTH:
+        assert eng.step()
+    assert not any(e.type == "done" for e in a.events)
+    eng.step()        # b takes the slot while a's copy has not landed
+    assert b.slot == 0 and b.status is RequestStatus.RUNNING and not any(e.type == "done" for e in a.events)
+    while eng.step():
+        pass
+    assert a.events[-1].type == "done" and a.events[-1].finish_reason == "length"
+    assert b.events[-1].type == "done" and not eng.has_work()
+    canonical = tok.encode_chat(PROMPTS[3] + [{"role": "assistant", "content": text(a)}], False)
+    fresh = _kv_of_fresh_prefill(model, tok, canonical)
+    assert state(a).token_ids == canonical
+    assert torch.allclose(state(a).k, fresh.k, atol=1e-9) and torch.allclose(state(a).v, fresh.v, atol=1e-9)
+
+
+def test_an_idle_engine_waits_for_the_last_blob_copies(model, tok):
+    """With nothing left to run, the engine still has work until every queued copy has landed."""
+    eng = make_engine(model, tok)
+    export = eng.runner.export
+    eng.runner.export = lambda slot: _LandsLate(export(slot), polls=10 ** 9)
+    reqs = run(eng, [chat_request(tok, f"i{i}", p, max_tokens=4, return_blob=True) for i, p in enumerate(PROMPTS[:2])])
+    assert all(r.events[-1].type == "done" and state(r) is not None for r in reqs)

@@ -2,7 +2,8 @@
 
 Aborts are applied at one fixed point, the start of a step, never while the model runs. At the end of
 a session turn the slot is brought to the turn's canonical tokens (what a stateless request over the
-whole conversation would tokenize it to) and exported for the blob.
+whole conversation would tokenize it to) and exported for the blob: the copy is queued on the device
+and the slot freed at once; the turn's done event goes out when the copy has landed.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Protocol
 
 from ..tokenizer import ChatTokenizer
 from .request import Event, Phase, Request, RequestStatus
+from ..cache import PendingExport
 from .runner import ModelRunner, StepHandle
 from .scheduler import Scheduler
 
@@ -42,6 +44,8 @@ class Engine:
         self.scheduler = scheduler
         self.overlap = overlap
         self._in_flight: StepHandle | None = None     # overlap: the launched step not yet collected
+        # finished session turns whose blob state is still being copied to the host, in launch order
+        self._exports: deque[tuple[Request, PendingExport]] = deque()
         self.runner = runner
         self.tokenizer = tokenizer
         self.metrics = metrics
@@ -69,7 +73,8 @@ class Engine:
 
     def has_work(self) -> bool:
         with self._lock:
-            return self.scheduler.has_work() or bool(self._aborts) or self._in_flight is not None
+            return (self.scheduler.has_work() or bool(self._aborts) or self._in_flight is not None
+                    or bool(self._exports))
 
     def stats(self) -> dict[str, int]:
         with self._lock:
@@ -98,7 +103,10 @@ class Engine:
             plan = self.scheduler.schedule()
         prev, launched = self._in_flight, None
         if plan.empty and prev is None:
-            return False
+            if not self._exports:
+                return False
+            self._deliver_exports(wait=True)   # nothing else to do: wait for the copies
+            return True
         t1 = time.perf_counter()
         if not plan.empty:
             try:
@@ -135,6 +143,7 @@ class Engine:
             if (req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart
                     and req not in busy):
                 self._guarded(req, self._export, req)
+        self._deliver_exports(wait=False)
         if self.metrics:
             device_s = self.runner.last_device_s if prev is not None else None   # of the step collected here
             self.metrics.observe_step(t1 - t0, t2 - t1, time.perf_counter() - t2, device_s)
@@ -154,7 +163,27 @@ class Engine:
             self._fail(req, e)
 
     def _export(self, req: Request) -> None:
-        self._complete(req, req.final_status, self.runner.export(req.slot))
+        """Queue the copy of the turn's state and free the slot at once: the copy runs behind the
+        launched steps and before any later write to the slot, on the same stream. The turn's done
+        event goes out once the copy has landed (_deliver_exports), without the host waiting for it."""
+        pending = self.runner.export(req.slot)
+        with self._lock:
+            self.scheduler.finish(req, req.final_status)
+            self._requests.pop(req.request_id, None)
+        self._exports.append((req, pending))
+
+    def _deliver_exports(self, wait: bool) -> None:
+        """Emit done (with the state) for exports whose copies have landed; all of them if `wait`.
+        Copies land in the order they were queued."""
+        while self._exports and (wait or self._exports[0][1].ready()):
+            req, pending = self._exports.popleft()
+            try:
+                state = pending.result()
+            except Exception as e:
+                log.exception("request %s: export failed", req.request_id)
+                req.emit(Event("error", error=e))
+                continue
+            req.emit(Event("done", finish_reason=req.final_status.finish_reason, state=state))
 
     def fail_all(self, exc: BaseException) -> None:
         with self._lock:

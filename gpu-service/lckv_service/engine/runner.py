@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from ..cache import CacheState, KVCache
+from ..cache import KVCache, PendingExport
 from ..config import ModelConfig
 from ..device import to_device
 from ..errors import ConfigError
@@ -130,7 +130,7 @@ class ModelRunner:
         for req in plan.restarts:
             self._load_turn_start(req)
         for slot, drop in plan.truncations:
-            self._truncate(slot, drop)
+            self.cache.truncate(slot, drop)
         for slot, keep_recent in plan.evictions:
             self.cache.evict(slot, self.sinks, keep_recent)
 
@@ -217,15 +217,9 @@ class ModelRunner:
         else:
             self.cache.reset(req.slot)
 
-    def export(self, slot: int) -> CacheState:
-        return self.cache.export(slot)
-
-    def _truncate(self, slot: int, drop: int) -> None:
-        # rare (canonical re-tokenization differs): cut the slot's last `drop` tokens via export/restore
-        st = self.cache.export(slot)
-        keep = len(st.token_ids) - drop
-        self.cache.restore(slot, CacheState(k=st.k[:, :keep].clone(), v=st.v[:, :keep].clone(),
-                                            token_ids=st.token_ids[:keep], tokens_seen=st.tokens_seen - drop))
+    def export(self, slot: int) -> PendingExport:
+        """Start copying the slot's state out (behind the queued steps; the host does not wait)."""
+        return self.cache.export_start(slot)
 
     def bytes_in_use(self, slots: list[int]) -> int:
         return sum(self.cache.nbytes_used(s) for s in slots)
