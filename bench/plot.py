@@ -212,7 +212,9 @@ def targets_md(rows, groups) -> str:
 # ---- plots ---------------------------------------------------------------------------------------
 def _serving_key(r):
     server = " ".join(x for x in (r.get("server_src", "this tree"), r.get("server_args")) if x)
-    return (r["device"], r["shape"], r["variant"], server, r["prompt_len"], r["gen_len"], r["arrival"], r["streams"])
+    # session rows (each turn returns its cache blob) show as their own arrival, e.g. "burst, session"
+    arrival = r["arrival"] + (", session" if r.get("requests") == "session" else "")
+    return (r["device"], r["shape"], r["variant"], server, r["prompt_len"], r["gen_len"], arrival, r["streams"])
 
 
 def serving_md(rows) -> str:

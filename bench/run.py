@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "many as the service's K/V pool holds in the device's free memory")
     ap.add_argument("--arrivals", help="serving: comma list of burst, poisson (default both)")
     ap.add_argument("--rate", type=float, help="serving: Poisson arrivals per second (default streams/10s)")
+    ap.add_argument("--requests", help="serving: comma list of completion (stateless), session (chat turns that "
+                                       "return the session's cache blob, as the Worker's sessions and Responses "
+                                       "API send them) (default completion)")
     ap.add_argument("--server-src", help="serving: another tree's gpu-service folder to serve from (a baseline)")
     ap.add_argument("--server-args", help="serving, responses: extra flags for `lckv_service serve`, one string")
     ap.add_argument("--history", help="responses: comma list of history sizes in tokens (default 1000,4000,16000)")
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = parse_settings(args.settings)
         args.streams_list = parse_streams(args.streams)
         args.arrivals_list = parse_list(args.arrivals, ("burst", "poisson"), "arrival")
+        args.requests_list = parse_list(args.requests, ("completion", "session"), "requests")
         if args.rate is not None and not args.rate > 0:
             raise BenchError("--rate must be positive", param="rate")
         if args.server_src and not (Path(args.server_src) / "lckv_service").is_dir():
@@ -224,6 +228,7 @@ def _run_suite(name, secs, device, rec, args, shapes, settings, variants, hw_row
                   settings=settings, variants=variants, hw=hw_row, max_run_batch=args.max_run_batch,
                   graphs=args.graphs == "on", lckv_prefill=args.lckv_prefill,
                   streams=getattr(args, "streams_list", None), arrivals=getattr(args, "arrivals_list", None),
+                  requests=getattr(args, "requests_list", None),
                   rate=args.rate, server_src=args.server_src, server_args=args.server_args,
                   history=getattr(args, "history_list", None), repeats=args.repeats, label=args.label,
                   model_folder=args.model_folder)
@@ -245,6 +250,7 @@ def _parent(args, suites, device, run_id, settings, shapes, variants) -> int:
     common += ["--settings", args.settings] if args.settings else []
     common += ["--graphs", args.graphs, "--lckv-prefill", args.lckv_prefill]
     for flag, v in (("--streams", args.streams), ("--arrivals", args.arrivals), ("--rate", args.rate),
+                    ("--requests", args.requests),
                     ("--server-src", args.server_src), ("--server-args", args.server_args),
                     ("--history", args.history), ("--repeats", args.repeats), ("--label", args.label),
                     ("--model-folder", args.model_folder)):

@@ -110,6 +110,7 @@ class Context:
     streams: tuple[int, ...] | None = None                # serving: concurrent streams per run
     arrivals: tuple[str, ...] | None = None               # serving: burst | poisson
     rate: float | None = None                             # serving: Poisson arrivals per second
+    requests: tuple[str, ...] | None = None               # serving: completion | session (returns a blob)
     server_src: str | None = None                         # serving: another tree's gpu-service (a baseline)
     server_args: str | None = None                        # serving, responses: extra `serve` flags
     history: tuple[int, ...] | None = None                # responses: history sizes in tokens

@@ -4,7 +4,8 @@ streams over its HTTP protocol (all at once, and Poisson arrivals), and in the s
 engine alone (bench/lckv_bench/ours.generate: the same model folder, batch, prompt and generation
 lengths, no HTTP, no scheduler) as the baseline.
 
-One row per (shape, variant, prompt+gen, streams, arrival):
+One row per (shape, variant, prompt+gen, streams, arrival, requests): `requests` is completion (stateless)
+or session (a chat turn that returns its cache blob, as the Worker's sessions do; blob_bytes_mean);
 - tokens_per_s: completion tokens delivered / (last stream's end - first request sent);
 - ttft_*: request sent -> first token frame received; itl_*: gaps between a stream's token frames,
   a frame of k tokens counting as k gaps of 1/k of its interval each;
@@ -43,6 +44,7 @@ STREAMS, TINY_STREAMS = (64, 128, 256), (4, 8)
 SETTINGS, TINY_SETTINGS = ((512, 512),), ((24, 12),)
 VARIANTS = ("llama", "lckv-w2")
 ARRIVALS = ("burst", "poisson")
+REQUESTS = ("completion",)   # `session` rows (blob returned) on request: --requests
 
 
 def _pyspy(server: "ServerProcess", base: dict, n: int):
@@ -58,9 +60,16 @@ def _pyspy(server: "ServerProcess", base: dict, n: int):
 
 
 # ---- the client --------------------------------------------------------------------------------
-def _body(i: int, prompt: str, gen: int) -> bytes:
+def _body(i: int, prompt: str, gen: int, requests: str) -> bytes:
+    """completion: stateless, no blob. session: the first turn of a session, as the Worker sends it
+    (a chat message, the turn's cache blob returned)."""
+    sampling = {"max_tokens": gen, "temperature": 0.0}
+    if requests == "session":
+        return request_body({"request_id": f"bench-{i}", "model": MODEL_ID, "kind": "chat",
+                             "messages": [{"role": "user", "content": prompt}], "sampling": sampling,
+                             "return_blob": True})
     return request_body({"request_id": f"bench-{i}", "model": MODEL_ID, "kind": "completion", "prompt": prompt,
-                         "sampling": {"max_tokens": gen, "temperature": 0.0}, "return_blob": False})
+                         "sampling": sampling, "return_blob": False})
 
 
 async def _one(session, url: str, body: bytes, delay: float, t_start: float) -> dict:
@@ -68,12 +77,12 @@ async def _one(session, url: str, body: bytes, delay: float, t_start: float) -> 
     return await generate(session, url, body)
 
 
-async def drive(url: str, prompts: list[str], gen: int, delays: list[float]) -> list[dict]:
+async def drive(url: str, prompts: list[str], gen: int, delays: list[float], requests: str = "completion") -> list[dict]:
     import aiohttp
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=3600)) as s:
         t0 = time.perf_counter() + 0.05
-        return await asyncio.gather(*(_one(s, url, _body(i, p, gen), d, t0)
+        return await asyncio.gather(*(_one(s, url, _body(i, p, gen, requests), d, t0)
                                       for i, (p, d) in enumerate(zip(prompts, delays))))
 
 
@@ -103,10 +112,12 @@ def summarize(results: list[dict]) -> dict:
         for (ta, _), (tb, ids) in zip(r["frames"], r["frames"][1:]):
             itl += [(tb - ta) / len(ids)] * len(ids)
     prompt_tokens = [r["done"]["usage"]["prompt_tokens"] for r in ok]
+    blobs = [len(r["blob"]) for r in ok]
     return {"completed": len(ok), "failed": len(errors), "error_sample": str(errors[0].get("error"))[:300] if errors else None,
             "all_tokens_delivered_once": delivered_once, "generated_tokens": tokens, "wall_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1) if wall else None,
             "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1) if prompt_tokens else None,
+            "blob_bytes_mean": round(statistics.mean(blobs)) if blobs else None,
             "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95),
             "itl_p50_s": pct(itl, 0.5), "itl_p95_s": pct(itl, 0.95)}
 
@@ -166,6 +177,7 @@ def run(ctx: Context) -> None:
     settings = ctx.settings or (TINY_SETTINGS if ctx.tiny else SETTINGS)
     streams = ctx.streams or (TINY_STREAMS if ctx.tiny else STREAMS)
     arrivals = ctx.arrivals or ARRIVALS
+    requests = ctx.requests or REQUESTS
     variants = [v for v in (ctx.variants or VARIANTS) if v != "hf-llama"]
     dtype = torch.float32 if ctx.device.type == "cpu" else torch.bfloat16
     src = Path(ctx.server_src) if ctx.server_src else SERVICE_SRC
@@ -182,13 +194,17 @@ def run(ctx: Context) -> None:
                     continue
                 with tempfile.TemporaryDirectory() as tmp:
                     folder = make_model_folder(Path(tmp) / "model", shape, variant, prompt + gen + 8, dtype)
-                    rows = _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base)
+                    rows = _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, gen, base)
+                    engine: dict[int, dict] = {}   # streams -> the engine alone's figures, measured once
                     for row in rows:   # the engine alone, same folder, batch and lengths, after the server is gone
                         if row.get("status") != "ok" or ctx.server_src:   # another tree: its rows compare
                             continue                                     # with this tree's, engine included
                         try:
-                            row.update(engine_baseline(folder, ctx.device, dtype, row["streams"], prompt, gen,
-                                                       decoder, time.perf_counter() + min(60, ctx.budget.left() / 4)))
+                            n = row["streams"]
+                            if n not in engine:
+                                engine[n] = engine_baseline(folder, ctx.device, dtype, n, prompt, gen, decoder,
+                                                            time.perf_counter() + min(60, ctx.budget.left() / 4))
+                            row.update(engine[n])
                             if row["arrival"] == "burst":   # Poisson throughput is the offered load
                                 row["service_vs_engine"] = round(row["tokens_per_s"] / row["engine_tokens_per_s"], 3)
                             row["itl_p50_vs_engine_step"] = round(row["itl_p50_s"] / row["engine_step_s"], 3)
@@ -201,7 +217,7 @@ def run(ctx: Context) -> None:
 MAX_BATCH_SLOTS = 4096   # `--streams max`: the pool is sized from free memory up to this many slots
 
 
-def _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base) -> list[dict]:
+def _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, gen, base) -> list[dict]:
     n_max = MAX_BATCH_SLOTS if 0 in streams else max(streams)
     flags = ["--max-slots", str(n_max), "--window", str(prompt + gen + 4), "--max-waiting", str(n_max),
              "--max-tokens", str(gen), "--log-level", "WARNING", *extra]
@@ -219,27 +235,30 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, prompt, gen, base) -
         for n in streams:
             prompts = make_prompts(folder, n, prompt, seed=n)
             for arrival in arrivals:
-                if ctx.budget.left() < 5:
-                    rows.append(dict(base, streams=n, arrival=arrival, status="skipped",
-                                     reason="suite time budget spent"))
-                    continue
-                rate = ctx.rate or (n / (1.0 if ctx.tiny else 10.0))
-                rng = random.Random(n)
-                delays, t = [], 0.0
-                for _ in range(n):
-                    delays.append(t if arrival == "poisson" else 0.0)
-                    t += rng.expovariate(rate)
-                before = server.metrics()
-                spy = _pyspy(server, base, n) if n == n_max and arrival == "burst" else None
-                with GpuUtil() as util:
-                    results = asyncio.run(drive(server.url, prompts, gen, delays))
-                if spy is not None:
-                    spy.wait(timeout=120)
-                after = server.metrics()
-                summary = summarize(results)
-                rows.append(dict(base, streams=n, arrival=arrival, rate_per_s=round(rate, 3) if arrival == "poisson" else None,
-                                 status="ok" if summary["completed"] == n else "error",
-                                 **summary, **profile(before, after, util.samples)))
+                for kind in requests:
+                    if ctx.budget.left() < 5:
+                        rows.append(dict(base, streams=n, arrival=arrival, requests=kind, status="skipped",
+                                         reason="suite time budget spent"))
+                        continue
+                    rate = ctx.rate or (n / (1.0 if ctx.tiny else 10.0))
+                    rng = random.Random(n)
+                    delays, t = [], 0.0
+                    for _ in range(n):
+                        delays.append(t if arrival == "poisson" else 0.0)
+                        t += rng.expovariate(rate)
+                    before = server.metrics()
+                    profiled = n == n_max and arrival == "burst" and kind == requests[0]
+                    spy = _pyspy(server, base, n) if profiled else None
+                    with GpuUtil() as util:
+                        results = asyncio.run(drive(server.url, prompts, gen, delays, kind))
+                    if spy is not None:
+                        spy.wait(timeout=120)
+                    after = server.metrics()
+                    summary = summarize(results)
+                    rows.append(dict(base, streams=n, arrival=arrival, requests=kind,
+                                     rate_per_s=round(rate, 3) if arrival == "poisson" else None,
+                                     status="ok" if summary["completed"] == n else "error",
+                                     **summary, **profile(before, after, util.samples)))
     except Exception as e:
         rows.append(dict(base, status="error", error=f"{type(e).__name__}: {e}"[:300],
                          server_log_tail=log.read_text(errors="replace")[-1500:] if log.exists() else None))
