@@ -382,3 +382,46 @@ def test_an_idle_engine_waits_for_the_last_blob_copies(model, tok):
     eng.runner.export = lambda slot: _LandsLate(export(slot), polls=10 ** 9)
     reqs = run(eng, [chat_request(tok, f"i{i}", p, max_tokens=4, return_blob=True) for i, p in enumerate(PROMPTS[:2])])
     assert all(r.events[-1].type == "done" and state(r) is not None for r in reqs)
+
+
+def _completion_request(tok, rid, prompt, max_tokens, **sampling):
+    """A completion-kind turn as the service makes it: its canonical ids are the prompt text plus the
+    reply re-tokenized, with no end-of-turn tokens after them."""
+    ids = tok.encode_prompt(prompt)
+    req = Request(rid, ids, SamplingParams(max_tokens=max_tokens, **sampling), return_blob=True,
+                  canonical=lambda reply: tok.encode_prompt(prompt + reply))
+    req.events = []
+    req.emit = req.events.append
+    return req
+
+
+def test_an_eviction_made_only_for_a_token_past_the_replys_end_is_undone(model, tok):
+    """A completion turn stopped by a stop string fed one token past the reply's canonical end. If the
+    slot was full just before that token, the eviction made room for a token the turn does not keep:
+    a stateless request over the prompt and reply would end full and unevicted, so the turn is
+    rebuilt from its start state and its blob holds exactly the stateless request's cache."""
+    prompt = "Once upon a time there was a"
+    n_prompt = len(tok.encode_prompt(prompt))
+    (probe,) = run(make_engine(model, tok), [_completion_request(tok, "p", prompt, 12)])
+    stable = [i for i in range(1, 9)
+              if tok.encode_prompt(prompt + tok.decode(probe.output_ids[:i + 1])) == tok.encode_prompt(prompt)
+              + probe.output_ids[:i + 1]]
+    for i in stable:
+        window = n_prompt + i + 1 - 4          # the slot is full once out[:i+1] is fed
+        (again,) = run(make_engine(model, tok, window=window), [_completion_request(tok, "q", prompt, 12)])
+        pieces = [tok.decode([t]) for t in again.output_ids]
+        stop = pieces[i + 1] + pieces[i + 2]
+        before = "".join(pieces[:i + 1])
+        if pieces[i + 1] and pieces[i + 2] and "\ufffd" not in stop and stop not in before + stop[:-1]:
+            break
+    else:
+        pytest.skip("no reply of this random model has a clean stop string at a token boundary")
+    eng = make_engine(model, tok, window=window)
+    (r,) = run(eng, [_completion_request(tok, "r", prompt, 12, stop=[stop])])
+    assert text(r) == before and r.events[-1].finish_reason == "stop"
+    assert r.retokenized and r.rebuilt
+    canonical = tok.encode_prompt(prompt + before)
+    assert len(canonical) == 4 + window                   # full, as a stateless request leaves it
+    assert state(r).token_ids == canonical and state(r).tokens_seen == len(canonical)
+    fresh = _kv_of_fresh_prefill(model, tok, canonical, window=window)
+    assert torch.allclose(state(r).k, fresh.k, atol=1e-9) and torch.allclose(state(r).v, fresh.v, atol=1e-9)

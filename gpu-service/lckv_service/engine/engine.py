@@ -230,9 +230,10 @@ class Engine:
         fed = req.fed_this_turn
         p = _common_prefix(fed, canonical)
         req.retokenized = p < len(fed)
-        if req.retokenized and req.last_evict_at > p:
-            # an eviction ran while the slot held non-canonical tokens, so it kept a different set
-            # than a stateless request would: rebuild the turn from its start state
+        # an eviction ran while the slot held non-canonical tokens, or only to make room for a token
+        # past the turn's canonical end: either way it kept a different set than a stateless request
+        # would, so rebuild the turn from its start state
+        if req.retokenized and (req.last_evict_at > p or req.last_evict_at == p == len(canonical)):
             req.restart = req.rebuilt = True
             req.pending = list(canonical)
         else:
