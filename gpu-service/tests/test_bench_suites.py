@@ -255,3 +255,20 @@ def test_responses_cli_refuses_bad_values(tmp_path, capsys):
                                "--out", str(tmp_path / "x.jsonl"), *args]) == 2
         assert f"param: {param}" in capsys.readouterr().err
         assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_step_profile_breaks_a_decode_step_down_by_category(tmp_path, capsys):
+    """bench/step_profile.py on CPU (its numbers only mean something on CUDA): one row per variant
+    whose categories add up to the profiled time, and the eager step really ran the model."""
+    sp = _load("step_profile")
+    out = tmp_path / "s.jsonl"
+    assert sp.main(["--shape", "tiny-test", "--batch", "3", "--context", "8", "--steps", "2", "--device", "cpu",
+                    "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["llama", "lckv-w2"] and rows[1]["kv_layers"] < rows[0]["kv_layers"]
+    for r in rows:
+        assert r["suite"] == "step_profile" and r["batch"] == 3 and r["eager_step_ms"] > 0
+        assert abs(sum(r["by_category_ms"].values()) - r["kernel_ms"]) < 0.01 + 1e-3 * r["kernel_ms"]
+        assert r["by_category_ms"].get("gemm", 0) > 0 and r["top_kernels_us"]
+    assert "| llama |" in capsys.readouterr().out
+    assert sp.category("sm90_xmma_gemm_bf16") == "gemm" and sp.category("_attn_split_kernel") == "attention"
