@@ -152,13 +152,13 @@ async def generate(session, url: str, body: bytes) -> dict:
     sent = time.perf_counter()
     frames: list[tuple[float, list[int]]] = []
     start = done = None
-    blob, text, buf = [], [], b""
+    blob, text, reader = [], [], P.FrameReader()
     headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": P.CONTENT_TYPE}
     async with session.post(url + "/v1/internal/generate", data=body, headers=headers) as r:
         if r.status != 200:
             return {"status": r.status, "sent": sent, "error": (await r.text())[:300]}
         async for chunk in r.content.iter_any():
-            got, buf = P.read_frames(buf + chunk)
+            got = reader.feed(chunk)
             for kind, payload in got:
                 if kind == P.B:
                     blob.append(payload)

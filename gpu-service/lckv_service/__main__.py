@@ -69,16 +69,16 @@ def serve(argv: list[str]) -> int:
 
     from aiohttp import web
 
-    from .server.app import create_app
+    from .server.app import STATE, create_app
 
     try:
         cfg = ServeConfig.from_args(a, secret=os.environ.get("GPU_SERVICE_SECRET", ""))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    web.run_app(create_app(cfg, exit_on_load_failure=True), host=cfg.host, port=cfg.port,
-                handler_cancellation=True, access_log=None, print=None)
-    return 0
+    app = create_app(cfg, exit_on_load_failure=True)
+    web.run_app(app, host=cfg.host, port=cfg.port, handler_cancellation=True, access_log=None, print=None)
+    return 1 if app[STATE].load_error is not None else 0   # a failed load is a failed process
 
 
 def main(argv: list[str] | None = None) -> int:

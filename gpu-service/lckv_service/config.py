@@ -197,6 +197,13 @@ class ModelConfig:
         return self.kv_source[layer] in self.cyclic_targets
 
     @property
+    def last_reader(self) -> dict[int, int]:
+        """Each K/V source layer -> the highest layer that attends to it (after it, a step may free
+        that source's gathered or rotated keys)."""
+        src = self.kv_source
+        return {s: max(i for i in range(len(src)) if src[i] == s) for s in set(src)}
+
+    @property
     def deferred_targets(self) -> tuple[int, ...]:
         """Cyclic targets whose new K/V become visible only when a pass over the iterated block ends.
         A target that sees its own token (no diagonal mask; the authors' force_nodiag=false) publishes

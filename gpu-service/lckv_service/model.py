@@ -227,6 +227,7 @@ class CachedKV(KVBackend):
         self.shape = shape                          # (B, N): rows and new tokens per row (padded)
         self.w_slot, self.w_pos, self.real, self.tol = w_slot, w_pos, real, tol
         self.gathered: dict = {}
+        self.last_reader = cfg.last_reader
         self.published: dict = {}     # adaptive: published targets' (new, old) K/V of this pass
         self.passes_run = 0
 
@@ -250,7 +251,10 @@ class CachedKV(KVBackend):
             li = self.cache.layer_index[source]
             k, v = self.cache.k[li][self.slot_t, :self.S], self.cache.v[li][self.slot_t, :self.S]  # [B, S, Hkv, D]
             self.gathered[source] = (apply_rope(k, *self.k_rope), v)
-        return masked_attention(q, *self.gathered[source], *self.masks[nodiag])
+        y = masked_attention(q, *self.gathered[source], *self.masks[nodiag])
+        if self.last_reader[source] == layer:   # a pass holds one source's gathered K/V, not every layer's
+            del self.gathered[source]
+        return y
 
     def begin_block(self):
         B, N = self.shape

@@ -4,6 +4,7 @@ import torch
 
 from conftest import DEVICES, make_model, tiny_cfg
 from lckv_service.cache import KVCache
+from lckv_service.config import ModelConfig
 from lckv_service.errors import ConfigError
 from lckv_service.model import PrefillMode
 from lckv_service.reference import ReferenceLCKV
@@ -212,3 +213,23 @@ def test_float32_on_device_matches_reference(device, w):
     assert (got - torch.stack([r.step(int(t)) for r, t in zip(refs, tok)])).abs().max().item() < 1e-4
     logits, _ = m32(seqs[0][None].to(device), iterations=14)
     assert (logits[0].double().cpu() - ref_logits[0]).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("variant", ["llama", "lckv-w2"])
+def test_a_prefill_step_holds_one_sources_gathered_keys_at_a_time(variant, monkeypatch):
+    """Prefill gathers and rotates each source's cached K/V once per pass and frees them after the
+    source's last reader, so a step's transient memory does not grow with the number of layers."""
+    from lckv_service import model as M
+    cfg = ModelConfig.preset("tiny-test", variant)
+    model = make_model(cfg)
+    held = []
+    attend = M.CachedKV.attend
+
+    def counted(self, layer, source, q, nodiag):
+        y = attend(self, layer, source, q, nodiag)
+        held.append(len(self.gathered))
+        return y
+    monkeypatch.setattr(M.CachedKV, "attend", counted)
+    cache = KVCache(cfg, 2, 64, dtype=torch.float64)
+    model.prefill(cache, [0, 1], [torch.arange(20), torch.arange(13) + 5], PrefillMode("exact", chunk=8))
+    assert held and max(held) <= 1

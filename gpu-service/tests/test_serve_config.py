@@ -57,3 +57,27 @@ def test_serve_refuses_a_bad_env_value_with_a_message(monkeypatch, capsys):
     monkeypatch.setenv("PORT", "eighty")
     assert serve([]) == 2
     assert "PORT" in capsys.readouterr().err
+
+
+def test_a_replica_whose_model_fails_to_load_exits_with_a_failure_code(tmp_path):
+    """The real `serve` process over a model folder with corrupt weights: it logs the failure and
+    exits non-zero, so a platform (or an operator's supervisor) sees a failed replica, not a clean stop."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from service_fixtures import model_folder
+    folder = model_folder(tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" + b"\0" * 64)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GPU_SERVICE_SECRET="s" * 32)
+    r = subprocess.run([sys.executable, "-m", "lckv_service", "serve", "--model", str(folder), "--device", "cpu",
+                        "--host", "127.0.0.1", "--port", str(port)], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "model load failed" in r.stderr and "s" * 32 not in r.stderr
+    shutil.rmtree(folder)

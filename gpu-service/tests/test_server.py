@@ -500,14 +500,18 @@ def test_an_empty_completions_prompt_starts_a_new_document(srv):
     assert r.events[-1]["usage"]["completion_tokens"] >= 1
 
 
-def test_read_frames_takes_whole_frames_and_keeps_the_rest():
+def test_frame_reader_takes_whole_frames_and_keeps_the_rest():
     """A response stream arrives in arbitrary pieces: only complete frames come out, in order."""
     stream = P.json_frame({"type": "delta", "text": "hé"}) + b"".join(P.blob_frames(b"xyz")) + P.end_frame()
-    got, buf = [], b""
-    for i in range(len(stream)):                       # one byte at a time: the worst split
-        frames, buf = P.read_frames(buf + stream[i:i + 1])
-        got += frames
-    assert buf == b"" and [k for k, _ in got] == [P.J, P.B, P.E]
-    assert split_frames(stream) == got                  # the strict test parser agrees
-    frames, rest = P.read_frames(stream[:7])
-    assert frames == [] and rest == stream[:7]
+    for size in (1, 2, 5, len(stream)):                # one byte at a time is the worst split
+        reader, got = P.FrameReader(), []
+        for i in range(0, len(stream), size):
+            got += reader.feed(stream[i:i + size])
+        assert reader.pending == 0 and [k for k, _ in got] == [P.J, P.B, P.E]
+        assert split_frames(stream) == got              # the strict test parser agrees
+    reader = P.FrameReader()
+    assert reader.feed(stream[:7]) == [] and reader.pending == 7
+    big = b"".join(P.blob_frames(bytes(range(256)) * 9000))   # 2.2 MB: frames of 1 MiB and a tail
+    reader = P.FrameReader()
+    got = [f for i in range(0, len(big), 65536) for f in reader.feed(big[i:i + 65536])]
+    assert b"".join(p for _, p in got) == bytes(range(256)) * 9000 and reader.pending == 0

@@ -81,7 +81,7 @@ class FastDecode:
         cos, sin = model._rope(cache.capacity + 1, cache.device, cache.dtype)
         self.cos, self.sin = cos[: cache.capacity + 1], sin[: cache.capacity + 1]   # [cap+1, D]
         src = self.cfg.kv_source
-        self.last_reader = {s: max(i for i in range(len(src)) if src[i] == s) for s in set(src)}
+        self.last_reader = self.cfg.last_reader
         # sources whose keys rotated before the source layer stores its new K/V are stale for a
         # reader from that layer on that sees the diagonal (the new position)
         self.restale = {s for s in set(src) if any(src[i] == s and i >= s and not self.cfg.nodiag(i)

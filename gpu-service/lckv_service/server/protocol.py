@@ -42,17 +42,35 @@ def end_frame() -> bytes:
     return frame(E)
 
 
-def read_frames(buf: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """The complete frames at the front of a streamed buffer, as (kind, payload), and the rest
-    (a frame still arriving). For clients of a response stream."""
-    out, off = [], 0
-    while len(buf) - off >= _HEADER.size:
-        kind, n = _HEADER.unpack_from(buf, off)
-        if len(buf) - off - _HEADER.size < n:
-            break
-        out.append((kind, buf[off + _HEADER.size:off + _HEADER.size + n]))
-        off += _HEADER.size + n
-    return out, buf[off:]
+class FrameReader:
+    """Whole frames out of a response stream that arrives in arbitrary pieces, for its clients.
+    Linear in the bytes read: a frame's payload is copied out once, when it is complete (a 22 MB
+    blob arrives as 1 MiB frames over many small reads)."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._need = _HEADER.size            # bytes the next frame needs before it can be parsed
+
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not complete yet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """Take the next piece of the stream; returns the frames it completes, as (kind, payload)."""
+        self._buf += data
+        out, off, buf = [], 0, self._buf
+        while len(buf) - off >= self._need:
+            kind, n = _HEADER.unpack_from(buf, off)
+            end = off + _HEADER.size + n
+            if len(buf) < end:
+                self._need = end - off
+                break
+            out.append((kind, bytes(buf[off + _HEADER.size:end])))
+            off, self._need = end, _HEADER.size
+        if off:
+            del buf[:off]
+        return out
 
 
 def _bad_frame(message: str) -> RequestError:
