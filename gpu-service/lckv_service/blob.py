@@ -46,11 +46,13 @@ def _identity_bytes(identity: str) -> bytes:
     return raw
 
 
-def _to_bytes(t: torch.Tensor, np_dtype: str) -> bytes:
+def _le_view(t: torch.Tensor, np_dtype: str) -> memoryview:
+    """The tensor's bytes, little-endian, as a byte view: no copy for a contiguous CPU tensor on a
+    little-endian host (the engine exports into pinned CPU memory)."""
     t = t.detach().to("cpu").contiguous()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: ship the raw 16-bit patterns
         t = t.view(torch.int16)
-    return t.numpy().astype(np_dtype, copy=False).tobytes()
+    return memoryview(t.numpy().astype(np_dtype, copy=False).reshape(-1).view(np.uint8))
 
 
 # usage counts travel as JSON numbers: beyond 2^53 - 1 they would lose precision (no real session
@@ -76,6 +78,12 @@ def check_room(state: CacheState, new_tokens: int) -> None:
 
 
 def encode(state: CacheState, cfg: ModelConfig, identity: str) -> bytes:
+    return b"".join(encode_parts(state, cfg, identity))
+
+
+def encode_parts(state: CacheState, cfg: ModelConfig, identity: str) -> list[memoryview]:
+    """The blob as byte views in order (header, token ids, K, V, CRC), K and V views of the state's
+    own memory: a server writes them out without copying megabytes; b"".join makes the bytes."""
     ident = _identity_bytes(identity)
     if state.k.dtype not in _CODES or state.v.dtype != state.k.dtype:
         raise ValueError(f"unsupported cache dtype {state.k.dtype} / {state.v.dtype}")
@@ -89,9 +97,12 @@ def encode(state: CacheState, cfg: ModelConfig, identity: str) -> bytes:
     code = _CODES[state.k.dtype]
     np_dtype = _DTYPES[code][1]
     header = _HEADER.pack(MAGIC, VERSION, code, 0, ident, *shape[:1], n, *shape[2:], state.tokens_seen)
-    body = b"".join((header, np.asarray(state.token_ids, dtype="<u4").tobytes(),
-                     _to_bytes(state.k, np_dtype), _to_bytes(state.v, np_dtype)))
-    return body + _CRC.pack(zlib.crc32(body))
+    parts = [memoryview(header), memoryview(np.asarray(state.token_ids, dtype="<u4").tobytes()),
+             _le_view(state.k, np_dtype), _le_view(state.v, np_dtype)]
+    crc = 0
+    for p in parts:
+        crc = zlib.crc32(p, crc)
+    return parts + [memoryview(_CRC.pack(crc))]
 
 
 def decode(data: bytes, cfg: ModelConfig, identity: str, dtype: torch.dtype | None = None) -> CacheState:

@@ -3,6 +3,7 @@ import dataclasses
 import struct
 import zlib
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -13,6 +14,7 @@ from lckv_service import blob
 from lckv_service.cache import CacheState, KVCache
 from lckv_service.checkpoint import model_identity
 from lckv_service.errors import BlobError
+from lckv_service.server import protocol as P
 
 CFG = tiny_cfg(2)
 IDENT = "ab" * 32
@@ -208,3 +210,16 @@ def test_fuzz_only_blob_errors(flips, cut, extra):
 def test_fuzz_random_bytes(data):
     with pytest.raises(BlobError):
         blob.decode(data, CFG, IDENT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_encode_parts_are_the_blob_with_k_and_v_read_in_place(dtype):
+    """A server writes the blob as parts: joined they are exactly encode()'s bytes, and K and V are
+    views of the state's own memory (a 22 MB standard-model blob is not copied to be sent)."""
+    s = _state(dtype)
+    parts = blob.encode_parts(s, CFG, IDENT)
+    assert b"".join(parts) == blob.encode(s, CFG, IDENT)
+    for part, t in ((parts[2], s.k), (parts[3], s.v)):
+        assert np.frombuffer(part, np.uint8).ctypes.data == t.data_ptr() and len(part) == t.numel() * t.element_size()
+    frames = P.blob_frames(parts)
+    assert b"".join(frames) == b"".join(P.blob_frames(b"".join(parts)))   # framing does not depend on the parts

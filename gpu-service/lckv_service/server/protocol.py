@@ -34,8 +34,17 @@ def json_frame(obj: dict) -> bytes:
     return frame(J, json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode())
 
 
-def blob_frames(data: bytes) -> list[bytes]:
-    return [frame(B, data[i:i + BLOB_CHUNK]) for i in range(0, len(data), BLOB_CHUNK)]
+def blob_frames(data) -> list:
+    """A blob (bytes-like, or a list of bytes-like parts) as B frames of at most BLOB_CHUNK bytes:
+    frame headers and views of the data, in order, nothing copied (b"".join makes the bytes)."""
+    out = []
+    for part in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+        view = memoryview(part)
+        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        for i in range(0, len(view), BLOB_CHUNK):
+            piece = view[i:i + BLOB_CHUNK]
+            out += [_HEADER.pack(B, len(piece)), piece]
+    return out
 
 
 def end_frame() -> bytes:

@@ -234,8 +234,9 @@ class ModelService:
                        cached_tokens=state.tokens_seen if state else 0,
                        return_blob=g.return_blob, canonical=canonical)
 
-    def encode_blob(self, state: CacheState) -> bytes:
-        return blob_codec.encode(state, self.model_cfg, self.identity)
+    def encode_blob(self, state: CacheState) -> list[memoryview]:
+        """The turn's blob as byte views (blob.encode_parts): written out without copies."""
+        return blob_codec.encode_parts(state, self.model_cfg, self.identity)
 
     async def warmup(self) -> None:
         """One real generation through the engine, so /readyz means 'serves requests'."""

@@ -41,10 +41,10 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
                 await resp.write(P.json_frame(P.delta_event("".join(text), ids)))
                 continue
             if ev.type == "done":
-                data = await asyncio.to_thread(service.encode_blob, ev.state) if ev.state is not None else b""
+                data = await asyncio.to_thread(service.encode_blob, ev.state) if ev.state is not None else []
                 prompt_tokens = req.cached_tokens + len(req.prompt_ids)
                 frames = [P.json_frame(P.done_event(ev.finish_reason, prompt_tokens, len(req.output_ids),
-                                                    req.cached_tokens, len(data), req.tokens_seen,
+                                                    req.cached_tokens, sum(map(len, data)), req.tokens_seen,
                                                     req.cache_len))]
                 frames += P.blob_frames(data)
                 frames.append(P.end_frame())
