@@ -221,5 +221,6 @@ def test_encode_parts_are_the_blob_with_k_and_v_read_in_place(dtype):
     assert b"".join(parts) == blob.encode(s, CFG, IDENT)
     for part, t in ((parts[2], s.k), (parts[3], s.v)):
         assert np.frombuffer(part, np.uint8).ctypes.data == t.data_ptr() and len(part) == t.numel() * t.element_size()
-    frames = P.blob_frames(parts)
-    assert b"".join(frames) == b"".join(P.blob_frames(b"".join(parts)))   # framing does not depend on the parts
+    frames = P.FrameReader().feed(b"".join(P.blob_frames(parts)))
+    assert all(k == P.B and len(p) <= P.BLOB_CHUNK for k, p in frames)
+    assert b"".join(p for _, p in frames) == b"".join(parts)
