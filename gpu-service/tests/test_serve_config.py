@@ -81,3 +81,35 @@ def test_a_replica_whose_model_fails_to_load_exits_with_a_failure_code(tmp_path)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "model load failed" in r.stderr and "s" * 32 not in r.stderr
     shutil.rmtree(folder)
+
+
+def test_a_pool_that_leaves_too_little_memory_to_capture_the_graphs_shrinks(tmp_path, monkeypatch, caplog):
+    """Capturing the decode graphs runs out of device memory once (injected: this machine has no GPU):
+    the service rebuilds its K/V pool 20% smaller and comes up, saying so; out of memory every time, it
+    refuses to start with a ConfigError naming mem_fraction."""
+    import torch
+
+    from lckv_service.engine.runner import ModelRunner
+    from lckv_service.server.service import ModelService
+    from service_fixtures import model_folder, serve_config
+    folder = model_folder(tmp_path)
+    calls = []
+    warm = ModelRunner.warm_graphs
+
+    def fails_first(self):
+        calls.append(self.num_slots)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return warm(self)
+    monkeypatch.setattr(ModelRunner, "warm_graphs", fails_first)
+    with caplog.at_level("WARNING"):
+        svc = ModelService(serve_config(folder, max_slots=10))
+    assert calls == [10, 8] and svc.sched_cfg.num_slots == 8 and svc.engine.runner.num_slots == 8
+    assert "retrying with 8 slots" in caplog.text
+
+    def always(self):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+    monkeypatch.setattr(ModelRunner, "warm_graphs", always)
+    with pytest.raises(ConfigError) as e:
+        ModelService(serve_config(folder, max_slots=10))
+    assert e.value.param == "mem_fraction" and "--mem-fraction" in str(e.value)

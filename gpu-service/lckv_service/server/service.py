@@ -6,6 +6,7 @@ the request reaches the engine, so a bad request never touches the running batch
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -162,22 +163,60 @@ class ModelService:
         kind = cfg.prefill_mode
         if kind == AUTO:  # measured (bench/README.md, serving): exact tokenwise beats chunked passes
             kind = "tokenwise" if self.model_cfg.iter_block is not None else "exact"
+        mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
+        runner, num_slots, graphs_held = self._build_runner(num_slots, capacity, mode, dtype, graphs)
         budget = cfg.max_batched_tokens or num_slots + (8192 if cuda else 512)
         self.sched_cfg = SchedulerConfig(num_slots=num_slots, sinks=cfg.sinks, window=window,
                                          evict_step=cfg.evict_step, max_batched_tokens=budget,
                                          max_waiting=cfg.max_waiting,
                                          prefill_chunk=1 if kind == "tokenwise" else 0)
         self.max_prompt_tokens = cfg.max_prompt_tokens or capacity
-        mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
-        runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
-                             decode=cfg.decode, decode_graphs=graphs)
         overlap = cfg.overlap == "on" or (cfg.overlap == AUTO and cuda)
         self.engine = Engine(Scheduler(self.sched_cfg), runner, self.tokenizer, metrics, overlap=overlap)
         self.async_engine = AsyncEngine(self.engine)
         log.info("model loaded: id=%s device=%s dtype=%s slots=%d capacity=%d kv_layers=%d prefill=%s "
-                 "step_tokens=%d decode_graphs=%s overlap=%s", self.model_id, device,
+                 "step_tokens=%d decode_graphs=%s (%d captured) overlap=%s", self.model_id, device,
                  str(dtype).removeprefix("torch."), num_slots, capacity, len(self.model_cfg.kv_layers), kind,
-                 budget, graphs, overlap)
+                 budget, graphs, graphs_held, overlap)
+
+    POOL_RETRIES = 3          # smaller pools tried when the first leaves too little memory to run in
+    POOL_SHRINK = 0.8
+
+    def _build_runner(self, num_slots: int, capacity: int, mode: PrefillMode, dtype, graphs: bool):
+        """The runner with its K/V pool and every decode graph captured. A pool sized from free memory
+        can leave too little for the graphs and the steps' working memory (seen on an H100 with a 7B
+        model and ~111 slots): then the pool shrinks and the capture runs again, rather than the
+        replica failing, and a pool that still does not fit is a ConfigError naming the knobs."""
+        cfg, last = self.cfg, None
+        for attempt in range(self.POOL_RETRIES + 1):
+            if attempt:
+                smaller = max(1, int(num_slots * self.POOL_SHRINK))
+                log.warning("the K/V pool of %d slots left too little device memory to capture the decode "
+                            "graphs (%s); retrying with %d slots (lower --mem-fraction to choose)",
+                            num_slots, last, smaller)
+                num_slots = smaller
+            oom = None
+            try:
+                runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
+                                     decode=cfg.decode, decode_graphs=graphs)
+                t = time.monotonic()
+                held = runner.warm_graphs()
+                if held:
+                    log.info("decode graphs captured: %d in %.2fs", held, time.monotonic() - t)
+                return runner, num_slots, held
+            except torch.OutOfMemoryError as e:
+                oom = f"{type(e).__name__}"
+            # out of the except block: its traceback no longer holds the failed pool's tensors
+            runner = None
+            last = oom
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if num_slots == 1:
+                break
+        raise ConfigError(f"the device ran out of memory capturing the decode step with a K/V pool of "
+                          f"{num_slots} slots x {capacity} tokens; lower --mem-fraction (now "
+                          f"{cfg.mem_fraction}), --max-slots or --window", param="mem_fraction")
 
     def info(self) -> dict:
         c = self.model_cfg
@@ -241,9 +280,6 @@ class ModelService:
     async def warmup(self) -> None:
         """One real generation through the engine, so /readyz means 'serves requests'."""
         t = time.monotonic()
-        graphs = await asyncio.to_thread(self.engine.runner.warm_graphs)
-        if graphs:
-            log.info("decode graphs captured: %d in %.2fs", graphs, time.monotonic() - t)
         if self.tokenizer.has_chat_template:
             g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "chat",
                                 [{"role": "user", "content": "Hello"}], None, SamplingParams(max_tokens=2), True)
