@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 class EngineMetrics(Protocol):
     def observe_ttft(self, seconds: float) -> None: ...
-    def observe_itl(self, seconds: float) -> None: ...
+    def observe_itls(self, seconds: list[float]) -> None: ...   # one step's inter-token gaps
     def count_tokens(self, n: int) -> None: ...
     def observe_step(self, schedule_s: float, run_s: float, update_s: float, device_s: float | None) -> None: ...
 
@@ -55,6 +55,7 @@ class Engine:
         self._lock = threading.RLock()
         self._requests: dict[str, Request] = {}
         self._aborts: set[str] = set()
+        self._itls: list[float] = []          # this step's inter-token gaps, observed together
 
     # ---- called from any thread ---------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -137,6 +138,8 @@ class Engine:
                 self._guarded(req, self._on_token, req, tok, now)
         if self.metrics:
             self.metrics.count_tokens(len(sampled))
+            self.metrics.observe_itls(self._itls)
+        self._itls = []
         # a turn whose last tokens the in-flight step feeds is exported after it (no wait for it here)
         busy = self._in_flight.touched if self._in_flight is not None else set()
         for req in list(self.scheduler.running):   # only this thread changes `running`
@@ -199,7 +202,7 @@ class Engine:
             if req.first_token_time is None:
                 self.metrics.observe_ttft(now - req.arrival)
             else:
-                self.metrics.observe_itl(now - req.last_token_time)
+                self._itls.append(now - req.last_token_time)
         if req.first_token_time is None:
             req.first_token_time = now
         req.last_token_time = now

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -19,6 +23,39 @@ class AppState:
     load_error: BaseException | None = None
 
 
+class StepHistogram:
+    """A Prometheus histogram fed many observations at once: the engine observes one inter-token gap
+    per running stream per step, which as single Histogram.observe calls cost the engine thread ~0.2 ms
+    a step at 256 streams; here one bucket count per step (numpy), exposed by a custom collector."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry):
+        self.name, self.documentation = name, documentation
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self.counts = np.zeros(len(buckets) + 1, dtype=np.int64)    # the last: above every bound (+Inf)
+        self.total = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_many(self, values: Sequence[float]) -> None:
+        if not len(values):
+            return
+        a = np.asarray(values, dtype=np.float64)
+        add = np.bincount(np.searchsorted(self.bounds, a, side="left"), minlength=len(self.counts))
+        with self._lock:
+            self.counts += add
+            self.total += float(a.sum())
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self):
+        with self._lock:
+            cumulative, total = np.cumsum(self.counts), self.total
+        les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=list(zip(les, cumulative.tolist())),
+                                    sum_value=total)
+
+
 class ServiceMetrics:
     """Counters the engine and the HTTP layer update; gauges read the engine's state at scrape time."""
 
@@ -28,8 +65,8 @@ class ServiceMetrics:
         self.requests = Counter("lckv_requests", "Generate requests by outcome", ["outcome"], registry=r)
         self.ttft = Histogram("lckv_time_to_first_token_seconds", "Arrival to first sampled token",
                               buckets=_LATENCY_BUCKETS, registry=r)
-        self.itl = Histogram("lckv_inter_token_latency_seconds", "Time between a request's tokens",
-                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = StepHistogram("lckv_inter_token_latency_seconds", "Time between a request's tokens",
+                                 _LATENCY_BUCKETS, r)
         self.queue_depth = Gauge("lckv_queue_depth", "Requests waiting for a cache slot", registry=r)
         self.running = Gauge("lckv_running_requests", "Requests in the running batch", registry=r)
         self.kv_used = Gauge("lckv_kv_pool_used_bytes", "K/V bytes held by live sequences", registry=r)
@@ -47,8 +84,8 @@ class ServiceMetrics:
     def observe_ttft(self, seconds: float) -> None:
         self.ttft.observe(seconds)
 
-    def observe_itl(self, seconds: float) -> None:
-        self.itl.observe(seconds)
+    def observe_itls(self, seconds: Sequence[float]) -> None:
+        self.itl.observe_many(seconds)
 
     def count_tokens(self, n: int) -> None:
         self.tokens.inc(n)
