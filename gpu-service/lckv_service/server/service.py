@@ -204,8 +204,8 @@ class ModelService:
                 if held:
                     log.info("decode graphs captured: %d in %.2fs", held, time.monotonic() - t)
                 return runner, num_slots, held
-            except torch.OutOfMemoryError as e:
-                oom = f"{type(e).__name__}"
+            except torch.OutOfMemoryError:
+                oom = _live_memory()   # while the failed attempt's tensors are still alive
             # out of the except block: its traceback no longer holds the failed pool's tensors
             runner = None
             last = oom
@@ -216,7 +216,7 @@ class ModelService:
                 break
         raise ConfigError(f"the device ran out of memory capturing the decode step with a K/V pool of "
                           f"{num_slots} slots x {capacity} tokens; lower --mem-fraction (now "
-                          f"{cfg.mem_fraction}), --max-slots or --window", param="mem_fraction")
+                          f"{cfg.mem_fraction}), --max-slots or --window ({last})", param="mem_fraction")
 
     def info(self) -> dict:
         c = self.model_cfg
@@ -296,6 +296,21 @@ class ModelService:
                 await asyncio.to_thread(self.encode_blob, ev.state)
                 break
         log.info("warmup generation done in %.2fs", time.monotonic() - t)
+
+
+def _live_memory() -> str:
+    """What holds device memory at an out-of-memory error: the largest groups of live blocks (count x
+    size) and the allocated total, for the log line that reports it."""
+    if not torch.cuda.is_available():
+        return "out of memory"
+    sizes: dict[int, int] = {}
+    for segment in torch.cuda.memory_snapshot():
+        for block in segment.get("blocks", []):
+            if block.get("state") == "active_allocated":
+                sizes[block["size"]] = sizes.get(block["size"], 0) + 1
+    top = sorted(sizes.items(), key=lambda kv: -kv[0] * kv[1])[:8]
+    return (f"{torch.cuda.memory_allocated() / 2**30:.2f} GiB allocated; largest live blocks: "
+            + ", ".join(f"{n} x {size / 2**20:.1f} MiB" for size, n in top))
 
 
 def _read_template(path: str | None) -> str | None:
