@@ -264,4 +264,7 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, ge
                          server_log_tail=log.read_text(errors="replace")[-1500:] if log.exists() else None))
     finally:
         server.stop()
-    return rows
+    # the service's warnings (a pool retried smaller and what held the memory, ...) go with its rows
+    text = log.read_text(errors="replace") if log.exists() else ""
+    warnings = [ln[:600] for ln in text.splitlines() if " WARNING " in ln or " CRITICAL " in ln][:10]
+    return [dict(r, server_warnings=warnings) if warnings else r for r in rows]
