@@ -17,6 +17,10 @@ left is mostly the host's bookkeeping. Per step, median µs:
   that negligible, so the columns read as host time).
 CPU caches go cold while the model step runs, so each host operation costs several times what a
 timeit loop of it alone shows: these numbers, not a loop's, are what a serving step pays.
+
+`--update` measures the other host phase instead: the engine's update of a step (sampled ids to
+detokenized text, stop checks, events, metrics), per step and per token, with B streams decoding at
+once through the real Engine, the demo model's tokenizer and the service's Prometheus metrics.
 """
 from __future__ import annotations
 
@@ -100,6 +104,46 @@ def bench_batch(model: LCKVModel, B: int, steps: int, capacity: int) -> dict[str
     return {k: statistics.median(v) / 1000 for k, v in rows.items()}
 
 
+class StepTimes:
+    """The service's metrics, recording each step's update seconds as well."""
+
+    def __init__(self):
+        from lckv_service.server.metrics import ServiceMetrics
+        self.inner, self.update = ServiceMetrics(), []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def observe_step(self, schedule_s, run_s, update_s, device_s):
+        self.update.append(update_s)
+        self.inner.observe_step(schedule_s, run_s, update_s, device_s)
+
+
+def bench_update(B: int, steps: int) -> dict[str, float]:
+    from lckv_service.engine.engine import Engine
+    from lckv_service.engine.request import Request
+    from lckv_service.engine.runner import ModelRunner
+    from lckv_service.engine.scheduler import Scheduler, SchedulerConfig
+    from lckv_service.model import PrefillMode
+    from lckv_service.tokenizer import ChatTokenizer
+    folder = Path(__file__).resolve().parent.parent / "gpu-service" / "models" / "lckv-tiny"
+    tok = ChatTokenizer.from_folder(folder)
+    model = tiny_model(tok.vocab_size)
+    sc = SchedulerConfig(num_slots=B, window=steps + 32, max_batched_tokens=B * 8, max_waiting=B)
+    metrics = StepTimes()
+    engine = Engine(Scheduler(sc), ModelRunner(model, B, sc.capacity, 4, PrefillMode("exact")), tok, metrics)
+    for i in range(B):   # sampled at temperature 1 from a random model: varied text, no early stops
+        r = Request(f"u{i}", tok.encode_prompt("Once upon a time"),
+                    SamplingParams(max_tokens=steps + 1, temperature=1.0, seed=i, stop=("zzqx",)))
+        r.emit = lambda ev: None
+        engine.add(r)
+    while engine.step():
+        pass
+    decode = metrics.update[2:-1]     # past the prefill steps, before the last
+    us = statistics.median(decode) * 1e6
+    return {"update": us, "per_token": us / B}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
@@ -107,8 +151,15 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=256)
     ap.add_argument("--profile", action="store_true", help="cProfile the runs, print the top entries")
+    ap.add_argument("--update", action="store_true", help="measure the engine's update phase instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.update:
+        print(f"torch {torch.__version__}, CPU; engine update phase, median over {args.steps} decode steps")
+        for B in args.batches:
+            r = bench_update(B, args.steps)
+            print(f"batch {B:>5}: {r['update']:8.1f} µs per step, {r['per_token']:5.2f} µs per token", flush=True)
+        return
     model = tiny_model(args.vocab)
     prof = cProfile.Profile() if args.profile else None
     print(f"torch {torch.__version__}, CPU, one thread, vocabulary {args.vocab}; "

@@ -336,6 +336,10 @@ class TextStream:
         if self.stopped:
             return ""
         chunk = self._decode_step(token_id)
+        if not self._stop:           # nothing is ever held back: the new text goes out as it is
+            self._text += chunk
+            self.emitted = self._text
+            return chunk
         if chunk:
             self._text += chunk
         pending = self._text[len(self.emitted):]

@@ -135,7 +135,11 @@ class Engine:
             req.in_flight -= 1
             # a request that ended while this step was in flight: its lookahead token is dropped
             if not req.status.finished and req.phase is not Phase.FINALIZE:
-                self._guarded(req, self._on_token, req, tok, now)
+                try:                  # _guarded, inlined: this runs once per sampled token
+                    self._on_token(req, tok, now)
+                except Exception as e:
+                    log.exception("request %s: update failed", req.request_id)
+                    self._fail(req, e)
         if self.metrics:
             self.metrics.count_tokens(len(sampled))
             self.metrics.observe_itls(self._itls)

@@ -23,12 +23,15 @@ class RequestStatus(enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self.name.startswith("FINISHED")
+        return self not in _LIVE     # checked per sampled token: a set lookup, not a string test
 
     @property
     def finish_reason(self) -> str | None:
         """The OpenAI finish_reason ('stop' | 'length'); None where no completion is reported."""
         return {RequestStatus.FINISHED_STOPPED: "stop", RequestStatus.FINISHED_LENGTH: "length"}.get(self)
+
+
+_LIVE = frozenset((RequestStatus.WAITING, RequestStatus.RUNNING))
 
 
 class Phase(enum.Enum):
