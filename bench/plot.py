@@ -321,22 +321,30 @@ def plots(rows, out: Path) -> list[str]:
     if burst:   # the (device, shape) with the most points; the table has the rest
         ds = max(sorted({k[:2] for k in burst}), key=lambda d: sum(k[:2] == d for k in burst))
         burst = {k: r for k, r in burst.items() if k[:2] == ds}
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 6.5))
         for key in sorted({k[:6] for k in burst}, key=lambda k: (vkey(k[2]), k[3])):
             pts = sorted((k[7], r) for k, r in burst.items() if k[:6] == key)
             ns = [n for n, _ in pts]
             tag = f"{key[2]}" + ("" if key[3] == "this tree" else f" ({key[3]})")
+            runs = sorted({r.get("run_id", "?") for _, r in pts})
+            if len(runs) > 1:   # points of different runs (hosts) on one line: say which
+                tag += " (runs " + ", ".join(f"{n}: {r.get('run_id', '?')}" for n, r in pts) + ")"
             line = a1.plot(ns, [r["tokens_per_s"] for _, r in pts], "o-", label=f"{tag} service")[0]
             eng = [(n, r["engine_tokens_per_s"]) for n, r in pts if r.get("engine_tokens_per_s")]
             if eng and key[3] == "this tree":
                 a1.plot([n for n, _ in eng], [e for _, e in eng], "x--", color=line.get_color(), label=f"{tag} engine alone")
+            sess = sorted((k[7], r) for k, r in sv.items() if k[:6] == key and k[6] == "burst, session")
+            if sess:   # session turns (each returns its cache blob): the Worker's path
+                a1.plot([n for n, _ in sess], [r["tokens_per_s"] for _, r in sess], "s", color=line.get_color(),
+                        mfc="none", ms=9, label=f"{tag} session turns")
             a2.plot(ns, [r["ttft_p50_s"] for _, r in pts], "o-", color=line.get_color(), label=f"{tag} p50")
             a2.plot(ns, [r["ttft_p95_s"] for _, r in pts], "v:", color=line.get_color(), label=f"{tag} p95")
         dev, shape, _, _, p, g = next(iter(burst))[:6]
         a1.set_title(f"{shape}, {p}+{g}, all streams at once, {dev}", fontsize=9)
         a1.set_xlabel("concurrent streams"); a1.set_ylabel("output tokens/s")
         a2.set_xlabel("concurrent streams"); a2.set_ylabel("time to first token (s, log)"); a2.set_yscale("log")
-        a1.legend(fontsize=7); a2.legend(fontsize=7)
+        for ax in (a1, a2):   # under the axes: the lines stay visible
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
         _save(plt, fig, out, "serving.png", made)
 
     rt = latest(rows, "responses", lambda r: (r["device"], r["shape"], r["variant"], r["target_tokens"]))
