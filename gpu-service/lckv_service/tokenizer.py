@@ -318,6 +318,7 @@ class TextStream:
         self._ids: list[int] = []
         self._prefix = self._read = 0   # window: ids[_prefix:_read] decoded, ids[_read:] not yet sent
         self._stop = stop
+        self._stop_chars = frozenset("".join(stop))   # a held suffix ends in one of these
         self._text = ""          # decoded so far (whole characters only)
         self.emitted = ""        # handed out so far
         self.stopped = False     # a stop string was found
@@ -340,12 +341,17 @@ class TextStream:
             self._text += chunk
             self.emitted = self._text
             return chunk
-        if chunk:
-            self._text += chunk
+        if not chunk:                # no new text: nothing new to send or to match
+            return ""
+        self._text += chunk
         pending = self._text[len(self.emitted):]
-        hits = [i for i in (pending.find(s) for s in self._stop) if i >= 0]
-        if hits:
-            out = pending[:min(hits)]
+        cut = -1
+        for s in self._stop:
+            i = pending.find(s)
+            if i >= 0 and (cut < 0 or i < cut):
+                cut = i
+        if cut >= 0:
+            out = pending[:cut]
             self.stopped = True
         else:
             out = pending[:len(pending) - self._held(pending)]
@@ -368,6 +374,8 @@ class TextStream:
 
     def _held(self, pending: str) -> int:
         # longest suffix of `pending` that is a proper prefix of some stop string
+        if not pending or pending[-1] not in self._stop_chars:   # the usual case, at once
+            return 0
         best = 0
         for s in self._stop:
             for n in range(min(len(s) - 1, len(pending)), best, -1):

@@ -6,6 +6,8 @@ import json
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lckv_service.errors import ConfigError, RequestError
 from lckv_service.testmodel import CHAT_TEMPLATE, train_tokenizer, write_tokenizer_files
@@ -246,3 +248,41 @@ def test_the_project_tokenizer_folder_if_present():
     s = t.text_stream()
     ids = t.encode(MULTIBYTE[2])
     assert "".join(s.push(i) for i in ids) + s.flush() == MULTIBYTE[2]
+
+
+def _reference_stream(tok, ids, stops):
+    """What a stream with stop strings must send: the text grows by the chunks a stream without stop
+    strings sends; the first time the text so far contains a stop string, it is cut at the earliest
+    one and nothing more is sent; without a match, all of it."""
+    plain = tok.text_stream()
+    text = ""
+    for i in ids:
+        text += plain.push(i)
+        hits = [text.find(s) for s in stops if s in text]
+        if hits:
+            return text[:min(hits)], True
+    text += plain.flush()
+    hits = [text.find(s) for s in stops if s in text]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.sampled_from(["the", "sea", "fox", "runs", ",", " ", "\n", "é", "🦊", "日本", "ab", "c"]),
+                      min_size=1, max_size=25),
+       stops=st.lists(st.text(alphabet="theaosfxrun ,\néc🦊日b", min_size=1, max_size=4), max_size=3),
+       data=st.data())
+def test_stop_strings_against_a_reference_on_any_text(tok, words, stops, data):
+    """Random texts and stop strings (some cut from the text itself): what a stream sends, and whether
+    it stopped, equal the reference above; held-back text never leaks before it is known safe."""
+    text = "".join(words)
+    if text and data.draw(st.booleans()):
+        a = data.draw(st.integers(0, len(text) - 1))
+        stops = stops + [text[a:a + data.draw(st.integers(1, 4))]]
+    stops = tuple(s for s in stops if s)
+    ids = tok.encode(text)
+    s = tok.text_stream(stops)
+    sent = "".join(s.push(i) for i in ids)
+    sent += s.flush()
+    want, stopped = _reference_stream(tok, ids, stops)
+    assert (sent, s.stopped) == (want, stopped)
+    assert s.emitted == sent
