@@ -56,6 +56,7 @@ class Engine:
         self._requests: dict[str, Request] = {}
         self._aborts: set[str] = set()
         self._itls: list[float] = []          # this step's inter-token gaps, observed together
+        self._finalizing: dict[Request, None] = {}   # session turns feeding their canonical tail, in order
 
     # ---- called from any thread ---------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -146,9 +147,11 @@ class Engine:
         self._itls = []
         # a turn whose last tokens the in-flight step feeds is exported after it (no wait for it here)
         busy = self._in_flight.touched if self._in_flight is not None else set()
-        for req in list(self.scheduler.running):   # only this thread changes `running`
-            if (req.phase is Phase.FINALIZE and not req.pending and not req.truncate and not req.restart
-                    and req not in busy):
+        for req in list(self._finalizing):
+            if req.status.finished:            # aborted or failed meanwhile
+                del self._finalizing[req]
+            elif not req.pending and not req.truncate and not req.restart and req not in busy:
+                del self._finalizing[req]
                 self._guarded(req, self._export, req)
         self._deliver_exports(wait=False)
         if self.metrics:
@@ -233,6 +236,7 @@ class Engine:
             return self._complete(req, status, None)
         req.final_status = status
         req.phase = Phase.FINALIZE
+        self._finalizing[req] = None
         canonical = req.canonical(req.text_stream.emitted)
         fed = req.fed_this_turn
         p = _common_prefix(fed, canonical)

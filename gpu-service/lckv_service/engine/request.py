@@ -40,7 +40,7 @@ class Phase(enum.Enum):
     FINALIZE = "finalize"    # feeding the turn's canonical tail (last token, end-of-turn); no sampling
 
 
-@dataclass
+@dataclass(slots=True)
 class Event:
     """What the engine hands the server, in order: delta*, then done or error."""
     type: str                                  # "delta" | "done" | "error"
