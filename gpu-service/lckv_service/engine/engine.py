@@ -14,9 +14,9 @@ import time
 from collections import deque
 from typing import Protocol
 
+from ..cache import PendingExport
 from ..tokenizer import ChatTokenizer
 from .request import Event, Phase, Request, RequestStatus
-from ..cache import PendingExport
 from .runner import ModelRunner, StepHandle
 from .scheduler import Scheduler
 
@@ -177,9 +177,7 @@ class Engine:
         launched steps and before any later write to the slot, on the same stream. The turn's done
         event goes out once the copy has landed (_deliver_exports), without the host waiting for it."""
         pending = self.runner.export(req.slot)
-        with self._lock:
-            self.scheduler.finish(req, req.final_status)
-            self._requests.pop(req.request_id, None)
+        self._release(req, req.final_status)
         self._exports.append((req, pending))
 
     def _deliver_exports(self, wait: bool) -> None:
@@ -252,18 +250,20 @@ class Engine:
             req.pending = canonical[p:]
         # exported by step() once nothing is left to feed and no launched step writes its slot
 
-    def _complete(self, req: Request, status: RequestStatus, state) -> None:
+    def _release(self, req: Request, status: RequestStatus) -> None:
+        """Take the request out of the batch and the request table (its slot is free from now on)."""
         with self._lock:
             self.scheduler.finish(req, status)
             self._requests.pop(req.request_id, None)
+
+    def _complete(self, req: Request, status: RequestStatus, state) -> None:
+        self._release(req, status)
         req.emit(Event("done", finish_reason=status.finish_reason, state=state))
 
     def _fail(self, req: Request, exc: BaseException) -> None:
         if req.status.finished:
             return
-        with self._lock:
-            self.scheduler.finish(req, RequestStatus.FINISHED_ERROR)
-            self._requests.pop(req.request_id, None)
+        self._release(req, RequestStatus.FINISHED_ERROR)
         req.emit(Event("error", error=exc))
 
 

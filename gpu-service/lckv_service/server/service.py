@@ -195,7 +195,6 @@ class ModelService:
                             "graphs (%s); retrying with %d slots (lower --mem-fraction to choose)",
                             num_slots, last, smaller)
                 num_slots = smaller
-            oom = None
             try:
                 runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
                                      decode=cfg.decode, decode_graphs=graphs)
@@ -205,10 +204,10 @@ class ModelService:
                     log.info("decode graphs captured: %d in %.2fs", held, time.monotonic() - t)
                 return runner, num_slots, held
             except torch.OutOfMemoryError:
-                oom = _live_memory()   # while the failed attempt's tensors are still alive
-            # out of the except block: its traceback no longer holds the failed pool's tensors
+                last = _live_memory()   # while the failed attempt's tensors are still alive
+            # out of the except block, its traceback no longer holds the failed pool's tensors; nor
+            # does `runner`, if the pool was built and the capture failed
             runner = None
-            last = oom
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
