@@ -272,3 +272,8 @@ def test_step_profile_breaks_a_decode_step_down_by_category(tmp_path, capsys):
         assert r["by_category_ms"].get("gemm", 0) > 0 and r["top_kernels_us"]
     assert "| llama |" in capsys.readouterr().out
     assert sp.category("sm90_xmma_gemm_bf16") == "gemm" and sp.category("_attn_split_kernel") == "attention"
+    for bad in (["--batch", "0"], ["--steps", "-1"], ["--context", "0"]):   # refused, nothing written
+        with pytest.raises(SystemExit) as e:
+            sp.main(["--shape", "tiny-test", "--device", "cpu", "--out", str(tmp_path / "bad.jsonl"), *bad])
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "bad.jsonl").exists()
