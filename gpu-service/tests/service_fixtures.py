@@ -44,15 +44,14 @@ ENGINE_PROMPTS = [
 
 def chat_request(tok, rid, messages, max_tokens=12, return_blob=False, state=None, **sampling):
     """An engine Request for a chat turn (optionally resumed from a cache state) that records its
-    events in `req.events`; `canonical` re-tokenizes the turn the way the service does."""
-    from lckv_service.engine.request import Request
+    events in `req.events`; its `turn` re-tokenizes it the way the service does."""
+    from lckv_service.engine.request import Request, Turn
     from lckv_service.sampling import SamplingParams
 
-    def canonical(reply: str) -> list[int]:
-        return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False)
     req = Request(rid, tok.encode_chat(messages, True), SamplingParams(max_tokens=max_tokens, **sampling),
                   restore_state=state, restored_tokens=len(state.token_ids) if state else 0,
-                  cached_tokens=state.tokens_seen if state else 0, return_blob=return_blob, canonical=canonical)
+                  cached_tokens=state.tokens_seen if state else 0, return_blob=return_blob,
+                  turn=Turn("chat", messages=tuple(messages)))
     req.events = []
     req.emit = req.events.append
     return req

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lckv_service.engine.engine import Engine
-from lckv_service.engine.request import Request, RequestStatus
+from lckv_service.engine.request import Request, RequestStatus, Turn
 from lckv_service.engine.runner import ModelRunner
 from lckv_service.engine.scheduler import Scheduler, SchedulerConfig
 from lckv_service.model import PrefillMode
@@ -260,9 +260,10 @@ def test_a_failing_request_update_fails_only_that_request(model, tok):
     solo = run(make_engine(model, tok), [chat_request(tok, "s", PROMPTS[2], max_tokens=8)])[0].output_ids
     bad = chat_request(tok, "bad", HELLO, max_tokens=4, return_blob=True)
 
-    def broken(reply: str) -> list[int]:
-        raise RuntimeError("re-encoding failed")
-    bad.canonical = broken
+    class BrokenTurn(Turn):
+        def canonical_ids(self, tok, reply: str) -> list[int]:
+            raise RuntimeError("re-encoding failed")
+    bad.turn = BrokenTurn("chat")
     good = chat_request(tok, "good", PROMPTS[2], max_tokens=8)
     eng = make_engine(model, tok)
     run(eng, [bad, good])
@@ -389,7 +390,7 @@ def _completion_request(tok, rid, prompt, max_tokens, **sampling):
     reply re-tokenized, with no end-of-turn tokens after them."""
     ids = tok.encode_prompt(prompt)
     req = Request(rid, ids, SamplingParams(max_tokens=max_tokens, **sampling), return_blob=True,
-                  canonical=lambda reply: tok.encode_prompt(prompt + reply))
+                  turn=Turn("completion", prompt=prompt))
     req.events = []
     req.emit = req.events.append
     return req

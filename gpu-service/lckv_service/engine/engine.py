@@ -1,4 +1,5 @@
-"""Engine.step = schedule -> run -> update; AsyncEngine runs it in a background thread.
+"""Engine.step = schedule -> run -> update; EngineLoop runs it in a background thread, AsyncEngine
+serves it to asyncio callers in this process.
 
 Aborts are applied at one fixed point, the start of a step, never while the model runs. At the end of
 a session turn the slot is brought to the turn's canonical tokens (what a stateless request over the
@@ -12,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..cache import PendingExport
 from ..tokenizer import ChatTokenizer
@@ -191,7 +192,7 @@ class Engine:
                 log.exception("request %s: export failed", req.request_id)
                 req.emit(Event("error", error=e))
                 continue
-            req.emit(Event("done", finish_reason=req.final_status.finish_reason, state=state))
+            req.emit(_done(req, req.final_status, state))
 
     def fail_all(self, exc: BaseException) -> None:
         with self._lock:
@@ -235,7 +236,7 @@ class Engine:
         req.final_status = status
         req.phase = Phase.FINALIZE
         self._finalizing[req] = None
-        canonical = req.canonical(req.text_stream.emitted)
+        canonical = req.turn.canonical_ids(self.tokenizer, req.text_stream.emitted)
         fed = req.fed_this_turn
         p = _common_prefix(fed, canonical)
         req.retokenized = p < len(fed)
@@ -258,7 +259,7 @@ class Engine:
 
     def _complete(self, req: Request, status: RequestStatus, state) -> None:
         self._release(req, status)
-        req.emit(Event("done", finish_reason=status.finish_reason, state=state))
+        req.emit(_done(req, status, state))
 
     def _fail(self, req: Request, exc: BaseException) -> None:
         if req.status.finished:
@@ -267,19 +268,26 @@ class Engine:
         req.emit(Event("error", error=exc))
 
 
-class AsyncEngine:
-    """Runs Engine.step in a daemon thread; hands each request's events to an asyncio.Queue.
+def _done(req: Request, status: RequestStatus, state) -> Event:
+    return Event("done", finish_reason=status.finish_reason, state=state, completion_tokens=len(req.output_ids),
+                 tokens_seen=req.tokens_seen, cache_len=req.cache_len)
 
-    A step's events are delivered together, with one wake-up of each event loop per step (not one
-    per token), so the serving loop spends its time writing frames, not being woken."""
 
-    def __init__(self, engine: Engine, idle_wait_s: float = 0.5):
+class EngineLoop:
+    """Runs Engine.step in a daemon thread. A request's `emit` only collects its events; after each
+    step `deliver` gets all of that step's (request, event) pairs in one call, so whoever forwards
+    them is woken once per step, not once per token. `after_step` (optional) runs after every
+    iteration, busy or idle (at least every `idle_wait_s`)."""
+
+    def __init__(self, engine: Engine, deliver: Callable[[list[tuple[Request, Event]]], None],
+                 after_step: Callable[[], None] | None = None, idle_wait_s: float = 0.5):
         self.engine = engine
+        self._deliver, self._after_step = deliver, after_step
         self._wake = threading.Event()
         self._stopping = False
         self._idle_wait_s = idle_wait_s
         self._thread: threading.Thread | None = None
-        self._outbox: deque[tuple[asyncio.AbstractEventLoop, asyncio.Queue, Event]] = deque()
+        self._outbox: deque[tuple[Request, Event]] = deque()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="lckv-engine", daemon=True)
@@ -291,29 +299,22 @@ class AsyncEngine:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def add(self, req: Request) -> "asyncio.Queue[Event]":
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        req.emit = lambda ev: self._outbox.append((loop, queue, ev))
+    def submit(self, req: Request) -> None:
+        """Queue a request (OverloadedError when the admission queue is full)."""
+        req.emit = lambda ev: self._outbox.append((req, ev))
         self.engine.add(req)
         self._wake.set()
-        return queue
 
     def abort(self, request_id: str) -> None:
         self.engine.abort(request_id)
         self._wake.set()
 
     def _flush(self) -> None:
-        """Hand this step's events to their loops: one call_soon_threadsafe per loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        batch = []
         while self._outbox:
-            loop, queue, ev = self._outbox.popleft()
-            by_loop.setdefault(loop, []).append((queue, ev))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
+            batch.append(self._outbox.popleft())
+        if batch:
+            self._deliver(batch)
 
     def _loop(self) -> None:
         while not self._stopping:
@@ -324,11 +325,63 @@ class AsyncEngine:
                 self.engine.fail_all(e)
                 busy = False
             self._flush()
+            if self._after_step is not None:
+                self._after_step()
             if not busy:
                 self._wake.wait(self._idle_wait_s)
                 self._wake.clear()
 
 
-def _deliver(items: list) -> None:
+class AsyncEngine:
+    """The engine in this process, for asyncio callers: each request's events arrive on its own
+    asyncio.Queue. (server.engine_process.EngineProcess has the same interface, with the engine in
+    a child process.)"""
+
+    def __init__(self, engine: Engine, idle_wait_s: float = 0.5):
+        self.engine = engine
+        self._loop = EngineLoop(engine, self._deliver, idle_wait_s=idle_wait_s)
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}   # by request id
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    async def add(self, req: Request) -> "asyncio.Queue[Event]":
+        """Queue a request; its events arrive on the returned queue. OverloadedError when the
+        admission queue is full."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._queues[req.request_id] = (asyncio.get_running_loop(), queue)
+        try:
+            self._loop.submit(req)
+        except BaseException:
+            del self._queues[req.request_id]
+            raise
+        return queue
+
+    def abort(self, request_id: str) -> None:
+        self._queues.pop(request_id, None)   # nobody reads its events any more
+        self._loop.abort(request_id)
+
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats()
+
+    def _deliver(self, batch: list[tuple[Request, Event]]) -> None:
+        """Hand a step's events to their event loops: one call_soon_threadsafe per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for req, ev in batch:
+            rid = req.request_id
+            route = self._queues.get(rid) if ev.type == "delta" else self._queues.pop(rid, None)
+            if route is not None:
+                by_loop.setdefault(route[0], []).append((route[1], ev))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(deliver_to_queues, items)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                pass
+
+
+def deliver_to_queues(items: list) -> None:
     for queue, ev in items:
         queue.put_nowait(ev)

@@ -49,6 +49,28 @@ class Event:
     finish_reason: str | None = None
     state: Any = None                          # done + return_blob: the turn's CacheState
     error: BaseException | None = None
+    # done: the turn's counts, read from the request when it ended (the server's copy of the request
+    # may live in another process)
+    completion_tokens: int = 0                 # sampled ids, end-of-turn included
+    tokens_seen: int = 0                       # tokens the sequence has covered
+    cache_len: int = 0                         # tokens its cache holds (sinks + recent)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What a stateless request over the whole conversation tokenizes this turn to, given the reply:
+    the ids a session turn's cache is brought to before its blob is exported. Plain data, so it can
+    travel to an engine in another process; `tok` is that engine's ChatTokenizer."""
+    kind: str                                  # "chat" | "completion"
+    messages: tuple = ()                       # chat: the turn's messages
+    continues: bool = False                    # chat: after a restored cache
+    prompt: str = ""                           # completion: the prompt text
+    start: tuple[int, ...] = ()                # completion: ids before the prompt's (a document start)
+
+    def canonical_ids(self, tok, reply: str) -> list[int]:
+        if self.kind == "chat":
+            return tok.encode_chat([*self.messages, {"role": "assistant", "content": reply}], False, self.continues)
+        return [*self.start, *tok.encode_prompt(self.prompt + reply)]
 
 
 @dataclass(eq=False)
@@ -61,8 +83,7 @@ class Request:
     restored_tokens: int = 0                   # tokens in that state's cache (sinks + recent)
     cached_tokens: int = 0                     # tokens the state covers (tokens_seen)
     return_blob: bool = False
-    # turn canonical ids for a reply text: what a stateless request would tokenize this turn to
-    canonical: Callable[[str], list[int]] | None = None
+    turn: Turn | None = None                   # return_blob: the canonical-ids rule of this turn
     arrival: float = field(default_factory=time.monotonic)
 
     # engine/scheduler state

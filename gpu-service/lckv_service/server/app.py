@@ -99,7 +99,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     g = P.parse_generate_request(payload, cfg.max_tokens)
     state = await asyncio.to_thread(svc.decode_blob, blob) if blob is not None and g.model == svc.model_id else None
     req = svc.make_request(g, state)
-    queue = svc.async_engine.add(req)  # OverloadedError (503) when the admission queue is full
+    queue = await svc.async_engine.add(req)  # OverloadedError (503) when the admission queue is full
     return await stream_generation(request, svc, req, g.request_id or req.request_id, queue,
                                    request.app[METRICS])
 

@@ -22,7 +22,7 @@ from ..cache import CacheState
 from ..checkpoint import load_model, model_identity
 from ..errors import ConfigError, ContextLengthError, ModelNotFoundError, RequestError
 from ..engine.engine import AsyncEngine, Engine
-from ..engine.request import Request
+from ..engine.request import Request, Turn
 from ..engine.runner import ModelRunner, plan_slots
 from ..engine.scheduler import Scheduler, SchedulerConfig
 from ..model import PrefillMode
@@ -242,22 +242,16 @@ class ModelService:
             raise ModelNotFoundError(f"model {g.model[:100]!r} is not served here", param="model")
         tok = self.tokenizer
         if g.kind == "chat":
-            messages, continues = g.messages, state is not None
-            prompt_ids = tok.encode_chat(messages, add_generation_prompt=True, continues=continues)
-
-            def canonical(reply: str) -> list[int]:
-                return tok.encode_chat(messages + [{"role": "assistant", "content": reply}], False, continues)
+            turn = Turn("chat", messages=tuple(g.messages), continues=state is not None)
+            prompt_ids = tok.encode_chat(g.messages, add_generation_prompt=True, continues=turn.continues)
             param = "messages"
         else:
-            prompt = g.prompt
-            prompt_ids = tok.encode_prompt(prompt)
+            prompt_ids = tok.encode_prompt(g.prompt)
             # an empty prompt starts a new document, as at OpenAI: BOS where the tokenizer adds one,
             # else the document separator
-            start = [tok.document_separator_id] if not prompt_ids and tok.document_separator_id is not None else []
-            prompt_ids = start + prompt_ids
-
-            def canonical(reply: str) -> list[int]:
-                return start + tok.encode_prompt(prompt + reply)
+            start = (tok.document_separator_id,) if not prompt_ids and tok.document_separator_id is not None else ()
+            prompt_ids = [*start, *prompt_ids]
+            turn = Turn("completion", prompt=g.prompt, start=start)
             param = "prompt"
         if len(prompt_ids) > self.max_prompt_tokens:
             raise ContextLengthError(len(prompt_ids), self.max_prompt_tokens, param=param)
@@ -270,7 +264,7 @@ class ModelService:
                        params=g.sampling, restore_state=state,
                        restored_tokens=len(state.token_ids) if state else 0,
                        cached_tokens=state.tokens_seen if state else 0,
-                       return_blob=g.return_blob, canonical=canonical)
+                       return_blob=g.return_blob, turn=turn)
 
     def encode_blob(self, state: CacheState) -> list[memoryview]:
         """The turn's blob as byte views (blob.encode_parts): written out without copies."""
@@ -286,7 +280,7 @@ class ModelService:
             g = GenerateRequest(f"warmup_{uuid.uuid4().hex[:8]}", self.model_id, "completion",
                                 None, "Hello", SamplingParams(max_tokens=2), True)
         req = self.make_request(g, None)
-        queue = self.async_engine.add(req)
+        queue = await self.async_engine.add(req)
         while True:
             ev = await queue.get()
             if ev.type == "error":

@@ -43,9 +43,9 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
             if ev.type == "done":
                 data = await asyncio.to_thread(service.encode_blob, ev.state) if ev.state is not None else []
                 prompt_tokens = req.cached_tokens + len(req.prompt_ids)
-                frames = [P.json_frame(P.done_event(ev.finish_reason, prompt_tokens, len(req.output_ids),
-                                                    req.cached_tokens, sum(map(len, data)), req.tokens_seen,
-                                                    req.cache_len))]
+                frames = [P.json_frame(P.done_event(ev.finish_reason, prompt_tokens, ev.completion_tokens,
+                                                    req.cached_tokens, sum(map(len, data)), ev.tokens_seen,
+                                                    ev.cache_len))]
                 frames += P.blob_frames(data)
                 frames.append(P.end_frame())
                 outcome = ev.finish_reason
