@@ -76,9 +76,9 @@ def serve(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(cfg, exit_on_load_failure=True)
+    app = create_app(cfg, exit_on_failure=True)
     web.run_app(app, host=cfg.host, port=cfg.port, handler_cancellation=True, access_log=None, print=None)
-    return 1 if app[STATE].load_error is not None else 0   # a failed load is a failed process
+    return 1 if app[STATE].failure is not None else 0   # a failed load or engine is a failed process
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,18 @@ class LCKVError(Exception):
     def __str__(self) -> str:
         return self.message if self.param is None else f"{self.message} (param: {self.param})"
 
+    def __reduce__(self):
+        # subclasses take other constructor arguments: rebuild from the fields, so an error raised in
+        # the engine's process arrives in the server's as the same class with the same fields
+        return _rebuild_error, (type(self), self.message, dict(self.__dict__))
+
+
+def _rebuild_error(cls, message: str, fields: dict) -> "LCKVError":
+    e = cls.__new__(cls)
+    Exception.__init__(e, message)
+    e.__dict__.update(fields)
+    return e
+
 
 class ConfigError(LCKVError):
     """Invalid model/serve/train configuration; `.param` names the field, e.g. "warmup_layers"."""

@@ -96,6 +96,13 @@ def model_folder(tmp_root: Path, variant: str = "lckv-w2", seed: int = 0) -> Pat
     return _folders[key]
 
 
+def wait_until(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def serve_config(folder: Path, **over) -> ServeConfig:
     kw = dict(model=str(folder), secret=SECRET, model_id=MODEL_ID, device=DEVICE, dtype="float32", max_slots=8,
               window=250, max_batched_tokens=256, max_waiting=64, max_tokens=512)
@@ -141,8 +148,8 @@ class ServerThread:
         self._started.wait(30)
         deadline = time.monotonic() + 300   # a 1B model loads in seconds; leave room on a busy host
         while not self.app[STATE].ready:
-            if self.app[STATE].load_error is not None:
-                raise RuntimeError("server failed to load") from self.app[STATE].load_error
+            if self.app[STATE].failure is not None:
+                raise RuntimeError("server failed to load") from self.app[STATE].failure
             if time.monotonic() > deadline:
                 raise TimeoutError("server not ready")
             time.sleep(0.02)

@@ -103,7 +103,7 @@ def test_a_pool_that_leaves_too_little_memory_to_capture_the_graphs_shrinks(tmp_
         return warm(self)
     monkeypatch.setattr(ModelRunner, "warm_graphs", fails_first)
     with caplog.at_level("WARNING"):
-        svc = ModelService(serve_config(folder, max_slots=10))
+        svc = ModelService(serve_config(folder, max_slots=10, engine_process="off"))
     assert calls == [10, 8] and svc.sched_cfg.num_slots == 8 and svc.engine.runner.num_slots == 8
     assert "retrying with 8 slots" in caplog.text
 
@@ -111,5 +111,5 @@ def test_a_pool_that_leaves_too_little_memory_to_capture_the_graphs_shrinks(tmp_
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
     monkeypatch.setattr(ModelRunner, "warm_graphs", always)
     with pytest.raises(ConfigError) as e:
-        ModelService(serve_config(folder, max_slots=10))
+        ModelService(serve_config(folder, max_slots=10, engine_process="off"))
     assert e.value.param == "mem_fraction" and "--mem-fraction" in str(e.value)

@@ -54,8 +54,10 @@ def _pyspy(server: "ServerProcess", base: dict, n: int):
     if not exe or not out or not os.access(exe, os.X_OK):   # not installed here: no profile, same rows
         return None
     name = f"pyspy-{base['shape']}-{base['variant']}-{'baseline' if base['server_src'] != 'this tree' else 'now'}-{n}.txt"
+    # --subprocesses: the engine runs in a child of the server process (engine_process)
     return subprocess.Popen([exe, "record", "--pid", str(server.proc.pid), "--rate", "100", "--duration", "15",
-                             "--format", "raw", "--threads", "--nonblocking", "-o", str(Path(out) / name)],
+                             "--format", "raw", "--threads", "--subprocesses", "--nonblocking",
+                             "-o", str(Path(out) / name)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

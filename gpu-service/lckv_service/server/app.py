@@ -84,6 +84,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 def _service(request: web.Request) -> ModelService:
     state: AppState = request.app[STATE]
     if not state.ready:
+        if state.failure is not None:
+            raise OverloadedError("this replica's engine has stopped; it is restarting", retry_after=5)
         raise OverloadedError("the model is still loading", retry_after=5)
     return state.service
 
@@ -104,7 +106,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
                                    request.app[METRICS])
 
 
-def create_app(cfg: ServeConfig, exit_on_load_failure: bool = False) -> web.Application:
+def create_app(cfg: ServeConfig, exit_on_failure: bool = False) -> web.Application:
     metrics = M.ServiceMetrics()
     app = web.Application(middlewares=[access_log, error_middleware, auth_middleware(cfg.secret)],
                           client_max_size=cfg.max_request_bytes + 1)
@@ -121,16 +123,26 @@ def create_app(cfg: ServeConfig, exit_on_load_failure: bool = False) -> web.Appl
         try:
             log.info("loading model: %s", describe_config(cfg))
             state.service = svc = await asyncio.to_thread(ModelService, cfg, metrics)
-            metrics.bind_engine(svc.engine)
+            metrics.bind_engine(svc.async_engine)
+            if hasattr(svc.async_engine, "on_death"):
+                loop = asyncio.get_running_loop()
+                svc.async_engine.on_death = lambda code: loop.call_soon_threadsafe(engine_died, code)
             svc.async_engine.start()
             await svc.warmup()
             state.ready = True
             log.info("ready: model=%s", svc.model_id)
         except Exception as e:
-            state.load_error = e
+            state.failure = e
             log.critical("model load failed: %s", e, exc_info=e)
-            if exit_on_load_failure:  # let the platform restart the replica
+            if exit_on_failure:  # let the platform restart the replica
                 os.kill(os.getpid(), signal.SIGTERM)
+
+    def engine_died(code: int | None) -> None:
+        state: AppState = app[STATE]
+        state.ready = False
+        state.failure = RuntimeError(f"the engine process exited (exit code {code})")
+        if exit_on_failure:  # the replica is of no use now: let the platform restart it
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def on_startup(app: web.Application) -> None:
         app[STATE].load_task = asyncio.create_task(load(app))

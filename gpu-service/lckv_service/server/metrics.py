@@ -20,7 +20,7 @@ class AppState:
     service: Any = None                     # the ModelService once loaded
     ready: bool = False                     # loaded and warmed up with a real generation
     load_task: asyncio.Task | None = None
-    load_error: BaseException | None = None
+    failure: BaseException | None = None     # the load failed, or the engine process died
 
 
 class StepHistogram:

@@ -21,6 +21,7 @@ from .. import blob as blob_codec
 from ..cache import CacheState
 from ..checkpoint import load_model, model_identity
 from ..errors import ConfigError, ContextLengthError, ModelNotFoundError, RequestError
+from ..config import ModelConfig
 from ..engine.engine import AsyncEngine, Engine
 from ..engine.request import Request, Turn
 from ..engine.runner import ModelRunner, plan_slots
@@ -28,6 +29,7 @@ from ..engine.scheduler import Scheduler, SchedulerConfig
 from ..model import PrefillMode
 from ..sampling import SamplingParams
 from ..tokenizer import ChatTokenizer
+from .engine_process import EngineProcess
 from .protocol import GenerateRequest
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,10 @@ class ServeConfig:
     max_request_bytes: int = _opt(64 * 2**20, "largest request body in bytes", kind=int)
     chat_template: str | None = _opt(None, "Jinja chat template file, used instead of the model folder's "
                                            "(or for a base model)")
+    engine_process: str = _opt("on", "run the engine (model, scheduler, detokenizing) in its own process, so "
+                                     "its host work never waits for the HTTP side's (Python runs one thread at "
+                                     "a time per process) | off: in this process (debugging)",
+                               choices=("on", "off"), env="LCKV_ENGINE_PROCESS")
 
     def __post_init__(self):
         if not self.secret:
@@ -132,8 +138,97 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+@dataclass(frozen=True)
+class EngineInfo:
+    """What the server needs to know of its engine, wherever that runs (it crosses to the server's process)."""
+    model_cfg: ModelConfig
+    identity: str                  # model_identity: blobs of other weights are refused
+    dtype: torch.dtype
+    sched_cfg: SchedulerConfig
+    cache_bytes_per_token: int
+
+
+def load_engine(cfg: ServeConfig, tokenizer: ChatTokenizer, metrics=None) -> tuple[Engine, EngineInfo]:
+    """The model folder's weights on the device, the K/V pool, the captured decode graphs and the Engine
+    over them: what the engine's process holds."""
+    folder = Path(cfg.model)
+    device = resolve_device(cfg.device)
+    auto = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else auto
+    model = load_model(folder, device=device, dtype=dtype).eval()
+    model_cfg = model.cfg
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ConfigError("the tokenizer's vocabulary is larger than the model's", param="vocab_size")
+    identity = model_identity(model)
+    window = cfg.window or model_cfg.max_position_embeddings - cfg.sinks
+    if cfg.sinks + window > model_cfg.max_position_embeddings:
+        raise ConfigError(f"sinks + window must be <= max_position_embeddings "
+                          f"({model_cfg.max_position_embeddings})", param="window")
+    capacity = cfg.sinks + window
+    cuda = device.type == "cuda"
+    graphs = cfg.decode_graphs == "on" or (cfg.decode_graphs == AUTO and cuda and cfg.decode == "fast")
+    num_slots = plan_slots(model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction)
+    kind = cfg.prefill_mode
+    if kind == AUTO:  # measured (bench/README.md, serving): exact tokenwise beats chunked passes
+        kind = "tokenwise" if model_cfg.iter_block is not None else "exact"
+    mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
+    runner, num_slots, graphs_held = _build_runner(cfg, model, num_slots, capacity, mode, dtype, graphs)
+    budget = cfg.max_batched_tokens or num_slots + (8192 if cuda else 512)
+    sched_cfg = SchedulerConfig(num_slots=num_slots, sinks=cfg.sinks, window=window, evict_step=cfg.evict_step,
+                                max_batched_tokens=budget, max_waiting=cfg.max_waiting,
+                                prefill_chunk=1 if kind == "tokenwise" else 0)
+    overlap = cfg.overlap == "on" or (cfg.overlap == AUTO and cuda)
+    engine = Engine(Scheduler(sched_cfg), runner, tokenizer, metrics, overlap=overlap)
+    log.info("model loaded: device=%s dtype=%s slots=%d capacity=%d kv_layers=%d prefill=%s step_tokens=%d "
+             "decode_graphs=%s (%d captured) overlap=%s", device, str(dtype).removeprefix("torch."), num_slots,
+             capacity, len(model_cfg.kv_layers), kind, budget, graphs, graphs_held, overlap)
+    return engine, EngineInfo(model_cfg, identity, dtype, sched_cfg, runner.cache.bytes_per_token())
+
+
+POOL_RETRIES = 3          # smaller pools tried when the first leaves too little memory to run in
+POOL_SHRINK = 0.8
+
+
+def _build_runner(cfg: ServeConfig, model, num_slots: int, capacity: int, mode: PrefillMode, dtype, graphs: bool):
+    """The runner with its K/V pool and every decode graph captured. A pool sized from free memory
+    can leave too little for the graphs and the steps' working memory (seen on an H100 with a 7B
+    model and ~111 slots): then the pool shrinks and the capture runs again, rather than the
+    replica failing, and a pool that still does not fit is a ConfigError naming the knobs."""
+    last = None
+    for attempt in range(POOL_RETRIES + 1):
+        if attempt:
+            smaller = max(1, int(num_slots * POOL_SHRINK))
+            log.warning("the K/V pool of %d slots left too little device memory to capture the decode "
+                        "graphs (%s); retrying with %d slots (lower --mem-fraction to choose)",
+                        num_slots, last, smaller)
+            num_slots = smaller
+        try:
+            runner = ModelRunner(model, num_slots, capacity, cfg.sinks, mode, dtype,
+                                 decode=cfg.decode, decode_graphs=graphs)
+            t = time.monotonic()
+            held = runner.warm_graphs()
+            if held:
+                log.info("decode graphs captured: %d in %.2fs", held, time.monotonic() - t)
+            return runner, num_slots, held
+        except torch.OutOfMemoryError:
+            last = _live_memory()   # while the failed attempt's tensors are still alive
+        # out of the except block, its traceback no longer holds the failed pool's tensors; nor
+        # does `runner`, if the pool was built and the capture failed
+        runner = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if num_slots == 1:
+            break
+    raise ConfigError(f"the device ran out of memory capturing the decode step with a K/V pool of "
+                      f"{num_slots} slots x {capacity} tokens; lower --mem-fraction (now "
+                      f"{cfg.mem_fraction}), --max-slots or --window ({last})", param="mem_fraction")
+
+
 class ModelService:
-    """Model, tokenizer, identity and the running engine of one model folder."""
+    """A model folder as the server sees it: tokenizer, identity, limits, and the handle of its running
+    engine (in a child process by default, `engine_process`; `engine` is the Engine itself only when it
+    runs in this process)."""
 
     def __init__(self, cfg: ServeConfig, metrics=None):
         self.cfg = cfg
@@ -142,87 +237,27 @@ class ModelService:
             raise ConfigError(f"model folder {folder} has no config.json", param="model")
         self.model_id = cfg.model_id or folder.resolve().name
         self.created = int((folder / "config.json").stat().st_mtime)
-        device = resolve_device(cfg.device)
-        auto = torch.bfloat16 if device.type == "cuda" else torch.float32
-        dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else auto
         self.tokenizer = ChatTokenizer.from_folder(folder, chat_template=_read_template(cfg.chat_template))
-        self.dtype = dtype
-        self.model = load_model(folder, device=device, dtype=dtype).eval()
-        self.model_cfg = self.model.cfg
-        if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
-            raise ConfigError("the tokenizer's vocabulary is larger than the model's", param="vocab_size")
-        self.identity = model_identity(self.model)
-        window = cfg.window or self.model_cfg.max_position_embeddings - cfg.sinks
-        if cfg.sinks + window > self.model_cfg.max_position_embeddings:
-            raise ConfigError(f"sinks + window must be <= max_position_embeddings "
-                              f"({self.model_cfg.max_position_embeddings})", param="window")
-        capacity = cfg.sinks + window
-        cuda = device.type == "cuda"
-        graphs = cfg.decode_graphs == "on" or (cfg.decode_graphs == AUTO and cuda and cfg.decode == "fast")
-        num_slots = plan_slots(self.model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction)
-        kind = cfg.prefill_mode
-        if kind == AUTO:  # measured (bench/README.md, serving): exact tokenwise beats chunked passes
-            kind = "tokenwise" if self.model_cfg.iter_block is not None else "exact"
-        mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
-        runner, num_slots, graphs_held = self._build_runner(num_slots, capacity, mode, dtype, graphs)
-        budget = cfg.max_batched_tokens or num_slots + (8192 if cuda else 512)
-        self.sched_cfg = SchedulerConfig(num_slots=num_slots, sinks=cfg.sinks, window=window,
-                                         evict_step=cfg.evict_step, max_batched_tokens=budget,
-                                         max_waiting=cfg.max_waiting,
-                                         prefill_chunk=1 if kind == "tokenwise" else 0)
-        self.max_prompt_tokens = cfg.max_prompt_tokens or capacity
-        overlap = cfg.overlap == "on" or (cfg.overlap == AUTO and cuda)
-        self.engine = Engine(Scheduler(self.sched_cfg), runner, self.tokenizer, metrics, overlap=overlap)
-        self.async_engine = AsyncEngine(self.engine)
-        log.info("model loaded: id=%s device=%s dtype=%s slots=%d capacity=%d kv_layers=%d prefill=%s "
-                 "step_tokens=%d decode_graphs=%s (%d captured) overlap=%s", self.model_id, device,
-                 str(dtype).removeprefix("torch."), num_slots, capacity, len(self.model_cfg.kv_layers), kind,
-                 budget, graphs, graphs_held, overlap)
-
-    POOL_RETRIES = 3          # smaller pools tried when the first leaves too little memory to run in
-    POOL_SHRINK = 0.8
-
-    def _build_runner(self, num_slots: int, capacity: int, mode: PrefillMode, dtype, graphs: bool):
-        """The runner with its K/V pool and every decode graph captured. A pool sized from free memory
-        can leave too little for the graphs and the steps' working memory (seen on an H100 with a 7B
-        model and ~111 slots): then the pool shrinks and the capture runs again, rather than the
-        replica failing, and a pool that still does not fit is a ConfigError naming the knobs."""
-        cfg, last = self.cfg, None
-        for attempt in range(self.POOL_RETRIES + 1):
-            if attempt:
-                smaller = max(1, int(num_slots * self.POOL_SHRINK))
-                log.warning("the K/V pool of %d slots left too little device memory to capture the decode "
-                            "graphs (%s); retrying with %d slots (lower --mem-fraction to choose)",
-                            num_slots, last, smaller)
-                num_slots = smaller
-            try:
-                runner = ModelRunner(self.model, num_slots, capacity, cfg.sinks, mode, dtype,
-                                     decode=cfg.decode, decode_graphs=graphs)
-                t = time.monotonic()
-                held = runner.warm_graphs()
-                if held:
-                    log.info("decode graphs captured: %d in %.2fs", held, time.monotonic() - t)
-                return runner, num_slots, held
-            except torch.OutOfMemoryError:
-                last = _live_memory()   # while the failed attempt's tensors are still alive
-            # out of the except block, its traceback no longer holds the failed pool's tensors; nor
-            # does `runner`, if the pool was built and the capture failed
-            runner = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if num_slots == 1:
-                break
-        raise ConfigError(f"the device ran out of memory capturing the decode step with a K/V pool of "
-                          f"{num_slots} slots x {capacity} tokens; lower --mem-fraction (now "
-                          f"{cfg.mem_fraction}), --max-slots or --window ({last})", param="mem_fraction")
+        if cfg.engine_process == "on":
+            self.engine = None
+            self.async_engine = EngineProcess(cfg)      # spawns the engine's process, waits for its load
+            self.async_engine.bind_metrics(metrics)
+            info = self.async_engine.info
+        else:
+            self.engine, info = load_engine(cfg, self.tokenizer, metrics)
+            self.async_engine = AsyncEngine(self.engine)
+        self.model_cfg, self.identity, self.dtype = info.model_cfg, info.identity, info.dtype
+        self.sched_cfg, self.cache_bytes_per_token = info.sched_cfg, info.cache_bytes_per_token
+        self.max_prompt_tokens = cfg.max_prompt_tokens or self.sched_cfg.capacity
+        log.info("model ready: id=%s engine=%s", self.model_id,
+                 "own process" if self.engine is None else "this process")
 
     def info(self) -> dict:
         c = self.model_cfg
         return {"id": self.model_id, "context_window": self.sched_cfg.capacity,
                 "max_prompt_tokens": self.max_prompt_tokens, "fingerprint": c.fingerprint(),
                 "kv_layers": len(c.kv_layers), "num_layers": c.num_layers,
-                "cache_bytes_per_token": self.engine.runner.cache.bytes_per_token(),
+                "cache_bytes_per_token": self.cache_bytes_per_token,
                 "sinks": self.sched_cfg.sinks, "window": self.sched_cfg.window, "created": self.created}
 
     def decode_blob(self, data: bytes) -> CacheState:

@@ -20,6 +20,7 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
     t0 = time.monotonic()
     resp = web.StreamResponse(status=200, headers={"Content-Type": P.CONTENT_TYPE, "Cache-Control": "no-store"})
     outcome = "disconnected"
+    completion_tokens = 0          # ids sent so far; at done, the engine's count (end-of-turn included)
     try:
         await resp.prepare(request)
         await resp.write(P.json_frame(P.start_event(echo_id, service.model_id,
@@ -38,9 +39,11 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
                         break
                     text.append(nxt.text)
                     ids += nxt.token_ids
+                completion_tokens += len(ids)
                 await resp.write(P.json_frame(P.delta_event("".join(text), ids)))
                 continue
             if ev.type == "done":
+                completion_tokens = ev.completion_tokens
                 data = await asyncio.to_thread(service.encode_blob, ev.state) if ev.state is not None else []
                 prompt_tokens = req.cached_tokens + len(req.prompt_ids)
                 frames = [P.json_frame(P.done_event(ev.finish_reason, prompt_tokens, ev.completion_tokens,
@@ -81,5 +84,5 @@ async def stream_generation(request: web.Request, service, req: Request, echo_id
         # the request's one log line (access_log) carries the generation's outcome
         request.setdefault(FIELDS, {}).update(
             request_id=echo_id, outcome=outcome, prompt_tokens=req.cached_tokens + len(req.prompt_ids),
-            cached_tokens=req.cached_tokens, completion_tokens=len(req.output_ids),
+            cached_tokens=req.cached_tokens, completion_tokens=completion_tokens,
             stream_ms=round((time.monotonic() - t0) * 1000, 1))

@@ -1,0 +1,397 @@
+"""The engine in its own process: the server's handle (EngineProcess) and the child's side.
+
+Python runs one thread at a time per process. In one process the engine's host work (scheduling,
+sampled ids to text and events) and the HTTP side's (parsing, tokenizing, writing frames for every
+stream) take turns, and once their sum passes the device's step time the GPU waits for the host.
+Here the engine runs in a child process (spawned: CUDA cannot be forked), so the two run in parallel;
+the server keeps the tokenizer, the checks and the blob codec.
+
+One duplex pipe carries pickled tuples; tensors (a restored session's K/V, a finished turn's
+exported K/V) follow their message as raw bytes, never pickled.
+  server -> engine: ("add", request fields, state header | None) [+ K, V]; ("abort", id); ("stop",)
+  engine -> server: ("ready", EngineInfo, stats) | ("failed", error); ("ack", id, error | None);
+                    ("events", [(id, Event)], metrics calls, stats | None) [+ K, V per state]
+A step's events travel as one message. The engine's metrics calls (EngineMetrics) are recorded in
+the child and replayed on the server's metrics; its stats (queue depth, running, K/V bytes) come with
+the events, at most every STATS_EVERY_S, and whenever it idles.
+
+If the child dies, every open request gets an in-band error, new requests get 503 (OverloadedError),
+and `on_death` tells the app (which marks the replica not ready and, under `serve`, exits so its
+supervisor starts a new one). If the server dies, the child sees its pipe close and exits.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import pickle
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..cache import CacheState
+from ..engine.request import Event, Request
+from ..errors import OverloadedError
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY_S = 0.1
+_METRIC_CALLS = frozenset(("observe_ttft", "observe_itls", "count_tokens", "observe_step"))
+_REQUEST_FIELDS = ("request_id", "prompt_ids", "params", "restored_tokens", "cached_tokens", "return_blob",
+                   "turn", "arrival")
+
+
+@dataclass(frozen=True)
+class StateHeader:
+    """A CacheState without its tensors, which follow the message as K then V bytes."""
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    token_ids: list[int]
+    tokens_seen: int
+
+    @staticmethod
+    def of(state: CacheState) -> tuple["StateHeader", list[torch.Tensor]]:
+        k, v = state.k.contiguous(), state.v.contiguous()
+        return StateHeader(tuple(k.shape), k.dtype, state.token_ids, state.tokens_seen), [k, v]
+
+    def receive(self, conn) -> CacheState:
+        return CacheState(k=_recv_tensor(conn, self.shape, self.dtype), v=_recv_tensor(conn, self.shape, self.dtype),
+                          token_ids=self.token_ids, tokens_seen=self.tokens_seen)
+
+
+def _bytes_of(t: torch.Tensor):
+    """A contiguous tensor's bytes as a flat array (Connection frames 1-D buffers only)."""
+    return t.reshape(-1).view(torch.uint8).numpy()
+
+
+def _send_tensor(conn, t: torch.Tensor) -> None:
+    conn.send_bytes(_bytes_of(t) if t.numel() else b"")
+
+
+def _recv_tensor(conn, shape, dtype) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype)
+    if t.numel():
+        conn.recv_bytes_into(_bytes_of(t))
+    else:
+        conn.recv_bytes()
+    return t
+
+
+def portable(exc: BaseException) -> BaseException:
+    """The exception itself if it survives pickling (ours do: LCKVError.__reduce__), else a
+    RuntimeError naming its class; either maps to the same HTTP error (errors.http_error)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(type(exc).__name__)
+
+
+class _Sender:
+    """One thread writes the pipe, so a message and the tensors after it are never interleaved with
+    another message, and the thread that queues a message never waits for the pipe."""
+
+    def __init__(self, conn, name: str):
+        self.conn = conn
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, msg: tuple, tensors: list[torch.Tensor] = ()) -> None:
+        self._queue.put((msg, tensors))
+
+    def close(self, timeout: float = 30) -> None:
+        """Write what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            msg, tensors = item
+            try:
+                self.conn.send(msg)
+                for t in tensors:
+                    _send_tensor(self.conn, t)
+            except (OSError, ValueError):   # the other side is gone: its reader notices and reports it
+                return
+
+
+# ---- the server's side ----------------------------------------------------------------------------
+class EngineProcess:
+    """AsyncEngine's interface (start, stop, add, abort, stats) over an engine in a child process.
+    The constructor spawns the child and waits for it to load the model (raising its error if it
+    fails); `info` is what the child reports."""
+
+    def __init__(self, cfg, start_timeout_s: float | None = None):
+        ctx = mp.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=True)
+        # the child computes with as many intra-op threads as this process would have
+        self._proc = ctx.Process(target=_child_main, args=(cfg, child_conn, _log_setup(), torch.get_num_threads()),
+                                 name="lckv-engine", daemon=True)
+        self._proc.start()
+        child_conn.close()
+        self.on_death: Callable[[int | None], None] | None = None
+        self._routes: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}   # by request id
+        self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._metrics = None
+        self._dead = self._stopping = False
+        try:
+            if start_timeout_s is not None and not self._conn.poll(start_timeout_s):
+                raise TimeoutError(f"the engine process did not load in {start_timeout_s}s")
+            msg = self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise RuntimeError(f"the engine process exited while loading (exit code {self._proc.exitcode})") from None
+        except BaseException:
+            self._kill()
+            raise
+        if msg[0] == "failed":
+            self._proc.join(30)
+            raise msg[1]
+        _, self.info, self._stats = msg
+        self._sender = _Sender(self._conn, "lckv-engine-send")
+        self._receiver = threading.Thread(target=self._receive, name="lckv-engine-recv", daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def bind_metrics(self, metrics) -> None:
+        """Where the engine's metrics calls are replayed (the server's ServiceMetrics)."""
+        self._metrics = metrics
+
+    def start(self) -> None:
+        self._receiver.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._proc.is_alive():
+            self._sender.put(("stop",))
+            self._sender.close(10)
+            self._proc.join(30)
+        self._kill()
+
+    async def add(self, req: Request) -> "asyncio.Queue[Event]":
+        if self._dead:
+            raise OverloadedError("the engine process has exited; this replica is restarting", retry_after=5)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        ack = loop.create_future()
+        rid = req.request_id
+        self._routes[rid], self._acks[rid] = (loop, events), (loop, ack)
+        header, tensors = StateHeader.of(req.restore_state) if req.restore_state is not None else (None, [])
+        self._sender.put(("add", {f: getattr(req, f) for f in _REQUEST_FIELDS}, header), tensors)
+        try:
+            error = await ack
+        except asyncio.CancelledError:     # the caller went away before the engine took it
+            self.abort(rid)
+            raise
+        finally:
+            self._acks.pop(rid, None)
+        if error is not None:
+            self._routes.pop(rid, None)
+            raise error
+        return events
+
+    def abort(self, request_id: str) -> None:
+        self._routes.pop(request_id, None)   # nobody reads its events any more
+        if not self._dead:
+            self._sender.put(("abort", request_id))
+
+    def stats(self) -> dict[str, int]:
+        return self._stats
+
+    # -- the receiving thread --
+    def _receive(self) -> None:
+        conn = self._conn
+        try:
+            while True:
+                msg = conn.recv()
+                if msg[0] == "events":
+                    self._on_events(msg, conn)
+                elif msg[0] == "ack":
+                    _, rid, error = msg
+                    waiter = self._acks.get(rid)
+                    if waiter is not None:
+                        _call_in(waiter[0], _resolve, waiter[1], error)
+        except (EOFError, OSError):
+            pass
+        if not self._stopping:
+            self._died()
+
+    def _on_events(self, msg, conn) -> None:
+        _, items, calls, stats = msg
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for rid, ev in items:
+            if isinstance(ev.state, StateHeader):
+                ev.state = ev.state.receive(conn)      # read even if nobody waits: the bytes are in the pipe
+            route = self._routes.get(rid) if ev.type == "delta" else self._routes.pop(rid, None)
+            if route is not None:
+                by_loop.setdefault(route[0], []).append((route[1], ev))
+        for loop, batch in by_loop.items():
+            _call_in(loop, _put_all, batch)
+        if stats is not None:
+            self._stats = stats
+        if self._metrics is not None:
+            for name, args in calls:
+                if name in _METRIC_CALLS:
+                    getattr(self._metrics, name)(*args)
+
+    def _died(self) -> None:
+        self._dead = True
+        self._proc.join(5)
+        code = self._proc.exitcode
+        log.critical("the engine process exited (exit code %s)", code)
+        error = RuntimeError(f"the engine process exited (exit code {code})")
+        for rid, (loop, events) in list(self._routes.items()):
+            _call_in(loop, events.put_nowait, Event("error", error=error))
+        self._routes.clear()
+        for rid, (loop, ack) in list(self._acks.items()):
+            _call_in(loop, _resolve, ack, OverloadedError("the engine process has exited", retry_after=5))
+        if self.on_death is not None:
+            self.on_death(code)
+
+    def _kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5)
+        self._conn.close()
+
+
+def _call_in(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:   # the event loop is closed: nobody is listening any more
+        pass
+
+
+def _resolve(fut: asyncio.Future, error) -> None:
+    if not fut.done():
+        fut.set_result(error)
+
+
+def _put_all(batch: list) -> None:
+    for events, ev in batch:
+        events.put_nowait(ev)
+
+
+def _log_setup() -> tuple[str, str] | None:
+    """The server's logging (level, text|json), for the child to set up the same way."""
+    root = logging.getLogger()
+    handlers = [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
+    if not handlers:
+        return None
+    fmt = "json" if type(handlers[0].formatter).__name__ == "JsonLogFormatter" else "text"
+    return logging.getLevelName(root.level), fmt
+
+
+# ---- the child's side ------------------------------------------------------------------------------
+class MetricsRelay:
+    """EngineMetrics in the engine's process: records the calls, which the server replays on its own
+    metrics (so each metric's rule lives once, in ServiceMetrics)."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, tuple]] = []
+
+    def observe_ttft(self, seconds: float) -> None:
+        self.calls.append(("observe_ttft", (seconds,)))
+
+    def observe_itls(self, seconds: list[float]) -> None:
+        if seconds:
+            self.calls.append(("observe_itls", (list(seconds),)))
+
+    def count_tokens(self, n: int) -> None:
+        self.calls.append(("count_tokens", (n,)))
+
+    def observe_step(self, schedule_s: float, run_s: float, update_s: float, device_s: float | None) -> None:
+        self.calls.append(("observe_step", (schedule_s, run_s, update_s, device_s)))
+
+    def drain(self) -> list[tuple[str, tuple]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+class _EngineHost:
+    """The child: the engine loop's thread steps the engine and queues each step's events; the main
+    thread reads commands until the server says stop or goes away."""
+
+    def __init__(self, engine, relay: MetricsRelay, conn):
+        from ..engine.engine import EngineLoop
+        self.engine, self.relay, self.conn = engine, relay, conn
+        self.sender = _Sender(conn, "lckv-engine-send")
+        self.loop = EngineLoop(engine, self._deliver, after_step=self._after_step)
+        self._items: list[tuple[str, Event]] = []
+        self._tensors: list[torch.Tensor] = []
+        self._stats_at = 0.0
+
+    def _deliver(self, batch: list[tuple[Request, Event]]) -> None:   # engine thread
+        for req, ev in batch:
+            if ev.state is not None:
+                ev.state, tensors = StateHeader.of(ev.state)
+                self._tensors += tensors
+            if ev.error is not None:
+                ev.error = portable(ev.error)
+            self._items.append((req.request_id, ev))
+
+    def _after_step(self) -> None:                                       # engine thread
+        now = time.monotonic()
+        stats = None
+        if now - self._stats_at >= STATS_EVERY_S or not self.engine.has_work():
+            stats, self._stats_at = self.engine.stats(), now
+        calls = self.relay.drain()
+        if self._items or calls or stats is not None:
+            self.sender.put(("events", self._items, calls, stats), self._tensors)
+            self._items, self._tensors = [], []
+
+    def run(self) -> None:
+        self.loop.start()
+        conn = self.conn
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):      # the server is gone: nobody to serve
+                break
+            if msg[0] == "add":
+                _, fields, header = msg
+                state = header.receive(conn) if header is not None else None
+                req = Request(**fields, restore_state=state)
+                try:
+                    self.loop.submit(req)
+                    error = None
+                except Exception as e:       # OverloadedError: the admission queue is full
+                    error = portable(e)
+                self.sender.put(("ack", req.request_id, error))
+            elif msg[0] == "abort":
+                self.loop.abort(msg[1])
+            elif msg[0] == "stop":
+                break
+        self.loop.stop()
+        self.sender.close()
+
+
+def _child_main(cfg, conn, log_setup, threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group: the server stops us
+    torch.set_num_threads(threads)
+    if log_setup is not None:
+        from ..__main__ import setup_logging
+        setup_logging(*log_setup)
+    from pathlib import Path
+
+    from ..tokenizer import ChatTokenizer
+    from .service import _read_template, load_engine
+    try:
+        tokenizer = ChatTokenizer.from_folder(Path(cfg.model), chat_template=_read_template(cfg.chat_template))
+        relay = MetricsRelay()
+        engine, info = load_engine(cfg, tokenizer, relay)
+    except BaseException as e:
+        log.error("engine process: loading failed", exc_info=e)
+        conn.send(("failed", portable(e)))
+        conn.close()
+        raise SystemExit(1)
+    conn.send(("ready", info, engine.stats()))
+    _EngineHost(engine, relay, conn).run()
