@@ -4,13 +4,14 @@
 
 Builds a random-weight model of the shape on the GPU, the serving runner (K/V pool of `--slots` slots,
 FastDecode with a padding slot, as `serve` makes it) and captures the decode graphs one by one, in
-`warm_buckets` order, writing one JSONL row per graph: batch bucket, key bucket, allocated and reserved
+`--order` (warm_buckets captures largest first), writing one JSONL row per graph: batch bucket, key bucket, allocated and reserved
 bytes after it, and the live bytes inside graph pools vs outside them. A last row sums it up.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default="lckv-w2")
     ap.add_argument("--slots", type=int, default=600)
     ap.add_argument("--capacity", type=int, default=1032)
+    ap.add_argument("--order", choices=("descending", "ascending"), default="descending",
+                    help="capture order of the (batch, keys) buckets; descending is warm_buckets'")
     ap.add_argument("--out", help="JSONL file (default: stdout)")
     a = ap.parse_args(argv)
     for name in ("slots", "capacity"):
@@ -66,23 +69,24 @@ def main(argv=None) -> int:
     fd = runner.decode
     keys = sorted({fd.key_bucket(n) for n in range(0, a.capacity, fd.bucket)})
     batches = [b for b in BATCH_BUCKETS if b < batch_bucket(a.slots)] + [batch_bucket(a.slots)]
-    base = {"shape": a.shape, "variant": a.variant, "slots": a.slots, "capacity": a.capacity,
-            "device": torch.cuda.get_device_name(), "weights_bytes": weights, "pool_bytes": pool}
+    base = {"order": a.order, "shape": a.shape, "variant": a.variant, "slots": a.slots, "capacity": a.capacity,
+            "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), "device": torch.cuda.get_device_name(),
+            "weights_bytes": weights, "pool_bytes": pool}
     t0 = time.monotonic()
-    for B in batches:
-        for S in keys:
-            try:
-                fd._graphs[(None, B, S)] = fd._capture(None, B, S)
-            except torch.OutOfMemoryError as e:
-                out.write(json.dumps({**base, "batch": B, "keys": S, "error": str(e)[:300]}) + "\n")
-                out.flush()
-                return 1
-            torch.cuda.synchronize()
-            graph, other = live_by_pool()
-            out.write(json.dumps({**base, "batch": B, "keys": S, "allocated": torch.cuda.memory_allocated(),
-                                  "reserved": torch.cuda.memory_reserved(), "live_in_graph_pools": graph,
-                                  "live_outside": other - weights - pool}) + "\n")
+    pairs = [(B, S) for B in batches for S in keys]
+    for B, S in (reversed(pairs) if a.order == "descending" else pairs):
+        try:
+            fd._graphs[(None, B, S)] = fd._capture(None, B, S)
+        except torch.OutOfMemoryError as e:
+            out.write(json.dumps({**base, "batch": B, "keys": S, "error": str(e)[:300]}) + "\n")
             out.flush()
+            return 1
+        torch.cuda.synchronize()
+        graph, other = live_by_pool()
+        out.write(json.dumps({**base, "batch": B, "keys": S, "allocated": torch.cuda.memory_allocated(),
+                              "reserved": torch.cuda.memory_reserved(), "live_in_graph_pools": graph,
+                              "live_outside": other - weights - pool}) + "\n")
+        out.flush()
     graph, other = live_by_pool()
     out.write(json.dumps({**base, "summary": True, "graphs": len(fd._graphs), "seconds": round(time.monotonic() - t0, 1),
                           "allocated": torch.cuda.memory_allocated(), "live_in_graph_pools": graph,

@@ -277,3 +277,18 @@ def test_step_profile_breaks_a_decode_step_down_by_category(tmp_path, capsys):
             sp.main(["--shape", "tiny-test", "--device", "cpu", "--out", str(tmp_path / "bad.jsonl"), *bad])
         assert e.value.code == 2 and bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_graph_memory_refuses_bad_flags_and_a_machine_without_cuda(tmp_path, capsys):
+    """bench/graph_memory.py measures CUDA graph memory only: here it refuses, naming why, and writes nothing."""
+    gm = _load("graph_memory")
+    out = tmp_path / "g.jsonl"
+    cases = [["--slots", "0"], ["--capacity", "-1"], ["--order", "sideways"]]
+    if not torch.cuda.is_available():
+        cases.append([])
+    for bad in cases:
+        with pytest.raises(SystemExit) as e:
+            gm.main(["--out", str(out), *bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and (bad[0] if bad else "needs a CUDA device") in err
+    assert not out.exists()

@@ -221,8 +221,10 @@ class FastDecode:
         cap = self.cache.capacity
         keys = sorted({self.key_bucket(n) for n in range(0, cap, self.bucket)})
         batches = [b for b in BATCH_BUCKETS if b < batch_bucket(max_batch)] + [batch_bucket(max_batch)]
-        for B in batches:
-            for S in keys:
+        # largest first: the graphs share one memory pool, and a smaller step's transients then fit in
+        # blocks the larger ones freed, where ascending order makes each larger capture grow the pool
+        for B in reversed(batches):
+            for S in reversed(keys):
                 if (None, B, S) not in self._graphs and len(self._graphs) < self.max_graphs:
                     self._graphs[(None, B, S)] = self._capture(None, B, S)
         return len(self._graphs)
@@ -241,14 +243,16 @@ class PoolDecodeKV(KVBackend):
     def __init__(self, fd: FastDecode, slot_idx, first: int | None, pos, S: int):
         super().__init__(fd.cfg)
         self.fd, self.cache, self.slot_idx, self.first, self.pos, self.S = fd, fd.cache, slot_idx, first, pos, S
+        self.limits = {False: pos + 1, True: pos}                           # keys each row may see
+        self.rotated: dict[int, torch.Tensor] = {}
+        if fd.attention == "triton":   # the kernel masks by `limits`: no [B, S] masks in the step (or its graph)
+            return
         kp = torch.arange(S, device=pos.device)
         self.empty = (pos == 0)[:, None, None, None]                        # nodiag row without keys
         allowed = {False: kp[None, :] <= pos[:, None], True: kp[None, :] < pos[:, None]}   # [B, S]
         # a fully masked row would make SDPA return NaN: let it see key 0, then zero its output
         allowed[True] = allowed[True] | (self.empty[:, 0, 0] & (kp[None, :] == 0))
         self.masks = {nd: a[:, None, None, :] for nd, a in allowed.items()}  # [B, 1, 1, S]
-        self.limits = {False: pos + 1, True: pos}                           # keys each row may see
-        self.rotated: dict[int, torch.Tensor] = {}
 
     def _rows(self, buf):  # [B, S, Hkv, D]: a view of the pool when slots are contiguous
         B = self.slot_idx.shape[0]
