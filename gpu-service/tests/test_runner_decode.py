@@ -159,7 +159,7 @@ def test_service_wires_the_decode_option(tmp_path_factory):
     folder = model_folder(tmp_path_factory.getbasetemp() / "runner-decode")
     outs = {}
     for kind in ("fast", "reference"):
-        cfg = serve_config(folder, decode=kind, max_slots=2)
+        cfg = serve_config(folder, decode=kind, max_slots=2, engine_process="off")   # the engine stepped here
         assert f'"decode": "{kind}"' in describe_config(cfg)
         svc = ModelService(cfg)
         assert isinstance(svc.engine.runner.decode, FastDecode) == (kind == "fast")
