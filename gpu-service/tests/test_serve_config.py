@@ -113,3 +113,24 @@ def test_a_pool_that_leaves_too_little_memory_to_capture_the_graphs_shrinks(tmp_
     with pytest.raises(ConfigError) as e:
         ModelService(serve_config(folder, max_slots=10, engine_process="off"))
     assert e.value.param == "mem_fraction" and "--mem-fraction" in str(e.value)
+
+
+def test_the_pool_is_sized_around_the_decode_graphs_memory(monkeypatch):
+    """plan_slots on CUDA (mem_get_info stubbed: this machine has no GPU): the pool takes mem_fraction of
+    the free memory left after the decode graphs' measured bytes, and a reserve that leaves no room for
+    one slot is a ConfigError naming the window."""
+    import torch
+
+    from lckv_service.cache import KVCache
+    from lckv_service.config import ModelConfig
+    from lckv_service.engine.runner import plan_slots
+    cfg, cap = ModelConfig.preset("tiny-test"), 64
+    per_slot = KVCache.bytes_for(cfg, 1, cap, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000 * per_slot, 2000 * per_slot))
+    cuda = torch.device("cuda")
+    assert plan_slots(cfg, cap, cuda, torch.bfloat16, 10**6, 0.5) == 500
+    assert plan_slots(cfg, cap, cuda, torch.bfloat16, 10**6, 0.5, reserve=200 * per_slot) == 400
+    assert plan_slots(cfg, cap, cuda, torch.bfloat16, 300, 0.5, reserve=200 * per_slot) == 300
+    with pytest.raises(ConfigError) as e:
+        plan_slots(cfg, cap, cuda, torch.bfloat16, 10**6, 0.5, reserve=1000 * per_slot)
+    assert e.value.param == "window" and "decode graphs" in str(e.value)

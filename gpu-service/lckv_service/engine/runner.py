@@ -17,6 +17,7 @@ an event). The engine may launch step N+1 before collecting step N (Engine(overl
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -36,8 +37,9 @@ log = logging.getLogger(__name__)
 
 
 def plan_slots(cfg: ModelConfig, capacity: int, device: torch.device, dtype: torch.dtype,
-               max_slots: int, mem_fraction: float) -> int:
-    """How many cache slots to allocate: CPU takes `max_slots`; CUDA what fits in a fraction of free memory."""
+               max_slots: int, mem_fraction: float, reserve: int = 0) -> int:
+    """How many cache slots to allocate: CPU takes `max_slots`; CUDA what fits in `mem_fraction` of the
+    free memory less `reserve` (bytes the decode graphs will take: graph_memory)."""
     if device.type != "cuda":
         # refused up front: an overcommitted pool would be killed for memory later, mid-request
         need, avail = KVCache.bytes_for(cfg, max_slots, capacity, dtype), _available_ram()
@@ -48,13 +50,35 @@ def plan_slots(cfg: ModelConfig, capacity: int, device: torch.device, dtype: tor
         return max_slots
     free, _total = torch.cuda.mem_get_info(device)
     per_slot = KVCache.bytes_for(cfg, 1, capacity, dtype)
-    n = min(max_slots, int(free * mem_fraction) // per_slot)
+    n = min(max_slots, int(max(0, free - reserve) * mem_fraction) // per_slot)
     if n < 1:
         raise ConfigError(f"not enough free GPU memory for one cache slot of {capacity} tokens "
-                          f"({per_slot} bytes)", param="window")
-    log.info("kv pool: %d slots x %d tokens (%.1f MiB of %.1f MiB free)", n, capacity,
-             n * per_slot / 2**20, free / 2**20)
+                          f"({per_slot} bytes; {free / 2**20:.0f} MiB free, {reserve / 2**20:.0f} MiB of it "
+                          f"for the decode graphs)", param="window")
+    log.info("kv pool: %d slots x %d tokens (%.1f MiB of %.1f MiB free, %.1f MiB kept for decode graphs)", n,
+             capacity, n * per_slot / 2**20, free / 2**20, reserve / 2**20)
     return n
+
+
+def graph_memory(model: LCKVModel, max_batch: int, capacity: int, sinks: int, mode: PrefillMode,
+                 dtype: torch.dtype, decode: str = "fast") -> int:
+    """Device bytes the serving decode graphs take for batches up to `max_batch` (CUDA), measured: every
+    graph captured once against a one-slot pool and released. A graph's memory does not depend on the
+    pool's size (captures index only the padding slot), so the pool can be sized around it; running
+    out of memory in a capture instead leaves that capture's memory pool allocated for the life of the
+    process (PyTorch does not release an abandoned capture's pool), so a retry would not get it back."""
+    device = next(model.parameters()).device
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()   # cached free blocks would serve the probe unseen by mem_get_info
+    free_before = torch.cuda.mem_get_info(device)[0]
+    probe = ModelRunner(model, 1, capacity, sinks, mode, dtype, decode=decode, decode_graphs=True)
+    probe.decode.warm_buckets(max_batch)
+    torch.cuda.synchronize(device)
+    used = free_before - torch.cuda.mem_get_info(device)[0] - probe.bytes_total
+    del probe
+    gc.collect()
+    torch.cuda.empty_cache()
+    return max(0, used)
 
 
 def _available_ram() -> int | None:

@@ -24,7 +24,7 @@ from ..errors import ConfigError, ContextLengthError, ModelNotFoundError, Reques
 from ..config import ModelConfig
 from ..engine.engine import AsyncEngine, Engine
 from ..engine.request import Request, Turn
-from ..engine.runner import ModelRunner, plan_slots
+from ..engine.runner import ModelRunner, graph_memory, plan_slots
 from ..engine.scheduler import Scheduler, SchedulerConfig
 from ..model import PrefillMode
 from ..sampling import SamplingParams
@@ -167,11 +167,14 @@ def load_engine(cfg: ServeConfig, tokenizer: ChatTokenizer, metrics=None) -> tup
     capacity = cfg.sinks + window
     cuda = device.type == "cuda"
     graphs = cfg.decode_graphs == "on" or (cfg.decode_graphs == AUTO and cuda and cfg.decode == "fast")
-    num_slots = plan_slots(model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction)
     kind = cfg.prefill_mode
     if kind == AUTO:  # measured (bench/README.md, serving): exact tokenwise beats chunked passes
         kind = "tokenwise" if model_cfg.iter_block is not None else "exact"
     mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
+    num_slots = plan_slots(model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction)
+    if graphs:   # the graphs for that many slots, measured; then the pool is sized around them
+        reserve = graph_memory(model, num_slots, capacity, cfg.sinks, mode, dtype, cfg.decode)
+        num_slots = plan_slots(model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction, reserve)
     runner, num_slots, graphs_held = _build_runner(cfg, model, num_slots, capacity, mode, dtype, graphs)
     budget = cfg.max_batched_tokens or num_slots + (8192 if cuda else 512)
     sched_cfg = SchedulerConfig(num_slots=num_slots, sinks=cfg.sinks, window=window, evict_step=cfg.evict_step,
@@ -190,10 +193,11 @@ POOL_SHRINK = 0.8
 
 
 def _build_runner(cfg: ServeConfig, model, num_slots: int, capacity: int, mode: PrefillMode, dtype, graphs: bool):
-    """The runner with its K/V pool and every decode graph captured. A pool sized from free memory
-    can leave too little for the graphs and the steps' working memory (seen on an H100 with a 7B
-    model and ~111 slots): then the pool shrinks and the capture runs again, rather than the
-    replica failing, and a pool that still does not fit is a ConfigError naming the knobs."""
+    """The runner with its K/V pool and every decode graph captured. The pool was sized around the
+    graphs' measured memory (graph_memory); if capturing still runs out of memory (something else took
+    device memory meanwhile), the pool shrinks and the capture runs again rather than the replica
+    failing: a last resort, since PyTorch keeps an abandoned capture's memory pool. A pool that still
+    does not fit is a ConfigError naming the knobs."""
     last = None
     for attempt in range(POOL_RETRIES + 1):
         if attempt:
