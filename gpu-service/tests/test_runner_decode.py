@@ -185,3 +185,24 @@ def test_cuda_fast_engine_matches_reference(tok):
     fr = drive(fast, workload(tok, "f"))
     rr = drive(ref, workload(tok, "r"))
     assert_same_run(fast, ref, fr, rr, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_captured_graphs_hold_no_autograd_state(tok):
+    """Graphs captured by warm_buckets (outside __call__'s no_grad) from a model whose weights require
+    grad: their outputs carry no autograd graph, which would keep every layer's activations of every
+    graph alive (the ~9 GiB beyond weights and pool at the 7B shape, run f1)."""
+    from lckv_service.cache import KVCache
+    model = random_model(tok, "cuda", torch.bfloat16, hidden_size=256)
+    assert all(p.requires_grad for p in model.parameters())
+    cache = KVCache(model.cfg, 9, 64, "cuda", torch.bfloat16)
+    fd = FastDecode(model, cache, bucket=32, graphs=True, pad_slot=8, attention="sdpa")
+    assert fd.warm_buckets(8) > 0
+    for _graph, _tokens, _slots, (logits, new_len) in fd._graphs.values():
+        assert logits.grad_fn is None and not logits.requires_grad
+
+
+def test_the_service_serves_a_model_without_gradients(tmp_path_factory):
+    folder = model_folder(tmp_path_factory.getbasetemp() / "runner-grad")
+    svc = ModelService(serve_config(folder, max_slots=2, engine_process="off"))
+    assert not any(p.requires_grad for p in svc.engine.runner.model.parameters())

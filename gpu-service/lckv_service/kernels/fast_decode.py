@@ -166,7 +166,10 @@ class FastDecode:
         graph.replay()
         return logits[:B], new_len[:B]
 
+    @torch.no_grad()
     def _capture(self, first: int | None, B: int, S: int):
+        # no_grad here, not only in __call__: warm / warm_buckets capture too, and a graph captured with
+        # autograd on keeps every layer's activations alive through its logits (gigabytes over all graphs)
         cache = self.cache
         static_tokens = torch.zeros(B, dtype=torch.long, device=cache.device)
         slot_idx = (torch.full((B,), self.pad_slot, device=cache.device) if first is None

@@ -155,7 +155,7 @@ def load_engine(cfg: ServeConfig, tokenizer: ChatTokenizer, metrics=None) -> tup
     device = resolve_device(cfg.device)
     auto = torch.bfloat16 if device.type == "cuda" else torch.float32
     dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else auto
-    model = load_model(folder, device=device, dtype=dtype).eval()
+    model = load_model(folder, device=device, dtype=dtype).eval().requires_grad_(False)   # serving never trains
     model_cfg = model.cfg
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ConfigError("the tokenizer's vocabulary is larger than the model's", param="vocab_size")
