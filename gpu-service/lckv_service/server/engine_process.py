@@ -127,7 +127,7 @@ class EngineProcess:
     The constructor spawns the child and waits for it to load the model (raising its error if it
     fails); `info` is what the child reports."""
 
-    def __init__(self, cfg, start_timeout_s: float | None = None):
+    def __init__(self, cfg):
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=True)
         # the child computes with as many intra-op threads as this process would have
@@ -141,17 +141,16 @@ class EngineProcess:
         self._metrics = None
         self._dead = self._stopping = False
         try:
-            if start_timeout_s is not None and not self._conn.poll(start_timeout_s):
-                raise TimeoutError(f"the engine process did not load in {start_timeout_s}s")
             msg = self._conn.recv()
         except EOFError:
-            self._proc.join(5)
+            self._kill()
             raise RuntimeError(f"the engine process exited while loading (exit code {self._proc.exitcode})") from None
         except BaseException:
             self._kill()
             raise
         if msg[0] == "failed":
             self._proc.join(30)
+            self._kill()
             raise msg[1]
         _, self.info, self._stats = msg
         self._sender = _Sender(self._conn, "lckv-engine-send")
@@ -178,12 +177,16 @@ class EngineProcess:
 
     async def add(self, req: Request) -> "asyncio.Queue[Event]":
         if self._dead:
-            raise OverloadedError("the engine process has exited; this replica is restarting", retry_after=5)
+            raise _gone()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
         ack = loop.create_future()
         rid = req.request_id
         self._routes[rid], self._acks[rid] = (loop, events), (loop, ack)
+        if self._dead:                      # died meanwhile: _died may have passed this request by
+            self._routes.pop(rid, None)
+            self._acks.pop(rid, None)
+            raise _gone()
         header, tensors = StateHeader.of(req.restore_state) if req.restore_state is not None else (None, [])
         self._sender.put(("add", {f: getattr(req, f) for f in _REQUEST_FIELDS}, header), tensors)
         try:
@@ -253,7 +256,7 @@ class EngineProcess:
             _call_in(loop, events.put_nowait, Event("error", error=error))
         self._routes.clear()
         for rid, (loop, ack) in list(self._acks.items()):
-            _call_in(loop, _resolve, ack, OverloadedError("the engine process has exited", retry_after=5))
+            _call_in(loop, _resolve, ack, _gone())
         if self.on_death is not None:
             self.on_death(code)
 
@@ -281,6 +284,10 @@ def _event(item: tuple) -> Event:
         return Event("done", finish_reason=item[2], completion_tokens=item[3], tokens_seen=item[4],
                      cache_len=item[5], state=item[6])
     return Event("error", error=item[2])
+
+
+def _gone() -> OverloadedError:
+    return OverloadedError("the engine process has exited; this replica is restarting", retry_after=5)
 
 
 def _call_in(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
