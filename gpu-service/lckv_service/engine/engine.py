@@ -341,6 +341,7 @@ class AsyncEngine:
         self.engine = engine
         self._loop = EngineLoop(engine, self._deliver, idle_wait_s=idle_wait_s)
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}   # by request id
+        self.on_death = None   # EngineProcess's hook; an engine in this process cannot die alone
 
     def start(self) -> None:
         self._loop.start()

@@ -124,9 +124,8 @@ def create_app(cfg: ServeConfig, exit_on_failure: bool = False) -> web.Applicati
             log.info("loading model: %s", describe_config(cfg))
             state.service = svc = await asyncio.to_thread(ModelService, cfg, metrics)
             metrics.bind_engine(svc.async_engine)
-            if hasattr(svc.async_engine, "on_death"):
-                loop = asyncio.get_running_loop()
-                svc.async_engine.on_death = lambda code: loop.call_soon_threadsafe(engine_died, code)
+            loop = asyncio.get_running_loop()
+            svc.async_engine.on_death = lambda code: loop.call_soon_threadsafe(engine_died, code)
             svc.async_engine.start()
             await svc.warmup()
             state.ready = True
