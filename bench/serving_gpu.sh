@@ -4,6 +4,8 @@
 #   bash bench/serving_gpu.sh baseline  # the same load against another tree's service (.baseline/gpu-service)
 #   bash bench/serving_gpu.sh max       # Llama-2-7B shape, as many streams as each variant's K/V pool holds
 #   bash bench/serving_gpu.sh rows      # no tests: only the run.py arguments given
+#   bash bench/serving_gpu.sh ab        # the run.py arguments given twice: the engine in its own process
+#                                       # (the default) and, as the baseline, in the server's (serving-ab-off)
 # Carry .whl (pytest, prometheus-client, jinja2, py-spy: the machine has no internet) and, for
 # `baseline`, .baseline (`git archive <commit> gpu-service/lckv_service | tar -x -C .baseline`).
 part=${1:?usage: bash bench/serving_gpu.sh now|baseline|max|rows [run.py args...]}; shift
@@ -21,9 +23,14 @@ case "$part" in
     src=() ;;
   baseline) src=(--server-src .baseline/gpu-service) ;;
   max) src=(--shapes llama2-7b --streams max --arrivals burst) ;;
-  rows) src=() ;;
+  rows|ab) src=() ;;
   *) echo "unknown part $part" >&2; exit 2 ;;
 esac
-timeout --signal=INT --kill-after=20 "${BUDGET:-500}" "$py" bench/run.py --suite "serving:${SUITE_S:-470}" \
-  --shapes tinyllama-1.1b --out "$out/serving-$part.jsonl" "${src[@]}" "$@" >>"$log" 2>&1 \
-  || echo "run.py exited with $?" >>"$log"
+rows() {  # rows <name> [extra run.py args...]
+  local name=$1; shift
+  timeout --signal=INT --kill-after=20 "${BUDGET:-500}" "$py" bench/run.py --suite "serving:${SUITE_S:-470}" \
+    --shapes tinyllama-1.1b --out "$out/serving-$name.jsonl" "${src[@]}" "$@" >>"$log" 2>&1 \
+    || echo "run.py exited with $?" >>"$log"
+}
+rows "$part" "$@"
+if [ "$part" = ab ]; then rows ab-off "$@" --server-args "--engine-process off"; fi
