@@ -19,7 +19,8 @@ case "$part" in
       tests/test_runner_decode.py -k "cuda or graph or bucket" >>"$log" 2>&1) || echo "kernel tests failed" >>"$log"
     # the engine (serial and overlapped steps) and the server under load, on the GPU
     (cd gpu-service && LCKV_TEST_DEVICE=cuda timeout "${TESTS_S:-150}" "$py" -m pytest -q -x -p no:cacheprovider \
-      tests/test_engine.py tests/test_server_load.py >>"$log" 2>&1) || echo "engine tests failed" >>"$log"
+      tests/test_engine.py tests/test_server_load.py tests/test_engine_process.py >>"$log" 2>&1) \
+      || echo "engine tests failed" >>"$log"
     src=() ;;
   baseline) src=(--server-src .baseline/gpu-service) ;;
   max) src=(--shapes llama2-7b --streams max --arrivals burst) ;;
