@@ -120,6 +120,16 @@ class ServerProcess:
                 out[name] = float(value)
         return out
 
+    def cpu_seconds(self) -> dict[str, float | None]:
+        """CPU seconds (user + system) so far of the server process and of its engine process (None
+        where it has none: --engine-process off), from Linux's /proc; {} elsewhere."""
+        try:
+            engines = engine_pids(self.proc.pid)
+            return {"server": cpu_seconds(self.proc.pid),
+                    "engine": sum(cpu_seconds(p) for p in engines) if engines else None}
+        except OSError:
+            return {}
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -128,6 +138,21 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def engine_pids(pid: int) -> list[int]:
+    """The engine processes among `pid`'s children (multiprocessing spawns them, from any of its threads)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                out.append(int(child))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
 
 
 def free_port() -> int:

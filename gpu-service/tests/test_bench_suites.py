@@ -194,6 +194,8 @@ def test_serving_suite_drives_the_real_server(tmp_path):
                     "engine_tokens_per_s", "ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
                     "all_tokens_delivered_once", "step_ms", "step_run_ms"):
             assert r.get(key) is not None, key
+        # host CPU of both processes, per step: the server's (requests, frames) and the engine's
+        assert r["server_cpu_ms_per_step"] > 0 and r["engine_cpu_ms_per_step"] > 0
         assert r["all_tokens_delivered_once"] and r["completed"] == r["streams"]
         assert r["generated_tokens"] <= 6 * r["streams"]
         if r["requests"] == "session":   # the chat template's tokens around the prompt; a blob each

@@ -18,6 +18,9 @@ import aiohttp
 import pytest
 
 from lckv_service.server.app import STATE
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from lckv_bench.service import engine_pids  # noqa: E402
 from service_fixtures import (SECRET, ServerThread, chat, model_folder, request_body, run_one, serve_config,  # noqa: F401
                               single_torch_thread, split_frames, wait_until)
 from lckv_service.server import protocol as P
@@ -90,13 +93,8 @@ def _ready(port: int) -> bool:
 
 
 def _engine_child(pid: int) -> int:
-    """The engine process among `pid`'s children (spawned from whichever of its threads)."""
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmd = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmd:
-                return int(child)
-    raise AssertionError("no engine process")
+    (child,) = engine_pids(pid)
+    return child
 
 
 def _gone(pid: int) -> bool:

@@ -13,6 +13,8 @@ or session (a chat turn that returns its cache blob, as the Worker's sessions do
 - engine_tokens_per_s, engine_step_s: the engine alone, all prompts prefilled then decoded together;
 - profile (from the service's /metrics over the burst run): steps, wall seconds per step and per
   phase (schedule, run, update), device span per step (CUDA), gpu_busy_frac (device span / wall);
+  server_cpu_ms_per_step and engine_cpu_ms_per_step (Linux: CPU time of the server process and of its
+  engine process, per engine step);
   gpu_util_mean_pct from nvidia-smi sampling.
 
 The model folder, the server process and the request client are bench/lckv_bench/service.py's;
@@ -124,11 +126,15 @@ def summarize(results: list[dict]) -> dict:
             "itl_p50_s": pct(itl, 0.5), "itl_p95_s": pct(itl, 0.95)}
 
 
-def profile(before: dict, after: dict, gpu_util: list[float]) -> dict:
+def profile(before: dict, after: dict, gpu_util: list[float], cpu: tuple[dict, dict] = ({}, {})) -> dict:
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     steps = d.get("lckv_engine_steps_total", 0.0)
     if not steps:
         return {"profile_steps": 0, "gpu_util_mean_pct": round(statistics.mean(gpu_util), 1) if gpu_util else None}
+    # CPU per step of each process: the server's is its host work (requests, frames); the engine's also
+    # counts the CUDA driver spinning while it waits for the device
+    cpu_ms = {f"{name}_cpu_ms_per_step": round(1000 * (cpu[1][name] - cpu[0][name]) / steps, 3)
+              for name in ("server", "engine") if cpu[0].get(name) is not None and cpu[1].get(name) is not None}
     phase = {p: d.get(f'lckv_engine_step_seconds_total{{phase="{p}"}}', 0.0) for p in ("schedule", "run", "update")}
     wall = sum(phase.values())
     dev = d.get("lckv_engine_device_seconds_total", 0.0)
@@ -136,7 +142,7 @@ def profile(before: dict, after: dict, gpu_util: list[float]) -> dict:
             **{f"step_{p}_ms": round(1000 * s / steps, 3) for p, s in phase.items()},
             "step_device_ms": round(1000 * dev / steps, 3) if dev else None,
             "gpu_busy_frac": round(dev / wall, 3) if dev and wall else None,
-            "gpu_util_mean_pct": round(statistics.mean(gpu_util), 1) if gpu_util else None}
+            "gpu_util_mean_pct": round(statistics.mean(gpu_util), 1) if gpu_util else None, **cpu_ms}
 
 
 class GpuUtil:
@@ -248,19 +254,19 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, ge
                     for _ in range(n):
                         delays.append(t if arrival == "poisson" else 0.0)
                         t += rng.expovariate(rate)
-                    before = server.metrics()
+                    before, cpu_before = server.metrics(), server.cpu_seconds()
                     profiled = n == n_max and arrival == "burst" and kind == requests[0]
                     spy = _pyspy(server, base, n) if profiled else None
                     with GpuUtil() as util:
                         results = asyncio.run(drive(server.url, prompts, gen, delays, kind))
                     if spy is not None:
                         spy.wait(timeout=120)
-                    after = server.metrics()
+                    after, cpu_after = server.metrics(), server.cpu_seconds()
                     summary = summarize(results)
                     rows.append(dict(base, streams=n, arrival=arrival, requests=kind,
                                      rate_per_s=round(rate, 3) if arrival == "poisson" else None,
                                      status="ok" if summary["completed"] == n else "error",
-                                     **summary, **profile(before, after, util.samples)))
+                                     **summary, **profile(before, after, util.samples, (cpu_before, cpu_after))))
     except Exception as e:
         rows.append(dict(base, status="error", error=f"{type(e).__name__}: {e}"[:300],
                          server_log_tail=log.read_text(errors="replace")[-1500:] if log.exists() else None))
