@@ -194,8 +194,9 @@ def test_serving_suite_drives_the_real_server(tmp_path):
                     "engine_tokens_per_s", "ttft_p50_s", "ttft_p95_s", "itl_p50_s", "itl_p95_s",
                     "all_tokens_delivered_once", "step_ms", "step_run_ms"):
             assert r.get(key) is not None, key
-        # host CPU of both processes, per step: the server's (requests, frames) and the engine's
-        assert r["server_cpu_ms_per_step"] > 0 and r["engine_cpu_ms_per_step"] > 0
+        # host CPU of both processes, per step: the server's (requests, frames) and the engine's, in clock
+        # ticks (10 ms): a tiny row's server may round to 0
+        assert r["server_cpu_ms_per_step"] >= 0 and r["engine_cpu_ms_per_step"] >= 0
         assert r["all_tokens_delivered_once"] and r["completed"] == r["streams"]
         assert r["generated_tokens"] <= 6 * r["streams"]
         if r["requests"] == "session":   # the chat template's tokens around the prompt; a blob each
@@ -204,6 +205,7 @@ def test_serving_suite_drives_the_real_server(tmp_path):
             assert r["prompt_tokens_mean"] == 12 and r["blob_bytes_mean"] == 0
         assert r["ttft_p50_s"] <= r["ttft_p95_s"] and r["tokens_per_s"] > 0 and r["engine_tokens_per_s"] > 0
     assert "service_vs_engine" in next(r for r in sv if r["arrival"] == "burst")
+    assert max(r["engine_cpu_ms_per_step"] for r in sv) > 0
     md = plot.serving_md(rows)
     assert "lckv-w2" in md and "burst" in md
 
