@@ -134,3 +134,11 @@ def test_the_pool_is_sized_around_the_decode_graphs_memory(monkeypatch):
     with pytest.raises(ConfigError) as e:
         plan_slots(cfg, cap, cuda, torch.bfloat16, 10**6, 0.5, reserve=1000 * per_slot)
     assert e.value.param == "window" and "decode graphs" in str(e.value)
+
+
+def test_decode_graphs_on_a_cpu_device_is_refused_naming_the_option(tmp_path):
+    from lckv_service.server.service import ModelService
+    from service_fixtures import model_folder, serve_config
+    with pytest.raises(ConfigError) as e:
+        ModelService(serve_config(model_folder(tmp_path), device="cpu", decode_graphs="on", engine_process="off"))
+    assert e.value.param == "decode_graphs"

@@ -172,8 +172,13 @@ def load_engine(cfg: ServeConfig, tokenizer: ChatTokenizer, metrics=None) -> tup
         kind = "tokenwise" if model_cfg.iter_block is not None else "exact"
     mode = PrefillMode(kind="exact" if kind == "tokenwise" else kind, chunk=cfg.prefill_chunk)
     num_slots = plan_slots(model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction)
-    if graphs:   # the graphs for that many slots, measured; then the pool is sized around them
-        reserve = graph_memory(model, num_slots, capacity, cfg.sinks, mode, dtype, cfg.decode)
+    if graphs and cuda and cfg.decode == "fast":   # the graphs for that many slots, measured; then the pool
+        try:                                         # is sized around them
+            reserve = graph_memory(model, num_slots, capacity, cfg.sinks, mode, dtype, cfg.decode)
+        except Exception as e:   # a sizing aid: serve with the pool sized without it rather than not at all
+            log.warning("could not measure the decode graphs' memory (%s); sizing the K/V pool without it",
+                        type(e).__name__, exc_info=e)
+            reserve = 0
         num_slots = plan_slots(model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction, reserve)
     runner, num_slots, graphs_held = _build_runner(cfg, model, num_slots, capacity, mode, dtype, graphs)
     budget = cfg.max_batched_tokens or num_slots + (8192 if cuda else 512)
