@@ -332,6 +332,49 @@ class EngineLoop:
                 self._wake.clear()
 
 
+class EventRoutes:
+    """Who reads each request's events: request id -> (event loop, asyncio.Queue). `deliver` hands a
+    batch of (request id, event) pairs over from any thread with one call_soon_threadsafe per loop;
+    a done or error event ends its route."""
+
+    def __init__(self):
+        self._routes: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+
+    def open(self, request_id: str) -> "asyncio.Queue[Event]":
+        """A queue for the request's events, read on the running event loop."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._routes[request_id] = (asyncio.get_running_loop(), queue)
+        return queue
+
+    def close(self, request_id: str) -> None:
+        self._routes.pop(request_id, None)   # nobody reads its events any more
+
+    def ids(self) -> list[str]:
+        return list(self._routes)
+
+    def deliver(self, batch) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for rid, ev in batch:
+            route = self._routes.get(rid) if ev.type == "delta" else self._routes.pop(rid, None)
+            if route is not None:
+                by_loop.setdefault(route[0], []).append((route[1], ev))
+        for loop, items in by_loop.items():
+            call_in(loop, _put_all, items)
+
+
+def call_in(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """fn(*args) on `loop`, from any thread; nothing if the loop has closed (nobody is listening)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
+
+
+def _put_all(items: list) -> None:
+    for queue, ev in items:
+        queue.put_nowait(ev)
+
+
 class AsyncEngine:
     """The engine in this process, for asyncio callers: each request's events arrive on its own
     asyncio.Queue. (server.engine_process.EngineProcess has the same interface, with the engine in
@@ -339,8 +382,9 @@ class AsyncEngine:
 
     def __init__(self, engine: Engine, idle_wait_s: float = 0.5):
         self.engine = engine
-        self._loop = EngineLoop(engine, self._deliver, idle_wait_s=idle_wait_s)
-        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}   # by request id
+        self._routes = EventRoutes()
+        self._loop = EngineLoop(engine, lambda batch: self._routes.deliver((r.request_id, ev) for r, ev in batch),
+                                idle_wait_s=idle_wait_s)
         self.on_death = None   # EngineProcess's hook; an engine in this process cannot die alone
 
     def start(self) -> None:
@@ -352,37 +396,17 @@ class AsyncEngine:
     async def add(self, req: Request) -> "asyncio.Queue[Event]":
         """Queue a request; its events arrive on the returned queue. OverloadedError when the
         admission queue is full."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._queues[req.request_id] = (asyncio.get_running_loop(), queue)
+        queue = self._routes.open(req.request_id)
         try:
             self._loop.submit(req)
         except BaseException:
-            del self._queues[req.request_id]
+            self._routes.close(req.request_id)
             raise
         return queue
 
     def abort(self, request_id: str) -> None:
-        self._queues.pop(request_id, None)   # nobody reads its events any more
+        self._routes.close(request_id)
         self._loop.abort(request_id)
 
     def stats(self) -> dict[str, int]:
         return self.engine.stats()
-
-    def _deliver(self, batch: list[tuple[Request, Event]]) -> None:
-        """Hand a step's events to their event loops: one call_soon_threadsafe per loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for req, ev in batch:
-            rid = req.request_id
-            route = self._queues.get(rid) if ev.type == "delta" else self._queues.pop(rid, None)
-            if route is not None:
-                by_loop.setdefault(route[0], []).append((route[1], ev))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(deliver_to_queues, items)
-            except RuntimeError:  # the event loop is closed: nobody is listening any more
-                pass
-
-
-def deliver_to_queues(items: list) -> None:
-    for queue, ev in items:
-        queue.put_nowait(ev)

@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 
 from ..cache import CacheState
+from ..engine.engine import EventRoutes, call_in
 from ..engine.request import Event, Request
 from ..errors import OverloadedError
 
@@ -136,7 +137,7 @@ class EngineProcess:
         self._proc.start()
         child_conn.close()
         self.on_death: Callable[[int | None], None] | None = None
-        self._routes: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}   # by request id
+        self._routes = EventRoutes()
         self._acks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
         self._metrics = None
         self._dead = self._stopping = False
@@ -179,12 +180,11 @@ class EngineProcess:
         if self._dead:
             raise _gone()
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
         ack = loop.create_future()
         rid = req.request_id
-        self._routes[rid], self._acks[rid] = (loop, events), (loop, ack)
+        events, self._acks[rid] = self._routes.open(rid), (loop, ack)
         if self._dead:                      # died meanwhile: _died may have passed this request by
-            self._routes.pop(rid, None)
+            self._routes.close(rid)
             self._acks.pop(rid, None)
             raise _gone()
         header, tensors = StateHeader.of(req.restore_state) if req.restore_state is not None else (None, [])
@@ -197,12 +197,12 @@ class EngineProcess:
         finally:
             self._acks.pop(rid, None)
         if error is not None:
-            self._routes.pop(rid, None)
+            self._routes.close(rid)
             raise error
         return events
 
     def abort(self, request_id: str) -> None:
-        self._routes.pop(request_id, None)   # nobody reads its events any more
+        self._routes.close(request_id)
         if not self._dead:
             self._sender.put(("abort", request_id))
 
@@ -221,7 +221,7 @@ class EngineProcess:
                     _, rid, error = msg
                     waiter = self._acks.get(rid)
                     if waiter is not None:
-                        _call_in(waiter[0], _resolve, waiter[1], error)
+                        call_in(waiter[0], _resolve, waiter[1], error)
         except (EOFError, OSError):
             pass
         if not self._stopping:
@@ -229,16 +229,13 @@ class EngineProcess:
 
     def _on_events(self, msg, conn) -> None:
         _, items, calls, stats = msg
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        batch = []
         for item in items:
-            rid, ev = item[1], _event(item)
+            ev = _event(item)
             if isinstance(ev.state, StateHeader):
                 ev.state = ev.state.receive(conn)      # read even if nobody waits: the bytes are in the pipe
-            route = self._routes.get(rid) if ev.type == "delta" else self._routes.pop(rid, None)
-            if route is not None:
-                by_loop.setdefault(route[0], []).append((route[1], ev))
-        for loop, batch in by_loop.items():
-            _call_in(loop, _put_all, batch)
+            batch.append((item[1], ev))
+        self._routes.deliver(batch)
         if stats is not None:
             self._stats = stats
         if self._metrics is not None:
@@ -252,11 +249,9 @@ class EngineProcess:
         code = self._proc.exitcode
         log.critical("the engine process exited (exit code %s)", code)
         error = RuntimeError(f"the engine process exited (exit code {code})")
-        for rid, (loop, events) in list(self._routes.items()):
-            _call_in(loop, events.put_nowait, Event("error", error=error))
-        self._routes.clear()
-        for rid, (loop, ack) in list(self._acks.items()):
-            _call_in(loop, _resolve, ack, _gone())
+        self._routes.deliver([(rid, Event("error", error=error)) for rid in self._routes.ids()])
+        for loop, ack in list(self._acks.values()):
+            call_in(loop, _resolve, ack, _gone())
         if self.on_death is not None:
             self.on_death(code)
 
@@ -290,21 +285,9 @@ def _gone() -> OverloadedError:
     return OverloadedError("the engine process has exited; this replica is restarting", retry_after=5)
 
 
-def _call_in(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
-    try:
-        loop.call_soon_threadsafe(fn, *args)
-    except RuntimeError:   # the event loop is closed: nobody is listening any more
-        pass
-
-
 def _resolve(fut: asyncio.Future, error) -> None:
     if not fut.done():
         fut.set_result(error)
-
-
-def _put_all(batch: list) -> None:
-    for events, ev in batch:
-        events.put_nowait(ev)
 
 
 def _log_setup() -> tuple[str, str] | None:
