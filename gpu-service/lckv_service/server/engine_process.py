@@ -35,14 +35,14 @@ from typing import Callable
 import torch
 
 from ..cache import CacheState
-from ..engine.engine import EventRoutes, call_in
+from ..engine.engine import EngineMetrics, EventRoutes, call_in
 from ..engine.request import Event, Request
 from ..errors import OverloadedError
 
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 0.1
-_METRIC_CALLS = frozenset(("observe_ttft", "observe_itls", "count_tokens", "observe_step"))
+_METRIC_CALLS = frozenset(n for n in vars(EngineMetrics) if not n.startswith("_"))   # the protocol's calls
 _REQUEST_FIELDS = ("request_id", "prompt_ids", "params", "restored_tokens", "cached_tokens", "return_blob",
                    "turn", "arrival")
 
@@ -302,24 +302,16 @@ def _log_setup() -> tuple[str, str] | None:
 
 # ---- the child's side ------------------------------------------------------------------------------
 class MetricsRelay:
-    """EngineMetrics in the engine's process: records the calls, which the server replays on its own
+    """EngineMetrics in the engine's process: records each call, which the server replays on its own
     metrics (so each metric's rule lives once, in ServiceMetrics)."""
 
     def __init__(self):
         self.calls: list[tuple[str, tuple]] = []
 
-    def observe_ttft(self, seconds: float) -> None:
-        self.calls.append(("observe_ttft", (seconds,)))
-
-    def observe_itls(self, seconds: list[float]) -> None:
-        if seconds:
-            self.calls.append(("observe_itls", (list(seconds),)))
-
-    def count_tokens(self, n: int) -> None:
-        self.calls.append(("count_tokens", (n,)))
-
-    def observe_step(self, schedule_s: float, run_s: float, update_s: float, device_s: float | None) -> None:
-        self.calls.append(("observe_step", (schedule_s, run_s, update_s, device_s)))
+    def __getattr__(self, name: str):
+        if name not in _METRIC_CALLS:
+            raise AttributeError(name)
+        return lambda *args: self.calls.append((name, args))
 
     def drain(self) -> list[tuple[str, tuple]]:
         calls, self.calls = self.calls, []
