@@ -229,6 +229,13 @@ class EngineProcess:
 
     def _on_events(self, msg, conn) -> None:
         _, items, calls, stats = msg
+        # metrics and stats first: whoever reads a request's end then sees the step that ended it counted
+        if stats is not None:
+            self._stats = stats
+        if self._metrics is not None:
+            for name, args in calls:
+                if name in _METRIC_CALLS:
+                    getattr(self._metrics, name)(*args)
         batch = []
         for item in items:
             ev = _event(item)
@@ -236,12 +243,6 @@ class EngineProcess:
                 ev.state = ev.state.receive(conn)      # read even if nobody waits: the bytes are in the pipe
             batch.append((item[1], ev))
         self._routes.deliver(batch)
-        if stats is not None:
-            self._stats = stats
-        if self._metrics is not None:
-            for name, args in calls:
-                if name in _METRIC_CALLS:
-                    getattr(self._metrics, name)(*args)
 
     def _died(self) -> None:
         self._dead = True
