@@ -61,7 +61,7 @@ def plan_slots(cfg: ModelConfig, capacity: int, device: torch.device, dtype: tor
 
 
 def graph_memory(model: LCKVModel, max_batch: int, capacity: int, sinks: int, mode: PrefillMode,
-                 dtype: torch.dtype, decode: str = "fast") -> int:
+                 dtype: torch.dtype) -> int:
     """Device bytes the serving decode graphs take for batches up to `max_batch` (CUDA), measured: every
     graph captured once against a one-slot pool and released. A graph's memory does not depend on the
     pool's size (captures index only the padding slot), so the pool can be sized around it; running
@@ -71,7 +71,7 @@ def graph_memory(model: LCKVModel, max_batch: int, capacity: int, sinks: int, mo
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()   # cached free blocks would serve the probe unseen by mem_get_info
     free_before = torch.cuda.mem_get_info(device)[0]
-    probe = ModelRunner(model, 1, capacity, sinks, mode, dtype, decode=decode, decode_graphs=True)
+    probe = ModelRunner(model, 1, capacity, sinks, mode, dtype, decode="fast", decode_graphs=True)
     probe.decode.warm_buckets(max_batch)
     torch.cuda.synchronize(device)
     used = free_before - torch.cuda.mem_get_info(device)[0] - probe.bytes_total

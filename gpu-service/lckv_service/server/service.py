@@ -174,7 +174,7 @@ def load_engine(cfg: ServeConfig, tokenizer: ChatTokenizer, metrics=None) -> tup
     num_slots = plan_slots(model_cfg, capacity, device, dtype, cfg.max_slots, cfg.mem_fraction)
     if graphs and cuda and cfg.decode == "fast":   # the graphs for that many slots, measured; then the pool
         try:                                         # is sized around them
-            reserve = graph_memory(model, num_slots, capacity, cfg.sinks, mode, dtype, cfg.decode)
+            reserve = graph_memory(model, num_slots, capacity, cfg.sinks, mode, dtype)
         except Exception as e:   # a sizing aid: serve with the pool sized without it rather than not at all
             log.warning("could not measure the decode graphs' memory (%s); sizing the K/V pool without it",
                         type(e).__name__, exc_info=e)
