@@ -19,7 +19,7 @@ def _parse(argv, monkeypatch=None, **env):
 
 
 def test_every_option_but_the_secret_is_a_flag_with_its_default(monkeypatch):
-    for name in ("MODEL_DIR", "PORT", "LCKV_DECODE", "MODEL_ID"):
+    for name in ("MODEL_DIR", "PORT", "LCKV_DECODE", "MODEL_ID", "LCKV_ENGINE_PROCESS"):
         monkeypatch.delenv(name, raising=False)
     cfg = _parse([])
     for f in fields(ServeConfig):
@@ -46,10 +46,14 @@ def test_bad_values_are_refused_naming_the_option(monkeypatch):
     with pytest.raises(SystemExit):               # argparse: a value outside the declared choices
         _parse(["--prefill-mode", "fastest"])
     for kw, param in ((dict(prefill_mode="fastest"), "prefill_mode"), (dict(decode_graphs="yes"), "decode_graphs"),
-                      (dict(max_batched_tokens=0), "max_batched_tokens"), (dict(window=0), "window")):
+                      (dict(max_batched_tokens=0), "max_batched_tokens"), (dict(window=0), "window"),
+                      (dict(engine_process="maybe"), "engine_process")):
         with pytest.raises(ConfigError) as e:
             ServeConfig(model="m", secret="s", **kw)
         assert e.value.param == param
+    with pytest.raises(ConfigError) as e:         # an env value outside the choices: argparse does not check it
+        _parse([], monkeypatch, LCKV_ENGINE_PROCESS="maybe")
+    assert e.value.param == "engine_process"
 
 
 def test_serve_refuses_a_bad_env_value_with_a_message(monkeypatch, capsys):
