@@ -34,7 +34,11 @@ SERVICE_SRC = Path(__file__).resolve().parents[2] / "gpu-service"
 
 
 # ---- the model folder --------------------------------------------------------------------------
-def make_model_folder(folder: Path, shape: str, variant: str, max_positions: int, dtype: torch.dtype) -> Path:
+def make_model_folder(folder: Path, shape: str, variant: str, max_positions: int, dtype: torch.dtype,
+                      device: torch.device | str = "cpu") -> Path:
+    """A folder the service loads: random weights (drawn on `device`: a 7B draw takes minutes on a CPU,
+    seconds on a GPU; the model stays on the CPU, one parameter at a time visits the device) and the
+    test tokenizer."""
     tok = train_tokenizer()
     cfg = make_config(shape, variant, max_positions)
     if cfg.vocab_size < tok.get_vocab_size():   # the CPU test shape: the tokenizer's width
@@ -49,7 +53,12 @@ def make_model_folder(folder: Path, shape: str, variant: str, max_positions: int
     model = model.to_empty(device="cpu")
     with torch.no_grad():
         for p in model.parameters():
-            p.normal_(0.0, 0.02) if p.dim() == 2 else p.fill_(1.0)
+            if p.dim() == 2:
+                p.copy_(torch.empty(p.shape, dtype=p.dtype, device=device).normal_(0.0, 0.02))
+            else:
+                p.fill_(1.0)
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()   # the server, started next in its own process, sizes its pool from free memory
     save_model(model, folder, dtype=dtype)
     return folder
 
@@ -168,14 +177,17 @@ def request_body(request: dict, blob: bytes | None = None) -> bytes:
     return P.json_frame(request) + b"".join(P.blob_frames(blob or b"")) + P.end_frame()
 
 
-async def generate(session, url: str, body: bytes) -> dict:
+async def generate(session, url: str, body: bytes, progress: dict | None = None) -> dict:
     """POST /v1/internal/generate and read the reply to its end. Returns `sent` (perf_counter before
     the request went out), `start` (the start event), `frames` [(arrival time, token ids)] of the
     delta frames, `text` (the deltas' text joined, as the Worker keeps a reply), `done`, `blob` (the
     B frames' bytes, b"" when none came) and `end`; on a refusal or an in-band error, `status` and
-    `error` instead of `done`."""
+    `error` instead of `done`. `progress`, when given, holds `sent` and the growing `frames` while
+    the reply streams, for a caller that may cancel it."""
     sent = time.perf_counter()
     frames: list[tuple[float, list[int]]] = []
+    if progress is not None:
+        progress.update(sent=sent, frames=frames)
     start = done = None
     blob, text, reader = [], [], P.FrameReader()
     headers = {"Authorization": f"Bearer {SECRET}", "Content-Type": P.CONTENT_TYPE}

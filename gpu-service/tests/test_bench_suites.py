@@ -210,6 +210,23 @@ def test_serving_suite_drives_the_real_server(tmp_path):
     assert "lckv-w2" in md and "burst" in md
 
 
+def test_a_serving_run_cut_by_the_time_budget_reports_what_arrived_until_then():
+    """A stream cancelled at the suite's deadline counts its tokens and first token up to the cut; the
+    row says it was cut and is not a clean run."""
+    from lckv_bench.suites.serving import CUT, summarize
+    usage = {"completion_tokens": 3, "prompt_tokens": 5}
+    done = {"sent": 0.0, "frames": [(1.0, [7]), (1.5, [8, 9])], "done": {"usage": usage, "finish_reason": "length"},
+            "blob": b"", "end": 2.0}
+    cut = {"sent": 0.5, "frames": [(3.0, [4]), (3.5, [5])], "error": CUT, "cut_at": 4.0}
+    unsent = {"error": CUT, "cut_at": 4.0}   # a Poisson arrival not yet due
+    s = summarize([done, cut, unsent])
+    assert s["completed"] == 1 and s["failed"] == 2 and s["cut_streams"] == 2 and s["cut_after_s"] == 4.0
+    assert s["generated_tokens"] == 5 and s["tokens_per_s"] == 1.2 and not s["all_tokens_delivered_once"]
+    assert s["ttft_p50_s"] in (1.0, 2.5) and s["ttft_p95_s"] == 2.5
+    clean = summarize([done])
+    assert "cut_streams" not in clean and clean["tokens_per_s"] == 1.5 and clean["all_tokens_delivered_once"]
+
+
 def test_serving_cli_refuses_bad_values(tmp_path, capsys):
     for args, param in ((["--streams", "0"], "streams"), (["--streams", "a,b"], "streams"),
                         (["--streams", "max,-2"], "streams"),

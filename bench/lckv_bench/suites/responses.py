@@ -138,7 +138,7 @@ def run(ctx: Context) -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(ctx.model_folder) if ctx.model_folder else make_model_folder(
-                Path(tmp) / "model", shape, variant, TINY_CONTEXT if ctx.tiny else CONTEXT, dtype)
+                Path(tmp) / "model", shape, variant, TINY_CONTEXT if ctx.tiny else CONTEXT, dtype, ctx.device)
             _serve(ctx, folder, sizes, repeats, extra, base, emit)
 
 

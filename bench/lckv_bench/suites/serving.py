@@ -76,18 +76,31 @@ def _body(i: int, prompt: str, gen: int, requests: str) -> bytes:
                          "sampling": sampling, "return_blob": False})
 
 
-async def _one(session, url: str, body: bytes, delay: float, t_start: float) -> dict:
+async def _one(session, url: str, body: bytes, delay: float, t_start: float, progress: dict) -> dict:
     await asyncio.sleep(max(0.0, t_start + delay - time.perf_counter()))
-    return await generate(session, url, body)
+    return await generate(session, url, body, progress)
 
 
-async def drive(url: str, prompts: list[str], gen: int, delays: list[float], requests: str = "completion") -> list[dict]:
+CUT = "cut: the suite's time budget was spent"
+
+
+async def drive(url: str, prompts: list[str], gen: int, delays: list[float], requests: str = "completion",
+                timeout: float | None = None) -> list[dict]:
+    """One stream per prompt, each sent at its delay. Streams still open after `timeout` seconds are
+    cancelled and come back as {error: CUT, cut_at, sent, frames so far}."""
     import aiohttp
     conn = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=3600)) as s:
         t0 = time.perf_counter() + 0.05
-        return await asyncio.gather(*(_one(s, url, _body(i, p, gen, requests), d, t0)
-                                      for i, (p, d) in enumerate(zip(prompts, delays))))
+        progress = [{} for _ in prompts]
+        tasks = [asyncio.ensure_future(_one(s, url, _body(i, p, gen, requests), d, t0, progress[i]))
+                 for i, (p, d) in enumerate(zip(prompts, delays))]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        cut_at = time.perf_counter()
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return [t.result() if t in done else dict(pr, error=CUT, cut_at=cut_at) for t, pr in zip(tasks, progress)]
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -110,14 +123,22 @@ def summarize(results: list[dict]) -> dict:
     delivered_once = bool(ok) and not errors and all(delivered(r) for r in ok)
     tokens = sum(r["done"]["usage"]["completion_tokens"] for r in ok)
     wall = (max(r["end"] for r in ok) - min(r["sent"] for r in ok)) if ok else 0.0
-    ttft = [r["frames"][0][0] - r["sent"] for r in ok if r["frames"]]
+    measured = ok
+    cut = [r for r in errors if r.get("error") == CUT and "sent" in r]
+    if cut:   # the time box ended the run: throughput and TTFT over what arrived until then
+        measured = ok + cut
+        tokens += sum(len(ids) for r in cut for _, ids in r["frames"])
+        wall = max(r["cut_at"] for r in cut) - min(r["sent"] for r in measured)
+    ttft = [r["frames"][0][0] - r["sent"] for r in measured if r["frames"]]
     itl = []
-    for r in ok:
+    for r in measured:
         for (ta, _), (tb, ids) in zip(r["frames"], r["frames"][1:]):
             itl += [(tb - ta) / len(ids)] * len(ids)
     prompt_tokens = [r["done"]["usage"]["prompt_tokens"] for r in ok]
     blobs = [len(r["blob"]) for r in ok]
     return {"completed": len(ok), "failed": len(errors), "error_sample": str(errors[0].get("error"))[:300] if errors else None,
+            **({"cut_streams": len([r for r in errors if r.get("error") == CUT]), "cut_after_s": round(wall, 3)}
+               if cut else {}),
             "all_tokens_delivered_once": delivered_once, "generated_tokens": tokens, "wall_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1) if wall else None,
             "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1) if prompt_tokens else None,
@@ -201,7 +222,8 @@ def run(ctx: Context) -> None:
                     ctx.rec.write("serving", status="skipped", reason="suite time budget spent", **base)
                     continue
                 with tempfile.TemporaryDirectory() as tmp:
-                    folder = make_model_folder(Path(tmp) / "model", shape, variant, prompt + gen + 8, dtype)
+                    folder = make_model_folder(Path(tmp) / "model", shape, variant, prompt + gen + 8, dtype,
+                                               ctx.device)
                     rows = _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, gen, base)
                     engine: dict[int, dict] = {}   # streams -> the engine alone's figures, measured once
                     for row in rows:   # the engine alone, same folder, batch and lengths, after the server is gone
@@ -209,6 +231,12 @@ def run(ctx: Context) -> None:
                             continue                                     # with this tree's, engine included
                         try:
                             n = row["streams"]
+                            # its prefill is about the burst's TTFT; its decode stops at a deadline
+                            # (the rest extrapolated); loading and capturing the graphs about 30 s
+                            need = 30 + (row["ttft_p95_s"] or 0) + 10
+                            if n not in engine and ctx.budget.left() < need:
+                                row["engine_error"] = f"not run: the suite's time budget left {ctx.budget.left():.0f} s"
+                                continue
                             if n not in engine:
                                 engine[n] = engine_baseline(folder, ctx.device, dtype, n, prompt, gen, decoder,
                                                             time.perf_counter() + min(60, ctx.budget.left() / 4))
@@ -258,7 +286,8 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, ge
                     profiled = n == n_max and arrival == "burst" and kind == requests[0]
                     spy = _pyspy(server, base, n) if profiled else None
                     with GpuUtil() as util:
-                        results = asyncio.run(drive(server.url, prompts, gen, delays, kind))
+                        results = asyncio.run(drive(server.url, prompts, gen, delays, kind,
+                                                    timeout=max(1.0, ctx.budget.left() - 5)))
                     if spy is not None:
                         spy.wait(timeout=120)
                     after, cpu_after = server.metrics(), server.cpu_seconds()
