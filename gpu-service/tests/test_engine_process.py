@@ -133,3 +133,40 @@ def test_the_engine_process_exits_when_its_server_is_killed(folder):
         _wait(lambda: _gone(child), 30)
     finally:
         proc.kill()
+
+
+def test_the_channel_carries_messages_and_tensor_bytes_in_order_byte_exact():
+    """Tensor bytes bypass the Connection but share its socket: a receiver reading messages and
+    tensors in the sender's order gets each one whole, for tensors far larger than the socket's buffer."""
+    import multiprocessing as mp
+    import threading
+
+    import torch
+
+    from lckv_service.server.engine_process import Channel
+    a, b = mp.get_context("spawn").Pipe(duplex=True)
+    send, recv = Channel(a), Channel(b)
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(2, 1024, 1024, generator=g).to(torch.bfloat16),   # 4 MiB
+               torch.empty(0, 3), torch.randint(0, 2**31, (3, 5), generator=g, dtype=torch.int64),
+               torch.randn(6_000_000, generator=g)]                              # 24 MB
+
+    def writer():
+        for i, t in enumerate(tensors):
+            send.send(("tensor", i, tuple(t.shape), t.dtype))
+            send.send_tensor(t)
+        send.send(("end",))
+
+    th = threading.Thread(target=writer)
+    th.start()
+    got = []
+    while (msg := recv.recv())[0] != "end":
+        got.append(recv.recv_tensor(msg[2], msg[3]))
+    th.join()
+    assert len(got) == len(tensors)
+    for t, u in zip(tensors, got):
+        assert u.dtype == t.dtype and u.shape == t.shape and torch.equal(u, t)
+    send.close()
+    with pytest.raises(EOFError):   # the writer gone mid-stream: a clear end, not a short tensor
+        recv.recv_tensor((4,), torch.float32)
+    recv.close()
