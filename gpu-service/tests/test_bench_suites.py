@@ -227,6 +227,23 @@ def test_a_serving_run_cut_by_the_time_budget_reports_what_arrived_until_then():
     assert "cut_streams" not in clean and clean["tokens_per_s"] == 1.5 and clean["all_tokens_delivered_once"]
 
 
+def test_a_driven_run_past_its_timeout_comes_back_cut_with_what_it_received(tmp_path):
+    """drive() against the real server: streams still open at the timeout are cancelled and come back
+    marked cut with their send time and the frames so far; one not yet due was never sent."""
+    import asyncio
+
+    from lckv_bench.service import MODEL_ID, SECRET
+    from lckv_bench.suites.serving import CUT, drive, summarize
+    from service_fixtures import ServerThread, model_folder, serve_config
+    with ServerThread(serve_config(model_folder(tmp_path), secret=SECRET, model_id=MODEL_ID)) as srv:
+        prompts = ["Hello there, little fox!"] * 3
+        results = asyncio.run(drive(srv.url, prompts, 500, [0.0, 0.0, 60.0], timeout=0.5))
+    assert [r["error"] for r in results] == [CUT] * 3
+    assert all("sent" in r and "cut_at" in r for r in results[:2]) and "sent" not in results[2]
+    s = summarize(results)
+    assert s["cut_streams"] == 3 and s["completed"] == 0 and s["generated_tokens"] < 1000
+
+
 def test_serving_cli_refuses_bad_values(tmp_path, capsys):
     for args, param in ((["--streams", "0"], "streams"), (["--streams", "a,b"], "streams"),
                         (["--streams", "max,-2"], "streams"),
