@@ -204,6 +204,8 @@ def test_serving_suite_drives_the_real_server(tmp_path):
         else:
             assert r["prompt_tokens_mean"] == 12 and r["blob_bytes_mean"] == 0
         assert r["ttft_p50_s"] <= r["ttft_p95_s"] and r["tokens_per_s"] > 0 and r["engine_tokens_per_s"] > 0
+        # where a row's setup time went, for planning a device call
+        assert all(r[k] >= 0 for k in ("model_folder_s", "server_start_s", "warm_s", "prompts_s", "engine_baseline_s"))
     assert "service_vs_engine" in next(r for r in sv if r["arrival"] == "burst")
     assert max(r["engine_cpu_ms_per_step"] for r in sv) > 0
     md = plot.serving_md(rows)

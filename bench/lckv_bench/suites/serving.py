@@ -222,8 +222,10 @@ def run(ctx: Context) -> None:
                     ctx.rec.write("serving", status="skipped", reason="suite time budget spent", **base)
                     continue
                 with tempfile.TemporaryDirectory() as tmp:
+                    t0 = time.perf_counter()
                     folder = make_model_folder(Path(tmp) / "model", shape, variant, prompt + gen + 8, dtype,
                                                ctx.device)
+                    base["model_folder_s"] = round(time.perf_counter() - t0, 1)   # setup, for planning calls
                     rows = _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, gen, base)
                     engine: dict[int, dict] = {}   # streams -> the engine alone's figures, measured once
                     for row in rows:   # the engine alone, same folder, batch and lengths, after the server is gone
@@ -238,8 +240,10 @@ def run(ctx: Context) -> None:
                                 row["engine_error"] = f"not run: the suite's time budget left {ctx.budget.left():.0f} s"
                                 continue
                             if n not in engine:
+                                t0 = time.perf_counter()
                                 engine[n] = engine_baseline(folder, ctx.device, dtype, n, prompt, gen, decoder,
                                                             time.perf_counter() + min(60, ctx.budget.left() / 4))
+                                engine[n]["engine_baseline_s"] = round(time.perf_counter() - t0, 1)
                             row.update(engine[n])
                             if row["arrival"] == "burst":   # Poisson throughput is the offered load
                                 row["service_vs_engine"] = round(row["tokens_per_s"] / row["engine_tokens_per_s"], 3)
@@ -261,15 +265,20 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, ge
     server = ServerProcess(folder, ctx.device.type, free_port(), flags, src, log)
     rows = []
     try:
+        t0 = time.perf_counter()
         server.wait_ready(timeout=min(600, ctx.budget.left()))
         slots = int(server.metrics().get("lckv_kv_pool_slots", 0))   # sessions the pool holds at once
-        base = dict(base, slots_total=slots)
+        base = dict(base, slots_total=slots, server_start_s=round(time.perf_counter() - t0, 1))
         streams = sorted({n if n else slots for n in streams})
         n_max = max(streams)
+        t0 = time.perf_counter()
         warm = make_prompts(folder, 4, prompt, seed=99)
         asyncio.run(drive(server.url, warm, min(gen, 8), [0.0] * 4))
+        base["warm_s"] = round(time.perf_counter() - t0, 1)
         for n in streams:
+            t0 = time.perf_counter()
             prompts = make_prompts(folder, n, prompt, seed=n)
+            prompts_s = round(time.perf_counter() - t0, 1)
             for arrival in arrivals:
                 for kind in requests:
                     if ctx.budget.left() < 5:
@@ -292,7 +301,7 @@ def _serve_rows(ctx, folder, src, extra, streams, arrivals, requests, prompt, ge
                         spy.wait(timeout=120)
                     after, cpu_after = server.metrics(), server.cpu_seconds()
                     summary = summarize(results)
-                    rows.append(dict(base, streams=n, arrival=arrival, requests=kind,
+                    rows.append(dict(base, streams=n, arrival=arrival, requests=kind, prompts_s=prompts_s,
                                      rate_per_s=round(rate, 3) if arrival == "poisson" else None,
                                      status="ok" if summary["completed"] == n else "error",
                                      **summary, **profile(before, after, util.samples, (cpu_before, cpu_after))))
