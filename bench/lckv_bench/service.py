@@ -36,9 +36,9 @@ SERVICE_SRC = Path(__file__).resolve().parents[2] / "gpu-service"
 # ---- the model folder --------------------------------------------------------------------------
 def make_model_folder(folder: Path, shape: str, variant: str, max_positions: int, dtype: torch.dtype,
                       device: torch.device | str = "cpu") -> Path:
-    """A folder the service loads: random weights (drawn on `device`: a 7B draw takes minutes on a CPU,
-    seconds on a GPU; the model stays on the CPU, one parameter at a time visits the device) and the
-    test tokenizer."""
+    """A folder the service loads: random weights and the test tokenizer. The weights are drawn on
+    `device` (the 7B shape's draw: ~36 s on two CPU cores, seconds on a GPU) one parameter at a time;
+    the model itself stays on the CPU."""
     tok = train_tokenizer()
     cfg = make_config(shape, variant, max_positions)
     if cfg.vocab_size < tok.get_vocab_size():   # the CPU test shape: the tokenizer's width
