@@ -24,7 +24,6 @@ import torch  # noqa: E402
 
 from lckv_bench.shapes import make_config  # noqa: E402
 from lckv_service.engine.runner import ModelRunner  # noqa: E402
-from lckv_service.kernels.fast_decode import BATCH_BUCKETS, batch_bucket  # noqa: E402
 from lckv_service.model import LCKVModel, PrefillMode  # noqa: E402
 
 
@@ -67,14 +66,12 @@ def main(argv=None) -> int:
                          decode="fast", decode_graphs=True)
     pool = torch.cuda.memory_allocated() - weights
     fd = runner.decode
-    keys = sorted({fd.key_bucket(n) for n in range(0, a.capacity, fd.bucket)})
-    batches = [b for b in BATCH_BUCKETS if b < batch_bucket(a.slots)] + [batch_bucket(a.slots)]
     base = {"order": a.order, "shape": a.shape, "variant": a.variant, "slots": a.slots, "capacity": a.capacity,
             "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""), "device": torch.cuda.get_device_name(),
             "weights_bytes": weights, "pool_bytes": pool}
     t0 = time.monotonic()
-    pairs = [(B, S) for B in batches for S in keys]
-    for B, S in (reversed(pairs) if a.order == "descending" else pairs):
+    pairs = fd.bucket_pairs(a.slots)   # warm_buckets' graphs, in its order
+    for B, S in (pairs if a.order == "descending" else reversed(pairs)):
         try:
             fd._graphs[(None, B, S)] = fd._capture(None, B, S)
         except torch.OutOfMemoryError as e:

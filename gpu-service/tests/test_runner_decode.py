@@ -187,6 +187,19 @@ def test_cuda_fast_engine_matches_reference(tok):
     assert_same_run(fast, ref, fr, rr, atol=1e-3)
 
 
+def test_bucket_pairs_cover_every_padded_step_largest_first(tok):
+    """The graphs warm_buckets captures (and bench/graph_memory.py measures): every batch bucket up to
+    the pool's and every key bucket, largest batch and keys first."""
+    from lckv_service.cache import KVCache
+    from lckv_service.kernels.fast_decode import batch_bucket
+    model = random_model(tok, "cpu", torch.float32)
+    fd = FastDecode(model, KVCache(model.cfg, 11, 64, "cpu", torch.float32), bucket=32, pad_slot=10)
+    pairs = fd.bucket_pairs(10)
+    assert pairs[0] == (batch_bucket(10), max(S for _, S in pairs)) and pairs == sorted(pairs, reverse=True)
+    assert {B for B, _ in pairs} == {1, 2, 4, 8, 16} and len(pairs) == len(set(pairs))
+    assert all(fd.key_bucket(n) in {S for _, S in pairs} for n in range(64))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_captured_graphs_hold_no_autograd_state(tok):
     """Graphs captured by warm_buckets (outside __call__'s no_grad) from a model whose weights require

@@ -216,20 +216,21 @@ class FastDecode:
                     self._graphs[(first, B, n)] = self._capture(first, B, n)
         return len(self._graphs)
 
+    def bucket_pairs(self, max_batch: int) -> list[tuple[int, int]]:
+        """Every (batch bucket up to `max_batch`, key bucket) a padded step can use, in capture order:
+        largest first, since the graphs share one memory pool and a smaller step's transients then fit
+        in blocks the larger ones freed, where ascending order makes each larger capture grow the pool."""
+        keys = sorted({self.key_bucket(n) for n in range(0, self.cache.capacity, self.bucket)})
+        batches = [b for b in BATCH_BUCKETS if b < batch_bucket(max_batch)] + [batch_bucket(max_batch)]
+        return [(B, S) for B in reversed(batches) for S in reversed(keys)]
+
     def warm_buckets(self, max_batch: int) -> int:
-        """With a padding slot: capture every (batch bucket up to `max_batch`, key bucket) graph.
-        Returns graphs held."""
+        """With a padding slot: capture every bucket_pairs graph. Returns graphs held."""
         if not self.graphs or self.pad_slot is None:
             return len(self._graphs)
-        cap = self.cache.capacity
-        keys = sorted({self.key_bucket(n) for n in range(0, cap, self.bucket)})
-        batches = [b for b in BATCH_BUCKETS if b < batch_bucket(max_batch)] + [batch_bucket(max_batch)]
-        # largest first: the graphs share one memory pool, and a smaller step's transients then fit in
-        # blocks the larger ones freed, where ascending order makes each larger capture grow the pool
-        for B in reversed(batches):
-            for S in reversed(keys):
-                if (None, B, S) not in self._graphs and len(self._graphs) < self.max_graphs:
-                    self._graphs[(None, B, S)] = self._capture(None, B, S)
+        for B, S in self.bucket_pairs(max_batch):
+            if (None, B, S) not in self._graphs and len(self._graphs) < self.max_graphs:
+                self._graphs[(None, B, S)] = self._capture(None, B, S)
         return len(self._graphs)
 
     def reset_graphs(self) -> None:
