@@ -131,16 +131,18 @@ def create_app(cfg: ServeConfig, exit_on_failure: bool = False) -> web.Applicati
             state.ready = True
             log.info("ready: model=%s", svc.model_id)
         except Exception as e:
-            state.failure = e
             log.critical("model load failed: %s", e, exc_info=e)
-            if exit_on_failure:  # let the platform restart the replica
-                os.kill(os.getpid(), signal.SIGTERM)
+            fail(e)
 
     def engine_died(code: int | None) -> None:
+        fail(RuntimeError(f"the engine process exited (exit code {code})"))
+
+    def fail(e: BaseException) -> None:
+        """The replica can serve nothing now: not ready, and under `serve` it exits for its platform to
+        restart it."""
         state: AppState = app[STATE]
-        state.ready = False
-        state.failure = RuntimeError(f"the engine process exited (exit code {code})")
-        if exit_on_failure:  # the replica is of no use now: let the platform restart it
+        state.ready, state.failure = False, e
+        if exit_on_failure:
             os.kill(os.getpid(), signal.SIGTERM)
 
     async def on_startup(app: web.Application) -> None:
