@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 
 from ..cache import CacheState
-from ..engine.engine import EngineMetrics, EventRoutes, call_in
+from ..engine.engine import EngineLoop, EngineMetrics, EventRoutes, call_in
 from ..engine.request import Event, Request
 from ..errors import OverloadedError
 
@@ -350,7 +350,6 @@ class _EngineHost:
     thread reads commands until the server says stop or goes away."""
 
     def __init__(self, engine, relay: MetricsRelay, chan: Channel):
-        from ..engine.engine import EngineLoop
         self.engine, self.relay, self.chan = engine, relay, chan
         self.sender = _Sender(chan, "lckv-engine-send")
         self.loop = EngineLoop(engine, self._deliver, after_step=self._after_step)
