@@ -33,12 +33,13 @@ from lckv_bench.ours import build_model  # noqa: E402
 from lckv_service.cache import KVCache  # noqa: E402
 from lckv_service.config import ModelConfig  # noqa: E402
 from lckv_service.engine.runner import make_decoder  # noqa: E402
+from lckv_service.kernels import fused  # noqa: E402
 
 # kernel-name fragments -> category, first match wins (CUDA kernel names and CPU aten op names)
 CATEGORIES = (("attention", ("attn", "flash", "scaled_dot_product", "_merge")),
               ("gemm", ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "aten::mm", "aten::addmm",
                         "aten::matmul", "aten::bmm", "aten::linear")),
-              ("norm", ("rms", "norm", "rsqrt", "aten::pow", "aten::mean")),
+              ("norm", ("rms", "norm", "rsqrt", "aten::pow", "aten::mean", "meanops", "pow_tensor_scalar")),
               ("rope", ("rope", "aten::cat", "aten::neg")),
               ("copy/index", ("copy", "index", "gather", "scatter", "fill", "aten::to", "memcpy", "memset")))
 
@@ -75,15 +76,18 @@ def kernel_times(prof, cuda: bool, steps: int) -> dict[str, float]:
     return dict(out)
 
 
-def profile_variant(shape: str, variant: str, batch: int, context: int, steps: int, device, dtype) -> dict:
+def profile_variant(shape: str, variant: str, batch: int, context: int, steps: int, device, dtype,
+                    norms: str = "fused") -> dict:
     cfg = ModelConfig.preset(shape, variant)
     model = build_model(cfg, device, dtype)
+    fused.fuse_norms(model, fused=norms == "fused")   # as the service runs it (compiled on CUDA), or eager
     cuda = device.type == "cuda"
     cache = KVCache(cfg, batch + 1, context + 2 * steps + 8, device, dtype)   # + the graphs' padding slot
     slots = torch.arange(batch, dtype=torch.long)
     tokens = torch.randint(0, cfg.vocab_size, (batch,), device=device)
     row = dict(suite="step_profile", device=torch.cuda.get_device_name(device) if cuda else "cpu", shape=shape,
-               variant=variant, batch=batch, context=context, kv_layers=len(cfg.kv_layers), steps=steps)
+               variant=variant, batch=batch, context=context, kv_layers=len(cfg.kv_layers), steps=steps,
+               norms=norms if fused.available(device) else "reference")
     with torch.inference_mode():
         fill_pool(cache, batch, context, cfg.vocab_size)
         if cuda:   # the serving step: graphs replayed, slots a graph input
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=768, help="cached tokens per slot (512+512 averages 768)")
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--norms", default="fused",
+                    help="comma list of fused (one compiled kernel per norm, as served; CUDA) and reference (eager)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="append the rows to this JSONL file")
     args = ap.parse_args(argv)
@@ -138,20 +144,23 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{name} must be >= 1")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = [profile_variant(args.shape, v.strip(), args.batch, args.context, args.steps, device, dtype)
-            for v in args.variants.split(",") if v.strip()]
+    norms = [n.strip() for n in args.norms.split(",") if n.strip()]
+    if not norms or set(norms) - {"fused", "reference"}:
+        ap.error(f"--norms takes fused and/or reference, got {args.norms!r}")
+    rows = [profile_variant(args.shape, v.strip(), args.batch, args.context, args.steps, device, dtype, n)
+            for v in args.variants.split(",") if v.strip() for n in norms]
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
     cats = sorted({c for r in rows for c in r["by_category_ms"]})
-    print("| variant | graph step ms | eager step ms | kernels ms | " + " | ".join(cats) + " |")
-    print("|---" * (4 + len(cats)) + "|")
+    print("| variant | norms | graph step ms | eager step ms | kernels ms | " + " | ".join(cats) + " |")
+    print("|---" * (5 + len(cats)) + "|")
     for r in rows:
-        print(f"| {r['variant']} | {r.get('graph_step_ms', '—')} | {r['eager_step_ms']} | {r['kernel_ms']} | "
+        print(f"| {r['variant']} | {r['norms']} | {r.get('graph_step_ms', '—')} | {r['eager_step_ms']} | {r['kernel_ms']} | "
               + " | ".join(str(r["by_category_ms"].get(c, 0)) for c in cats) + " |")
     for r in rows:
-        print(f"\n{r['variant']}: top kernels (µs per step)")
+        print(f"\n{r['variant']}, {r['norms']} norms: top kernels (µs per step)")
         for n, us in r["top_kernels_us"]:
             print(f"  {us:9.1f}  {n}")
     return 0

@@ -33,20 +33,13 @@ import torch.nn.functional as F
 
 from ..device import to_device
 from ..model import KVBackend, LCKVModel, apply_rope
-from . import triton_decode
-
-_compiled_rope = None
+from . import fused, triton_decode
 
 
 def rope_keys_fn(device: torch.device, compile_rope: bool):
     """apply_rope for the keys; on CUDA compiled into one fused kernel (read K, write rotated K)
     instead of eager's four elementwise passes over the keys."""
-    global _compiled_rope
-    if not compile_rope or device.type != "cuda":
-        return apply_rope
-    if _compiled_rope is None:
-        _compiled_rope = torch.compile(apply_rope, dynamic=True)   # past the recompile limit: eager, not an error
-    return _compiled_rope
+    return fused.compiled(apply_rope) if compile_rope and fused.available(device) else apply_rope
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
