@@ -77,17 +77,17 @@ def kernel_times(prof, cuda: bool, steps: int) -> dict[str, float]:
 
 
 def profile_variant(shape: str, variant: str, batch: int, context: int, steps: int, device, dtype,
-                    norms: str = "fused") -> dict:
+                    kernels: str = "fused") -> dict:
     cfg = ModelConfig.preset(shape, variant)
     model = build_model(cfg, device, dtype)
-    fused.fuse_norms(model, fused=norms == "fused")   # as the service runs it (compiled on CUDA), or eager
+    fused.fuse(model, on=kernels == "fused")   # as the service runs it (compiled on CUDA), or eager
     cuda = device.type == "cuda"
     cache = KVCache(cfg, batch + 1, context + 2 * steps + 8, device, dtype)   # + the graphs' padding slot
     slots = torch.arange(batch, dtype=torch.long)
     tokens = torch.randint(0, cfg.vocab_size, (batch,), device=device)
     row = dict(suite="step_profile", device=torch.cuda.get_device_name(device) if cuda else "cpu", shape=shape,
                variant=variant, batch=batch, context=context, kv_layers=len(cfg.kv_layers), steps=steps,
-               norms=norms if fused.available(device) else "reference")
+               kernels=kernels if fused.available(device) else "reference")
     with torch.inference_mode():
         fill_pool(cache, batch, context, cfg.vocab_size)
         if cuda:   # the serving step: graphs replayed, slots a graph input
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=768, help="cached tokens per slot (512+512 averages 768)")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--norms", default="fused",
-                    help="comma list of fused (one compiled kernel per norm, as served; CUDA) and reference (eager)")
+    ap.add_argument("--kernels", default="fused", help="comma list of fused (norms and SwiGLU compiled, "
+                    "as served on CUDA: kernels/fused.py) and reference (eager)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="append the rows to this JSONL file")
     args = ap.parse_args(argv)
@@ -144,23 +144,23 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{name} must be >= 1")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    norms = [n.strip() for n in args.norms.split(",") if n.strip()]
-    if not norms or set(norms) - {"fused", "reference"}:
-        ap.error(f"--norms takes fused and/or reference, got {args.norms!r}")
-    rows = [profile_variant(args.shape, v.strip(), args.batch, args.context, args.steps, device, dtype, n)
-            for v in args.variants.split(",") if v.strip() for n in norms]
+    kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    if not kernels or set(kernels) - {"fused", "reference"}:
+        ap.error(f"--kernels takes fused and/or reference, got {args.kernels!r}")
+    rows = [profile_variant(args.shape, v.strip(), args.batch, args.context, args.steps, device, dtype, k)
+            for v in args.variants.split(",") if v.strip() for k in kernels]
     if args.out:
         with open(args.out, "a", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
     cats = sorted({c for r in rows for c in r["by_category_ms"]})
-    print("| variant | norms | graph step ms | eager step ms | kernels ms | " + " | ".join(cats) + " |")
+    print("| variant | kernels | graph step ms | eager step ms | kernels ms | " + " | ".join(cats) + " |")
     print("|---" * (5 + len(cats)) + "|")
     for r in rows:
-        print(f"| {r['variant']} | {r['norms']} | {r.get('graph_step_ms', '—')} | {r['eager_step_ms']} | {r['kernel_ms']} | "
+        print(f"| {r['variant']} | {r['kernels']} | {r.get('graph_step_ms', '—')} | {r['eager_step_ms']} | {r['kernel_ms']} | "
               + " | ".join(str(r["by_category_ms"].get(c, 0)) for c in cats) + " |")
     for r in rows:
-        print(f"\n{r['variant']}, {r['norms']} norms: top kernels (µs per step)")
+        print(f"\n{r['variant']}, {r['kernels']} kernels: top kernels (µs per step)")
         for n, us in r["top_kernels_us"]:
             print(f"  {us:9.1f}  {n}")
     return 0

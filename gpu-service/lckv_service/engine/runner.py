@@ -133,7 +133,7 @@ class ModelRunner:
         self.decode_kind = decode
         self.last_device_s: float | None = None
         if decode == "fast":   # one compiled kernel per norm on CUDA, prefill's and decode's alike
-            fused.fuse_norms(model)
+            fused.fuse(model)
         self.decode = make_decoder(model, self.cache, decode, decode_graphs, decode_bucket,
                                    pad_slot=num_slots if decode_graphs else None)
 

@@ -1,24 +1,27 @@
 """The model's own elementwise functions compiled into single kernels on CUDA (torch.compile: Inductor
-generates one Triton kernel per function), for the decode step where a batch's activations are small
-and each eager kernel launch costs about as much as its work.
+generates one Triton kernel per function), for the decode step, where a batch's activations are small
+and each eager kernel costs about as much in launch and memory passes as in work.
 
-- `rms_norm`: eager runs six kernels per norm (cast, square, mean, rsqrt, scale, cast and weight),
+- `rms_norm`: eager runs six kernels per norm (cast, square, mean, rsqrt and scale, cast, weight),
   each reading or writing the whole activation; compiled: one (read x, write y). A decode step has
   2 per layer + 1 (45 on the TinyLlama shape).
+- `swiglu`: silu(gate) * up, two kernels and an intermediate [B, T, F] in eager; one compiled.
 - `apply_rope` on the keys (FastDecode's sdpa path): one pass over the keys instead of four.
 
 Functions compile once per process (dynamic shapes: one kernel serves every batch and bucket) and run
-inside captured CUDA graphs like any kernel. Past torch.compile's recompile limit a function runs
-eagerly: slower, never wrong. On CPU, or without Triton, nothing is compiled.
+inside captured CUDA graphs like any kernel. bf16 results may differ from eager's in the last bit (one
+rounding instead of one per op). Past torch.compile's recompile limit a function runs eagerly: slower,
+never wrong. On CPU, or without Triton, nothing is compiled.
 """
 from __future__ import annotations
 
 import torch
 
-from ..model import LCKVModel, RMSNorm, rms_norm
+from ..model import MLP, LCKVModel, RMSNorm, rms_norm, swiglu
 from . import triton_decode
 
 _compiled: dict = {}
+KERNELS = ((RMSNorm, rms_norm), (MLP, swiglu))   # the modules whose `kernel` fuse swaps, and its reference
 
 
 def available(device: torch.device | str) -> bool:
@@ -33,13 +36,15 @@ def compiled(fn):
     return _compiled[fn]
 
 
-def fuse_norms(model: LCKVModel, fused: bool = True) -> int:
-    """Every RMSNorm of `model` runs compiled(rms_norm) (`fused`) or the eager reference. Returns the
-    norms changed: none off CUDA (the reference stays)."""
-    if fused and not available(next(model.parameters()).device):
+def fuse(model: LCKVModel, on: bool = True) -> int:
+    """Every norm and MLP of `model` computes with the compiled kernel (`on`) or the eager reference.
+    Returns the modules changed: none when `on` off CUDA (the reference stays)."""
+    if on and not available(next(model.parameters()).device):
         return 0
-    kernel = compiled(rms_norm) if fused else rms_norm
-    norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
-    for m in norms:
-        m.kernel = kernel
-    return len(norms)
+    changed = 0
+    for cls, fn in KERNELS:
+        kernel = compiled(fn) if on else fn
+        for m in model.modules():
+            if isinstance(m, cls):
+                m.kernel, changed = kernel, changed + 1
+    return changed
