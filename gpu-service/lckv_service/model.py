@@ -102,6 +102,7 @@ class Attention(nn.Module):
             self.k_proj = nn.Linear(C, self.Hkv * self.D, bias=False)
             self.v_proj = nn.Linear(C, self.Hkv * self.D, bias=False)
         self.o_proj = nn.Linear(self.H * self.D, C, bias=False)
+        self.rope = apply_rope   # the queries' rotation; kernels.fused.fuse swaps in one compiled kernel (CUDA)
 
     def kv(self, h):
         """h: [B, T, C] -> k (NOT rotated), v: [B, T, Hkv, D]."""
@@ -155,7 +156,7 @@ class Block(nn.Module):
         if self.source == self.layer:
             kv.store(self.layer, *attn.kv(h))
         B, T, _ = h.shape
-        q = apply_rope(attn.q_proj(h).view(B, T, attn.H, attn.D), *rope)       # [B, T, H, D]
+        q = attn.rope(attn.q_proj(h).view(B, T, attn.H, attn.D), *rope)        # [B, T, H, D]
         x = x + attn.o_proj(kv.attend(self.layer, self.source, q, self.nodiag))
         return x + self.mlp(self.post_attention_layernorm(x))
 

@@ -234,16 +234,18 @@ def test_tokenwise_prefill_is_exact(name):
 
 
 def test_fused_modules_run_their_kernel_and_stay_the_reference_off_cuda():
-    """Norms and MLPs compute through their `kernel`; fuse swaps compiled ones in on CUDA only, and a
-    CPU model keeps the reference (the float64 equivalence tests run it)."""
+    """Norms, MLPs and query rotations compute through their swappable function; fuse swaps compiled
+    ones in on CUDA only, and a CPU model keeps the reference (the float64 equivalence tests run it)."""
     from lckv_service.kernels import fused
-    from lckv_service.model import MLP, RMSNorm, rms_norm, swiglu
+    from lckv_service.model import MLP, Attention, RMSNorm, apply_rope, rms_norm, swiglu
     model = make_model(tiny_cfg(2))
     norms = [m for m in model.modules() if isinstance(m, RMSNorm)]
     mlps = [m for m in model.modules() if isinstance(m, MLP)]
-    assert len(norms) == 2 * model.cfg.num_layers + 1 and len(mlps) == model.cfg.num_layers
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    assert len(norms) == 2 * model.cfg.num_layers + 1 and len(mlps) == len(attns) == model.cfg.num_layers
     assert fused.fuse(model) == 0
     assert all(m.kernel is rms_norm for m in norms) and all(m.kernel is swiglu for m in mlps)
+    assert all(m.rope is apply_rope for m in attns)
     calls = []
     norms[0].kernel = lambda x, w, eps: calls.append("norm") or rms_norm(x, w, eps)
     mlps[0].kernel = lambda g, u: calls.append("mlp") or swiglu(g, u)
@@ -252,29 +254,38 @@ def test_fused_modules_run_their_kernel_and_stay_the_reference_off_cuda():
     m = mlps[0]
     assert torch.equal(m(x), m.down_proj(torch.nn.functional.silu(m.gate_proj(x)) * m.up_proj(x)))
     assert calls == ["norm", "mlp"]
-    assert fused.fuse(model, on=False) == len(norms) + len(mlps) and norms[0].kernel is rms_norm
+    idx = torch.arange(6)[None]
+    want = model(idx)[0]
+    calls.clear()
+    for a in attns:
+        a.rope = lambda x, cos, sin: calls.append("rope") or apply_rope(x, cos, sin)
+    assert torch.equal(model(idx)[0], want) and calls.count("rope") >= len(attns)
+    assert fused.fuse(model, on=False) == len(norms) + len(mlps) + len(attns) and norms[0].kernel is rms_norm
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a GPU")
 def test_fused_kernels_match_the_reference_on_cuda():
-    """One compiled kernel per norm and per SwiGLU: float32 agrees with eager to rounding, bf16 to its
+    """One compiled kernel per norm, SwiGLU and rotation: float32 agrees with eager to rounding, bf16 to its
     last bit; a graphed decode step of a fused model matches the reference model's eager step."""
     from lckv_service.kernels import fused
-    from lckv_service.model import rms_norm, swiglu
+    from lckv_service.model import apply_rope, rms_norm, swiglu
     if not fused.available("cuda"):
         pytest.skip("no Triton")
-    norm, act = fused.compiled(rms_norm), fused.compiled(swiglu)
+    norm, act, rope = fused.compiled(rms_norm), fused.compiled(swiglu), fused.compiled(apply_rope)
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
         for shape in ((5, 1, 256), (300, 256), (2, 17, 256)):   # decode, the final norm, prefill
             x = torch.randn(shape, device="cuda", dtype=dtype) * 3
             w = torch.rand(256, device="cuda", dtype=dtype) + 0.5
             torch.testing.assert_close(norm(x, w, 1e-5), rms_norm(x, w, 1e-5), rtol=tol, atol=tol)
             torch.testing.assert_close(act(x, w * x), swiglu(x, w * x), rtol=tol, atol=tol)
+        q = torch.randn(4, 3, 2, 64, device="cuda", dtype=dtype)               # [B, T, H, D]
+        cos, sin = torch.rand(2, 4, 3, 64, device="cuda", dtype=dtype)         # per row and position
+        torch.testing.assert_close(rope(q, cos, sin), apply_rope(q, cos, sin), rtol=tol, atol=tol)
     cfg = tiny_cfg(2, layers=6, hidden_size=128)
     ref_model = make_model(cfg, dtype=torch.float32, device="cuda")
     model = make_model(cfg, dtype=torch.float32, device="cuda")
     model.load_state_dict(ref_model.state_dict())
-    assert fused.fuse(model) == 3 * cfg.num_layers + 1
+    assert fused.fuse(model) == 4 * cfg.num_layers + 1
     caches = [KVCache(cfg, 4, 64, device="cuda", dtype=torch.float32) for _ in range(2)]
     toks = torch.randint(0, cfg.vocab_size, (3, 6), device="cuda")
     for m, c in zip((ref_model, model), caches):

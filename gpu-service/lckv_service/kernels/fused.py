@@ -6,7 +6,8 @@ and each eager kernel costs about as much in launch and memory passes as in work
   each reading or writing the whole activation; compiled: one (read x, write y). A decode step has
   2 per layer + 1 (45 on the TinyLlama shape).
 - `swiglu`: silu(gate) * up, two kernels and an intermediate [B, T, F] in eager; one compiled.
-- `apply_rope` on the keys (FastDecode's sdpa path): one pass over the keys instead of four.
+- `apply_rope`: the queries' rotation in every layer, and the keys' in FastDecode's sdpa path; one
+  kernel instead of five (chunk, negate, concatenate, two products and a sum).
 
 Functions compile once per process (dynamic shapes: one kernel serves every batch and bucket) and run
 inside captured CUDA graphs like any kernel. bf16 results may differ from eager's in the last bit (one
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from ..model import MLP, LCKVModel, RMSNorm, rms_norm, swiglu
+from ..model import MLP, Attention, LCKVModel, RMSNorm, apply_rope, rms_norm, swiglu
 from . import triton_decode
 
 _compiled: dict = {}
-KERNELS = ((RMSNorm, rms_norm), (MLP, swiglu))   # the modules whose `kernel` fuse swaps, and its reference
+# (module class, its attribute fuse swaps, the reference function it holds by default)
+KERNELS = ((RMSNorm, "kernel", rms_norm), (MLP, "kernel", swiglu), (Attention, "rope", apply_rope))
 
 
 def available(device: torch.device | str) -> bool:
@@ -37,14 +39,15 @@ def compiled(fn):
 
 
 def fuse(model: LCKVModel, on: bool = True) -> int:
-    """Every norm and MLP of `model` computes with the compiled kernel (`on`) or the eager reference.
-    Returns the modules changed: none when `on` off CUDA (the reference stays)."""
+    """Every norm, MLP and query rotation of `model` computes with its compiled kernel (`on`) or the
+    eager reference. Returns the modules changed: none when `on` off CUDA (the reference stays)."""
     if on and not available(next(model.parameters()).device):
         return 0
     changed = 0
-    for cls, fn in KERNELS:
+    for cls, attr, fn in KERNELS:
         kernel = compiled(fn) if on else fn
         for m in model.modules():
             if isinstance(m, cls):
-                m.kernel, changed = kernel, changed + 1
+                setattr(m, attr, kernel)
+                changed += 1
     return changed
