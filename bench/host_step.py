@@ -73,7 +73,7 @@ class Timed:
 
 def bench_batch(model: LCKVModel, B: int, steps: int, capacity: int) -> dict[str, float]:
     cache = KVCache(model.cfg, B + 1, capacity)
-    fd = FastDecode(model, cache, bucket=16, compile_rope=False, pad_slot=B)
+    fd = FastDecode(model, cache, bucket=16, compile=False, pad_slot=B)
     step_t, commit_t = Timed(fd, "_step"), Timed(cache, "commit")
     g = torch.Generator().manual_seed(B)
     slots = torch.randperm(B, generator=g)                 # the scheduler's order: not a slot range

@@ -80,7 +80,6 @@ def profile_variant(shape: str, variant: str, batch: int, context: int, steps: i
                     kernels: str = "fused") -> dict:
     cfg = ModelConfig.preset(shape, variant)
     model = build_model(cfg, device, dtype)
-    fused.fuse(model, on=kernels == "fused")   # as the service runs it (compiled on CUDA), or eager
     cuda = device.type == "cuda"
     cache = KVCache(cfg, batch + 1, context + 2 * steps + 8, device, dtype)   # + the graphs' padding slot
     slots = torch.arange(batch, dtype=torch.long)
@@ -92,6 +91,7 @@ def profile_variant(shape: str, variant: str, batch: int, context: int, steps: i
         fill_pool(cache, batch, context, cfg.vocab_size)
         if cuda:   # the serving step: graphs replayed, slots a graph input
             fd = make_decoder(model, cache, "fast", graphs=True, pad_slot=batch)
+            fused.fuse(model, on=kernels == "fused")   # as the service runs it, or the eager reference
             fd(slots, tokens)                    # tunes, captures
             times = []
             for _ in range(steps):
@@ -104,6 +104,7 @@ def profile_variant(shape: str, variant: str, batch: int, context: int, steps: i
             row["graph_step_ms"] = round(statistics.median(times), 3)
             fill_pool(cache, batch, context, cfg.vocab_size)
         eager = make_decoder(model, cache, "fast", graphs=False, pad_slot=batch if cuda else None)
+        fused.fuse(model, on=kernels == "fused")
         eager(slots, tokens)                     # warm: tuning and compilation stay out of the profile
         fill_pool(cache, batch, context, cfg.vocab_size)
         acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]

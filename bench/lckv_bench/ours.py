@@ -21,8 +21,8 @@ from .common import GIB, allocated_bytes, free_mem_bytes, is_oom, now, release
 from .shapes import Cost
 
 # fast*: kernels.FastDecode; "-graph" replays CUDA graphs; "+triton" attends with the fused
-# RoPE-in-attention kernel; "+eager-rope" rotates keys without the compiled kernel.
-DECODERS = ("model", "fast", "fast-graph", "fast+eager-rope", "fast-graph+eager-rope", "fast+triton",
+# RoPE-in-attention kernel; "+eager" runs without compiled kernels (FastDecode(compile=False)).
+DECODERS = ("model", "fast", "fast-graph", "fast+eager", "fast-graph+eager", "fast+triton",
             "fast-graph+triton")
 
 
@@ -66,7 +66,7 @@ def make_decoder(kind: str, model: LCKVModel, cache: KVCache, bucket: int = 256)
         return lambda slots, toks: model.decode(cache, slots, toks)
     if kind in DECODERS:
         base, _, opt = kind.partition("+")
-        return FastDecode(model, cache, bucket=bucket, graphs=base == "fast-graph", compile_rope=opt != "eager-rope",
+        return FastDecode(model, cache, bucket=bucket, graphs=base == "fast-graph", compile=opt != "eager",
                           attention="triton" if opt == "triton" else "sdpa")
     raise ValueError(f"decoder must be one of {DECODERS}, got {kind!r}")
 
@@ -98,8 +98,8 @@ def pick_decoder(model, cfg: ModelConfig, device, dtype, preferred: str, bucket:
     difference. When two candidates pass, both are timed on the real model and the faster wins.
     Returns (decoder, note)."""
     base = preferred.partition("+")[0]
-    chain = list(dict.fromkeys(d for d in (preferred, base, base + "+eager-rope", "fast", "fast+eager-rope")
-                               if d in DECODERS and (device.type == "cuda" or "eager-rope" not in d)))
+    chain = list(dict.fromkeys(d for d in (preferred, base, base + "+eager", "fast", "fast+eager")
+                               if d in DECODERS and (device.type == "cuda" or "+eager" not in d)))
     notes, ok = [], []
     for kind in chain:
         err = _check_decoder(kind, model, cfg, device, dtype, bucket)

@@ -228,7 +228,7 @@ def test_tokenwise_prefill_is_exact(name):
     prompts = torch.randint(0, cfg.vocab_size, (B, P), generator=torch.Generator().manual_seed(3))
     ref, got = (KVCache(cfg, B, 20, dtype=torch.float64) for _ in range(2))
     logits = model.prefill(ref, list(range(B)), list(prompts), mode=PrefillMode(kind="exact", chunk=4))
-    first = prefill_tokenwise(FastDecode(model, got, bucket=8, compile_rope=False), torch.arange(B), prompts)
+    first = prefill_tokenwise(FastDecode(model, got, bucket=8, compile=False), torch.arange(B), prompts)
     assert torch.equal(first, logits.argmax(-1))
     _same_state(ref, got)
 
@@ -290,8 +290,9 @@ def test_fused_kernels_match_the_reference_on_cuda():
     toks = torch.randint(0, cfg.vocab_size, (3, 6), device="cuda")
     for m, c in zip((ref_model, model), caches):
         m.prefill(c, [0, 1, 2], [toks[0], toks[1, :4], toks[2, :1]])
-    eager = FastDecode(ref_model, caches[0], bucket=16)
+    eager = FastDecode(ref_model, caches[0], bucket=16, compile=False)   # the eager reference kernels
     graphed = FastDecode(model, caches[1], bucket=16, graphs=True, pad_slot=3)
+    assert ref_model.model.norm.kernel is rms_norm and model.model.norm.kernel is not rms_norm
     tok = toks[:, -1]
     for _ in range(4):
         a, b = eager(torch.arange(3), tok), graphed(torch.arange(3), tok)

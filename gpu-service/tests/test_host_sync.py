@@ -39,7 +39,7 @@ def _meta_setup(num_slots: int = 6, capacity: int = 16):
     with torch.device("meta"):
         model = LCKVModel(cfg)
     cache = KVCache(cfg, num_slots, capacity, device="meta")
-    fd = FastDecode(model.eval(), cache, bucket=4, compile_rope=False, pad_slot=num_slots - 1)
+    fd = FastDecode(model.eval(), cache, bucket=4, compile=False, pad_slot=num_slots - 1)
     return cfg, cache, fd
 
 

@@ -27,7 +27,7 @@ from ..cache import KVCache, PendingExport
 from ..config import ModelConfig
 from ..device import to_device
 from ..errors import ConfigError
-from ..kernels import FastDecode, fused, triton_decode
+from ..kernels import FastDecode, triton_decode
 from ..model import LCKVModel, PrefillMode
 from ..sampling import make_stream, sample
 from .request import Request
@@ -112,7 +112,7 @@ def make_decoder(model: LCKVModel, cache: KVCache, decode: str = "fast", graphs:
     # Triton's CPU interpreter also reports `available`: far too slow to serve with, so CUDA only
     attention = "triton" if cuda and triton_decode.available(cache.device, model.cfg.head_dim) else "sdpa"
     fd = FastDecode(model, cache, bucket=bucket or (256 if cuda else 16), graphs=graphs,
-                    compile_rope=True, attention=attention,   # compiled where fused.available
+                    attention=attention,
                     pad_slot=pad_slot, max_graphs=256)
     log.info("decode: FastDecode attention=%s bucket=%d graphs=%s", attention, fd.bucket, graphs)
     return fd
@@ -132,8 +132,6 @@ class ModelRunner:
         self.num_slots = num_slots
         self.decode_kind = decode
         self.last_device_s: float | None = None
-        if decode == "fast":   # one compiled kernel per norm on CUDA, prefill's and decode's alike
-            fused.fuse(model)
         self.decode = make_decoder(model, self.cache, decode, decode_graphs, decode_bucket,
                                    pad_slot=num_slots if decode_graphs else None)
 

@@ -10,7 +10,8 @@ whole active cache. Here, per step:
 - GQA attends without expanding K/V (the g query heads of a kv head ride as g query rows);
 - on CUDA the key rotation is one compiled kernel (eager RoPE makes four passes over the keys), or,
   with attention="triton", no pass at all: triton_decode.py rotates keys in registers while it
-  streams K/V once (flash-decoding);
+  streams K/V once (flash-decoding); the model's norms, SwiGLU and query rotation are one compiled
+  kernel each too (`compile`, kernels/fused.py: the model it is given runs them, prefill included);
 - the key length is rounded up to a bucket (masked per row), so shapes repeat and a step can be
   captured in a CUDA graph and replayed (`graphs=True`, CUDA only), at most `max_graphs` of them
   (other steps run eagerly). Two kinds of graph:
@@ -36,12 +37,6 @@ from ..model import KVBackend, LCKVModel, apply_rope
 from . import fused, triton_decode
 
 
-def rope_keys_fn(device: torch.device, compile_rope: bool):
-    """apply_rope for the keys; on CUDA compiled into one fused kernel (read K, write rotated K)
-    instead of eager's four elementwise passes over the keys."""
-    return fused.compiled(apply_rope) if compile_rope and fused.available(device) else apply_rope
-
-
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024)
 
 
@@ -55,7 +50,7 @@ def batch_bucket(n: int) -> int:
 
 class FastDecode:
     def __init__(self, model: LCKVModel, cache, bucket: int = 256, graphs: bool = False,
-                 compile_rope: bool = True, attention: str = "sdpa", max_graphs: int = 64,
+                 compile: bool = True, attention: str = "sdpa", max_graphs: int = 64,
                  pad_slot: int | None = None):
         if isinstance(bucket, bool) or not isinstance(bucket, int) or bucket < 1:
             raise ValueError(f"bucket must be a positive integer, got {bucket!r}")
@@ -70,7 +65,10 @@ class FastDecode:
         self.model, self.cache, self.cfg = model, cache, model.cfg
         self.attention, self.pad_slot = attention, pad_slot
         self.bucket, self.graphs, self.max_graphs = bucket, graphs, max_graphs
-        self.rope_keys = rope_keys_fn(cache.device, compile_rope)
+        # compile (CUDA with Triton): the model's norms, SwiGLU and query rotation, and the keys' rotation
+        # here, run as one compiled kernel each (kernels/fused.py); otherwise (or off) the eager reference
+        fused.fuse(model, on=compile)
+        self.rope_keys = fused.compiled(apply_rope) if compile and fused.available(cache.device) else apply_rope
         cos, sin = model._rope(cache.capacity + 1, cache.device, cache.dtype)
         self.cos, self.sin = cos[: cache.capacity + 1], sin[: cache.capacity + 1]   # [cap+1, D]
         src = self.cfg.kv_source
