@@ -217,13 +217,18 @@ def _serving_key(r):
     return (r["device"], r["shape"], r["variant"], server, r["prompt_len"], r["gen_len"], arrival, r["streams"])
 
 
+def _engine(r: dict, field: str):
+    """A serving row's engine-alone figure, or None where the row says its baseline is not comparable."""
+    return r.get(field) if r.get("engine_comparable", True) else None
+
+
 def serving_md(rows) -> str:
     sv = latest(rows, "serving", _serving_key)
     body = [[d, s, v, src, f"{p}+{g}", a, fmt(n), fmt(r.get("slots_total")), fmt(r["tokens_per_s"]),
-             fmt(r.get("engine_tokens_per_s")),
-             fmt(r.get("service_vs_engine"), 2), fmt(r["ttft_p50_s"], 2), fmt(r["ttft_p95_s"], 2),
+             fmt(_engine(r, "engine_tokens_per_s")),
+             fmt(_engine(r, "service_vs_engine"), 2), fmt(r["ttft_p50_s"], 2), fmt(r["ttft_p95_s"], 2),
              fmt(1e3 * r["itl_p50_s"], 1) if r.get("itl_p50_s") is not None else "—",
-             fmt(1e3 * r["engine_step_s"], 1) if r.get("engine_step_s") is not None else "—",
+             fmt(1e3 * _engine(r, "engine_step_s"), 1) if _engine(r, "engine_step_s") is not None else "—",
              fmt(r.get("step_ms"), 1), fmt(r.get("gpu_busy_frac"), 2), fmt(r["all_tokens_delivered_once"]),
              r.get("run_id", "—")]
             for (d, s, v, src, p, g, a, n), r in sorted(sv.items(), key=lambda kv: (kv[0][0], kv[0][1], vkey(kv[0][2]),
@@ -330,7 +335,7 @@ def plots(rows, out: Path) -> list[str]:
             if len(runs) > 1:   # points of different runs (hosts) on one line: say which
                 tag += " (runs " + ", ".join(f"{n}: {r.get('run_id', '?')}" for n, r in pts) + ")"
             line = a1.plot(ns, [r["tokens_per_s"] for _, r in pts], "o-", label=f"{tag} service")[0]
-            eng = [(n, r["engine_tokens_per_s"]) for n, r in pts if r.get("engine_tokens_per_s")]
+            eng = [(n, _engine(r, "engine_tokens_per_s")) for n, r in pts if _engine(r, "engine_tokens_per_s")]
             if eng and key[3] == "this tree":
                 a1.plot([n for n, _ in eng], [e for _, e in eng], "x--", color=line.get_color(), label=f"{tag} engine alone")
             sess = sorted((k[7], r) for k, r in sv.items() if k[:6] == key and k[6] == "burst, session")
