@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--context", type=int, default=768, help="cached tokens per slot (512+512 averages 768)")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--kernels", default="fused", help="comma list of fused (norms and SwiGLU compiled, "
+    ap.add_argument("--kernels", default="fused", help="comma list of fused (norms, SwiGLU and query rotation compiled, "
                     "as served on CUDA: kernels/fused.py) and reference (eager)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="append the rows to this JSONL file")
