@@ -76,6 +76,14 @@ def kernel_times(prof, cuda: bool, steps: int) -> dict[str, float]:
     return dict(out)
 
 
+def serving_decoder(model, cache: KVCache, kernels: str, **kw):
+    """The service's decode step (make_decoder), its compiled kernels swapped back out for "reference"."""
+    fd = make_decoder(model, cache, "fast", **kw)
+    if kernels == "reference":
+        fused.fuse(model, on=False)
+    return fd
+
+
 def profile_variant(shape: str, variant: str, batch: int, context: int, steps: int, device, dtype,
                     kernels: str = "fused") -> dict:
     cfg = ModelConfig.preset(shape, variant)
@@ -90,8 +98,7 @@ def profile_variant(shape: str, variant: str, batch: int, context: int, steps: i
     with torch.inference_mode():
         fill_pool(cache, batch, context, cfg.vocab_size)
         if cuda:   # the serving step: graphs replayed, slots a graph input
-            fd = make_decoder(model, cache, "fast", graphs=True, pad_slot=batch)
-            fused.fuse(model, on=kernels == "fused")   # as the service runs it, or the eager reference
+            fd = serving_decoder(model, cache, kernels, graphs=True, pad_slot=batch)
             fd(slots, tokens)                    # tunes, captures
             times = []
             for _ in range(steps):
@@ -103,8 +110,7 @@ def profile_variant(shape: str, variant: str, batch: int, context: int, steps: i
                 times.append(a.elapsed_time(b))
             row["graph_step_ms"] = round(statistics.median(times), 3)
             fill_pool(cache, batch, context, cfg.vocab_size)
-        eager = make_decoder(model, cache, "fast", graphs=False, pad_slot=batch if cuda else None)
-        fused.fuse(model, on=kernels == "fused")
+        eager = serving_decoder(model, cache, kernels, graphs=False, pad_slot=batch if cuda else None)
         eager(slots, tokens)                     # warm: tuning and compilation stay out of the profile
         fill_pool(cache, batch, context, cfg.vocab_size)
         acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]

@@ -308,11 +308,13 @@ def test_step_profile_breaks_a_decode_step_down_by_category(tmp_path, capsys):
     assert [r["variant"] for r in rows] == ["llama", "lckv-w2"] and rows[1]["kv_layers"] < rows[0]["kv_layers"]
     for r in rows:
         assert r["suite"] == "step_profile" and r["batch"] == 3 and r["eager_step_ms"] > 0
+        assert r["kernels"] == "reference"   # nothing is compiled on a CPU
         assert abs(sum(r["by_category_ms"].values()) - r["kernel_ms"]) < 0.01 + 1e-3 * r["kernel_ms"]
         assert r["by_category_ms"].get("gemm", 0) > 0 and r["top_kernels_us"]
     assert "| llama |" in capsys.readouterr().out
     assert sp.category("sm90_xmma_gemm_bf16") == "gemm" and sp.category("_attn_split_kernel") == "attention"
-    for bad in (["--batch", "0"], ["--steps", "-1"], ["--context", "0"]):   # refused, nothing written
+    for bad in (["--batch", "0"], ["--steps", "-1"], ["--context", "0"], ["--kernels", "turbo"],
+                ["--kernels", ","]):   # refused, nothing written
         with pytest.raises(SystemExit) as e:
             sp.main(["--shape", "tiny-test", "--device", "cpu", "--out", str(tmp_path / "bad.jsonl"), *bad])
         assert e.value.code == 2 and bad[0] in capsys.readouterr().err

@@ -124,7 +124,8 @@ def summarize(results: list[dict]) -> dict:
     tokens = sum(r["done"]["usage"]["completion_tokens"] for r in ok)
     wall = (max(r["end"] for r in ok) - min(r["sent"] for r in ok)) if ok else 0.0
     measured = ok
-    cut = [r for r in errors if r.get("error") == CUT and "sent" in r]
+    cut_all = [r for r in errors if r.get("error") == CUT]
+    cut = [r for r in cut_all if "sent" in r]   # the ones sent before the cut
     if cut:   # the time box ended the run: throughput and TTFT over what arrived until then
         measured = ok + cut
         tokens += sum(len(ids) for r in cut for _, ids in r["frames"])
@@ -137,7 +138,7 @@ def summarize(results: list[dict]) -> dict:
     prompt_tokens = [r["done"]["usage"]["prompt_tokens"] for r in ok]
     blobs = [len(r["blob"]) for r in ok]
     return {"completed": len(ok), "failed": len(errors), "error_sample": str(errors[0].get("error"))[:300] if errors else None,
-            **({"cut_streams": len([r for r in errors if r.get("error") == CUT]), "cut_after_s": round(wall, 3)}
+            **({"cut_streams": len(cut_all), "cut_after_s": round(wall, 3)}
                if cut else {}),
             "all_tokens_delivered_once": delivered_once, "generated_tokens": tokens, "wall_s": round(wall, 3),
             "tokens_per_s": round(tokens / wall, 1) if wall else None,

@@ -68,7 +68,7 @@ class FastDecode:
         # compile (CUDA with Triton): the model's norms, SwiGLU and query rotation, and the keys' rotation
         # here, run as one compiled kernel each (kernels/fused.py); otherwise (or off) the eager reference
         fused.fuse(model, on=compile)
-        self.rope_keys = fused.compiled(apply_rope) if compile and fused.available(cache.device) else apply_rope
+        self.rope_keys = fused.kernel(apply_rope, cache.device, compile)
         cos, sin = model._rope(cache.capacity + 1, cache.device, cache.dtype)
         self.cos, self.sin = cos[: cache.capacity + 1], sin[: cache.capacity + 1]   # [cap+1, D]
         src = self.cfg.kv_source

@@ -38,16 +38,22 @@ def compiled(fn):
     return _compiled[fn]
 
 
+def kernel(fn, device: torch.device | str, on: bool = True):
+    """compiled(fn) where `on` and available on `device`, else fn itself (the eager reference)."""
+    return compiled(fn) if on and available(device) else fn
+
+
 def fuse(model: LCKVModel, on: bool = True) -> int:
     """Every norm, MLP and query rotation of `model` computes with its compiled kernel (`on`) or the
     eager reference. Returns the modules changed: none when `on` off CUDA (the reference stays)."""
-    if on and not available(next(model.parameters()).device):
+    device = next(model.parameters()).device
+    if on and not available(device):
         return 0
     changed = 0
     for cls, attr, fn in KERNELS:
-        kernel = compiled(fn) if on else fn
+        k = kernel(fn, device, on)
         for m in model.modules():
             if isinstance(m, cls):
-                setattr(m, attr, kernel)
+                setattr(m, attr, k)
                 changed += 1
     return changed
