@@ -77,7 +77,8 @@ def serve(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     app = create_app(cfg, exit_on_failure=True)
-    web.run_app(app, host=cfg.host, port=cfg.port, handler_cancellation=True, access_log=None, print=None)
+    web.run_app(app, host=cfg.host, port=cfg.port, backlog=cfg.listen_backlog, handler_cancellation=True,
+                access_log=None, print=None)
     return 1 if app[STATE].failure is not None else 0   # a failed load or engine is a failed process
 
 

@@ -334,3 +334,21 @@ def test_graph_memory_refuses_bad_flags_and_a_machine_without_cuda(tmp_path, cap
         err = capsys.readouterr().err
         assert e.value.code == 2 and (bad[0] if bad else "needs a CUDA device") in err
     assert not out.exists()
+
+
+def test_connect_burst_measures_the_real_server_per_backlog(tmp_path, capsys):
+    """bench/connect_burst.py starts the real server per listen backlog and times bursts of new
+    connections: one row per (backlog, burst size), every request answered; bad flags are refused."""
+    cb = _load("connect_burst")
+    out = tmp_path / "c.jsonl"
+    assert cb.main(["--bursts", "12", "--repeats", "2", "--backlogs", "4,default", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["listen_backlog"], r["connections"], r["bursts"]) for r in rows] == [("4", 12, 2), ("default", 12, 2)]
+    for r in rows:
+        assert r["suite"] == "connect_burst" and 0 < r["p50_s"] <= r["p95_s"] <= r["max_s"]
+        assert 0 <= r["bursts_with_a_retransmit"] <= 2 and r["over_0_9_s"] <= 24
+    for bad in (["--bursts", "0"], ["--bursts", "ten"], ["--backlogs", "-1"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit) as e:
+            cb.main([*bad, "--out", str(tmp_path / "bad.jsonl")])
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "bad.jsonl").exists()

@@ -146,3 +146,74 @@ def test_decode_graphs_on_a_cpu_device_is_refused_naming_the_option(tmp_path):
     with pytest.raises(ConfigError) as e:
         ModelService(serve_config(model_folder(tmp_path), device="cpu", decode_graphs="on", engine_process="off"))
     assert e.value.param == "decode_graphs"
+
+
+def _serve_process(folder, *flags):
+    """The real `serve` process on a free port, once /readyz answers: (process, port)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from service_fixtures import wait_until
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GPU_SERVICE_SECRET="s" * 32)
+    proc = subprocess.Popen([sys.executable, "-m", "lckv_service", "serve", "--model", str(folder), "--device", "cpu",
+                             "--host", "127.0.0.1", "--port", str(port), "--max-slots", "2", *flags], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ready():
+        assert proc.poll() is None, "serve exited"
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+        except OSError:
+            return False
+    wait_until(ready, timeout=120)
+    return proc, port
+
+
+def _handshakes_while_stopped(proc, port: int, n: int) -> int:
+    """Connects n clients to a SIGSTOPped server: the kernel completes a handshake only while the listen
+    socket's accept queue has room (backlog + 1), and drops the SYNs beyond it (the client then retries
+    after 1 s: a burst's stragglers). Returns the connections established."""
+    import select
+    import signal
+    import socket
+    import time
+
+    socks = []
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            socks.append(s)
+        deadline = time.monotonic() + 0.5     # well under the 1 s SYN retransmit: no second chance
+        while time.monotonic() < deadline:
+            select.select([], socks, [], 0.05)
+        return sum(1 for s in socks if select.select([], [s], [], 0)[1]
+                   and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+    finally:
+        for s in socks:
+            s.close()
+        proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.skipif(__import__("sys").platform != "linux", reason="the accept-queue behaviour is Linux's")
+def test_a_burst_of_connections_is_queued_not_dropped(tmp_path):
+    """aiohttp's default backlog (128) makes every connect past the 128th in a burst wait a SYN retransmit
+    (1 s of TTFT, measured on the GPU runs); the served listen socket queues `listen_backlog` of them."""
+    from service_fixtures import model_folder
+    folder = model_folder(tmp_path)
+    for flags, expect in ((("--listen-backlog", "4"), lambda n: n <= 5), ((), lambda n: n == 300)):
+        proc, port = _serve_process(folder, *flags)
+        try:
+            got = _handshakes_while_stopped(proc, port, 300)
+            assert expect(got), (flags, got)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)

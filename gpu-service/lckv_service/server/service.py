@@ -55,6 +55,9 @@ class ServeConfig:
     model_id: str | None = _opt(None, "id clients use (default: the folder's name)", env="MODEL_ID")
     host: str = _opt("127.0.0.1", "listen address")
     port: int = _opt(8000, "listen port", kind=int, env="PORT")
+    listen_backlog: int = _opt(4096, "connections the listen socket queues before they are accepted (the kernel "
+                                     "caps it at net.core.somaxconn); a connect beyond it waits for the "
+                                     "client's SYN retransmit, 1 s", kind=int)
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = _opt("auto", "auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16")
     max_slots: int = _opt(8, "K/V pool slots (CPU: exactly; CUDA: at most)", kind=int)
@@ -93,7 +96,7 @@ class ServeConfig:
             raise ConfigError("the shared secret (GPU_SERVICE_SECRET) must be set", param="GPU_SERVICE_SECRET")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be auto or one of {sorted(DTYPES)}", param="dtype")
-        for name in ("max_slots", "max_tokens", "max_request_bytes", "prefill_chunk", "max_waiting"):
+        for name in ("max_slots", "max_tokens", "max_request_bytes", "prefill_chunk", "max_waiting", "listen_backlog"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1", param=name)
         for name in ("max_batched_tokens", "max_prompt_tokens", "window"):
