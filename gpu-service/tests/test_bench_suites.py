@@ -203,7 +203,8 @@ def test_serving_suite_drives_the_real_server(tmp_path):
             assert r["prompt_tokens_mean"] > 12 and r["blob_bytes_mean"] > 0
         else:
             assert r["prompt_tokens_mean"] == 12 and r["blob_bytes_mean"] == 0
-        assert r["ttft_p50_s"] <= r["ttft_p95_s"] and r["tokens_per_s"] > 0 and r["engine_tokens_per_s"] > 0
+        assert r["ttft_p50_s"] <= r["ttft_p95_s"] <= r["ttft_max_s"]
+        assert r["tokens_per_s"] > 0 and r["engine_tokens_per_s"] > 0
         # where a row's setup time went, for planning a device call
         assert all(r[k] >= 0 for k in ("model_folder_s", "server_start_s", "warm_s", "prompts_s", "engine_baseline_s"))
     assert "service_vs_engine" in next(r for r in sv if r["arrival"] == "burst")
@@ -224,7 +225,7 @@ def test_a_serving_run_cut_by_the_time_budget_reports_what_arrived_until_then():
     s = summarize([done, cut, unsent])
     assert s["completed"] == 1 and s["failed"] == 2 and s["cut_streams"] == 2 and s["cut_after_s"] == 4.0
     assert s["generated_tokens"] == 5 and s["tokens_per_s"] == 1.2 and not s["all_tokens_delivered_once"]
-    assert s["ttft_p50_s"] in (1.0, 2.5) and s["ttft_p95_s"] == 2.5
+    assert s["ttft_p50_s"] in (1.0, 2.5) and s["ttft_p95_s"] == 2.5 and s["ttft_max_s"] == 2.5
     clean = summarize([done])
     assert "cut_streams" not in clean and clean["tokens_per_s"] == 1.5 and clean["all_tokens_delivered_once"]
 

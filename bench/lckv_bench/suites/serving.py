@@ -145,6 +145,7 @@ def summarize(results: list[dict]) -> dict:
             "prompt_tokens_mean": round(statistics.mean(prompt_tokens), 1) if prompt_tokens else None,
             "blob_bytes_mean": round(statistics.mean(blobs)) if blobs else None,
             "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95),
+            "ttft_max_s": round(max(ttft), 5) if ttft else None,   # a burst's stragglers
             "itl_p50_s": pct(itl, 0.5), "itl_p95_s": pct(itl, 0.95)}
 
 
