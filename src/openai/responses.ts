@@ -23,57 +23,35 @@ export interface ResponseIdentity {
 
 export const newId = (prefix: "chatcmpl" | "cmpl"): string => `${prefix}-${crypto.randomUUID().replaceAll("-", "")}`;
 
+/** The fields every response object and chunk starts with. */
+const envelope = <O extends string>(idn: ResponseIdentity, object: O) => ({ id: idn.id, object, created: idn.created, model: idn.model });
+
+/** `usage` is null on every streamed chunk but the trailing usage chunk (when the client asked for usage). */
+const nullUsage = (withUsage: boolean) => (withUsage ? { usage: null } : {});
+
 export function chatCompletion(idn: ResponseIdentity, text: string, finish: FinishReason, usage: Usage): ChatCompletionBody {
-  return {
-    id: idn.id,
-    object: "chat.completion" as const,
-    created: idn.created,
-    model: idn.model,
-    choices: [{ index: 0, message: { role: "assistant" as const, content: text, refusal: null }, logprobs: null, finish_reason: finish }],
-    usage: toUsage(usage),
-  };
+  const message = { role: "assistant" as const, content: text, refusal: null };
+  return { ...envelope(idn, "chat.completion"), choices: [{ index: 0, message, logprobs: null, finish_reason: finish }], usage: toUsage(usage) };
 }
 
 export function textCompletion(idn: ResponseIdentity, text: string, finish: FinishReason, usage: Usage): TextCompletionBody {
-  return {
-    id: idn.id,
-    object: "text_completion" as const,
-    created: idn.created,
-    model: idn.model,
-    choices: [{ index: 0, text, logprobs: null, finish_reason: finish }],
-    usage: toUsage(usage),
-  };
+  return { ...envelope(idn, "text_completion"), choices: [{ index: 0, text, logprobs: null, finish_reason: finish }], usage: toUsage(usage) };
 }
 
 type ChatDelta = { role?: "assistant"; content?: string };
 
-/** One streamed chat chunk; `usage` is null on every chunk but the trailing usage chunk. */
 export function chatChunk(idn: ResponseIdentity, delta: ChatDelta, finish: FinishReason | null, withUsage: boolean): ChatCompletionChunkBody {
-  return {
-    id: idn.id,
-    object: "chat.completion.chunk" as const,
-    created: idn.created,
-    model: idn.model,
-    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
-    ...(withUsage ? { usage: null } : {}),
-  };
+  return { ...envelope(idn, "chat.completion.chunk"), choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], ...nullUsage(withUsage) };
 }
 
 export function chatUsageChunk(idn: ResponseIdentity, usage: Usage): ChatCompletionChunkBody {
-  return { id: idn.id, object: "chat.completion.chunk" as const, created: idn.created, model: idn.model, choices: [], usage: toUsage(usage) };
+  return { ...envelope(idn, "chat.completion.chunk"), choices: [], usage: toUsage(usage) };
 }
 
 export function textChunk(idn: ResponseIdentity, text: string, finish: FinishReason | null, withUsage: boolean): TextCompletionChunkBody {
-  return {
-    id: idn.id,
-    object: "text_completion" as const,
-    created: idn.created,
-    model: idn.model,
-    choices: [{ index: 0, text, logprobs: null, finish_reason: finish }],
-    ...(withUsage ? { usage: null } : {}),
-  };
+  return { ...envelope(idn, "text_completion"), choices: [{ index: 0, text, logprobs: null, finish_reason: finish }], ...nullUsage(withUsage) };
 }
 
 export function textUsageChunk(idn: ResponseIdentity, usage: Usage): TextCompletionChunkBody {
-  return { id: idn.id, object: "text_completion" as const, created: idn.created, model: idn.model, choices: [], usage: toUsage(usage) };
+  return { ...envelope(idn, "text_completion"), choices: [], usage: toUsage(usage) };
 }
