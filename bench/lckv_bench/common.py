@@ -191,6 +191,22 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
+def fits_in_memory(attempt: Callable[[], Any], device: torch.device) -> bool:
+    """Runs attempt() (allocate and run what must fit) to the device's end: True, or False on out of
+    memory; any other error propagates. attempt's tensors live in its own frame, so they are gone (the
+    exception and its frames included) before the allocator's cache is released."""
+    try:
+        attempt()
+        now(device)
+        return True
+    except Exception as e:  # noqa: BLE001 - only OOM means "does not fit"
+        if not is_oom(e):
+            raise
+        return False
+    finally:
+        release(device)
+
+
 def median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .common import GIB, free_mem_bytes, is_oom, now, release
+from .common import GIB, fits_in_memory, free_mem_bytes, now
 from .ours import GenResult, extrapolate
 from .shapes import Cost
 
@@ -93,21 +93,13 @@ def fits(model, batch: int, prompt: int, gen: int, cost: Cost, device) -> bool:
     """Does `generate` fit at `batch`? The dynamic cache grows to prompt+gen tokens; we hold a
     ballast of the growth (gen tokens of K/V per sequence) while prefilling the real prompt and
     generating two tokens. Conservative: prefill activations coexist with the full-size ballast."""
-    ballast = None
-    try:
+    def attempt():
         ballast = torch.empty(batch * gen * cost.kv_bytes_per_token, dtype=torch.uint8, device=device)
         ids = torch.randint(1, model.config.vocab_size, (batch, prompt), device=device)
         with torch.no_grad():
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=_gen_config(2))
-        now(device)
-        return True
-    except Exception as e:  # noqa: BLE001 - only OOM means "does not fit"
-        if not is_oom(e):
-            raise
-        return False
-    finally:
-        del ballast
-        release(device)
+        del ballast   # held through the generation
+    return fits_in_memory(attempt, device)
 
 
 def max_batch(model, cost: Cost, prompt: int, gen: int, device, *, reserve_bytes: int, limit: int | None = None,

@@ -17,7 +17,7 @@ from lckv_service.config import ModelConfig
 from lckv_service.kernels import FastDecode
 from lckv_service.model import LCKVModel, PrefillMode
 
-from .common import GIB, allocated_bytes, free_mem_bytes, is_oom, now, release
+from .common import GIB, allocated_bytes, fits_in_memory, free_mem_bytes, now, release
 from .shapes import Cost
 
 # fast*: kernels.FastDecode; "-graph" replays CUDA graphs; "+triton" attends with the fused
@@ -334,8 +334,7 @@ def fits(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, device, dty
          decoder: str, mode: PrefillMode, group: int, bucket: int) -> bool:
     """Can `batch` sequences of prompt+gen live at once? Allocate the full pool, prefill one group
     of real prompts, then run decode steps with every slot at full length (the largest step)."""
-    cache = step = None
-    try:
+    def attempt():
         cache = KVCache(cfg, batch, prompt + gen, device, dtype)
         g = min(group, batch)
         toks = torch.randint(0, cfg.vocab_size, (g, prompt), device=device)
@@ -351,15 +350,7 @@ def fits(model, cfg: ModelConfig, batch: int, prompt: int, gen: int, device, dty
         tok = torch.zeros(batch, dtype=torch.long, device=device)
         for _ in range(2):
             tok = step(torch.arange(batch), tok).argmax(-1)
-        now(device)
-        return True
-    except Exception as e:  # noqa: BLE001 - only OOM means "does not fit"
-        if not is_oom(e):
-            raise
-        return False
-    finally:
-        del cache, step
-        release(device)
+    return fits_in_memory(attempt, device)
 
 
 def max_batch(model, cfg: ModelConfig, cost: Cost, prompt: int, gen: int, device, dtype, *, decoder: str,

@@ -353,3 +353,21 @@ def test_connect_burst_measures_the_real_server_per_backlog(tmp_path, capsys):
             cb.main([*bad, "--out", str(tmp_path / "bad.jsonl")])
         assert e.value.code == 2 and bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad.jsonl").exists()
+
+
+def test_fits_in_memory_is_false_only_on_out_of_memory():
+    """The max-batch searches' one rule: an attempt that runs fits, one that runs out of memory does not,
+    and any other failure is a bug that propagates."""
+    from lckv_bench.common import fits_in_memory
+    cpu = torch.device("cpu")
+    ran = []
+    assert fits_in_memory(lambda: ran.append(torch.zeros(4)), cpu) and len(ran) == 1
+
+    def oom():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert not fits_in_memory(oom, cpu)
+
+    def bug():
+        raise ValueError("shape mismatch")
+    with pytest.raises(ValueError):
+        fits_in_memory(bug, cpu)
