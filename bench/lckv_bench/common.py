@@ -117,13 +117,26 @@ class Context:
     repeats: int | None = None                            # responses: timed turns per size
     label: str | None = None                              # responses: names its markdown table
     model_folder: str | None = None                       # responses: serve this folder
+    log: Callable[[str], None] = print
 
     def preferred_decoder(self) -> str:
         """The decoder pick_decoder tries first here (it falls back from it step by step)."""
         if self.device.type != "cuda":
             return "fast"
         return "fast-graph+triton" if self.graphs else "fast+triton"
-    log: Callable[[str], None] = print
+
+    def model_cases(self, suite: str, variants: list[str]):
+        """(shape, variant, its time share) per case of a suite that builds one model per case. Each
+        variant gets an equal share of what is left, so the last is not starved; a case with no time
+        left is written as a skipped row instead."""
+        for shape in self.shapes:
+            for vi, variant in enumerate(variants):
+                share = self.budget.sub(self.budget.left() / (len(variants) - vi))
+                if self.budget.left() < 3:
+                    self.rec.write(suite, status="skipped", shape=shape, variant=variant,
+                                   reason="suite time budget spent")
+                    continue
+                yield shape, variant, share
 
 
 def device_info(device: torch.device) -> dict[str, Any]:

@@ -371,3 +371,19 @@ def test_fits_in_memory_is_false_only_on_out_of_memory():
         raise ValueError("shape mismatch")
     with pytest.raises(ValueError):
         fits_in_memory(bug, cpu)
+
+
+def test_model_cases_share_the_time_left_and_record_the_cases_it_cannot_run():
+    """Context.model_cases: each (shape, variant) gets an equal share of what is left; once the suite's
+    time is spent, every remaining case is a skipped row, not a silent gap."""
+    from lckv_bench.common import Budget, Context, Recorder
+    rec = Recorder(None, {})
+    ctx = Context(device=torch.device("cpu"), rec=rec, budget=Budget(100.0), tiny=True, shapes=("a", "b"))
+    cases = [(s, v, round(share.seconds)) for s, v, share in ctx.model_cases("x", ["llama", "lckv-w2"])]
+    assert [(s, v) for s, v, _ in cases] == [("a", "llama"), ("a", "lckv-w2"), ("b", "llama"), ("b", "lckv-w2")]
+    assert cases[0][2] == 50 and cases[1][2] == 100 and not rec.rows
+    ctx.budget = Budget(1.0)
+    assert list(ctx.model_cases("x", ["llama", "lckv-w2"])) == []
+    assert [(r["suite"], r["status"], r["shape"], r["variant"]) for r in rec.rows] == [
+        ("x", "skipped", "a", "llama"), ("x", "skipped", "a", "lckv-w2"),
+        ("x", "skipped", "b", "llama"), ("x", "skipped", "b", "lckv-w2")]
