@@ -6,6 +6,8 @@ import math
 import os
 import platform
 import time
+import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -138,6 +140,14 @@ class Context:
                     continue
                 yield shape, variant, share
 
+    @contextmanager
+    def errors_as_rows(self, suite: str, **where):
+        """One case failing must not end the suite: its exception becomes an `error` row naming the case."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001
+            self.rec.write(suite, status="error", **where, error=repr(e)[:500], trace=traceback.format_exc()[-1500:])
+
 
 def device_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {"torch": torch.__version__, "host": platform.node()}
@@ -198,6 +208,21 @@ def release(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
+
+
+def build_on_device(make: Callable[[], torch.nn.Module], device: torch.device, dtype: torch.dtype,
+                    seed: int = 0) -> torch.nn.Module:
+    """make() with random weights (seeded) created directly on the device in `dtype`: a 7B init on the
+    CPU would take minutes, and a float32 build would need twice the memory."""
+    torch.manual_seed(seed)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = make()
+    finally:
+        torch.set_default_dtype(prev)
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def is_oom(exc: BaseException) -> bool:

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from .common import GIB, fits_in_memory, free_mem_bytes, now
+from .common import GIB, build_on_device, fits_in_memory, free_mem_bytes, now
 from .ours import GenResult, extrapolate
 from .shapes import Cost
 
@@ -20,15 +20,7 @@ def build_hf(shape: dict, max_positions: int, device: torch.device, dtype: torch
                       rms_norm_eps=shape["rms_norm_eps"], rope_theta=shape["rope_theta"],
                       max_position_embeddings=max_positions, tie_word_embeddings=False,
                       attn_implementation="sdpa", bos_token_id=None, eos_token_id=None, pad_token_id=0)
-    torch.manual_seed(seed)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(cfg)
-    finally:
-        torch.set_default_dtype(prev)
-    return model.to(device=device, dtype=dtype).eval()
+    return build_on_device(lambda: LlamaForCausalLM(cfg), device, dtype, seed)
 
 
 def _gen_config(gen: int):

@@ -17,7 +17,7 @@ from lckv_service.config import ModelConfig
 from lckv_service.kernels import FastDecode
 from lckv_service.model import LCKVModel, PrefillMode
 
-from .common import GIB, allocated_bytes, fits_in_memory, free_mem_bytes, now, release
+from .common import GIB, allocated_bytes, build_on_device, fits_in_memory, free_mem_bytes, now, release
 from .shapes import Cost
 
 # fast*: kernels.FastDecode; "-graph" replays CUDA graphs; "+triton" attends with the fused
@@ -27,16 +27,7 @@ DECODERS = ("model", "fast", "fast-graph", "fast+eager", "fast-graph+eager", "fa
 
 
 def build_model(cfg: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> LCKVModel:
-    """Random weights made directly on the device (a 7B init on CPU would take minutes)."""
-    torch.manual_seed(seed)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)   # build in the serving dtype: no float32 copy of 7B weights
-    try:
-        with torch.device(device):
-            model = LCKVModel(cfg)
-    finally:
-        torch.set_default_dtype(prev)
-    return model.to(device=device, dtype=dtype).eval()
+    return build_on_device(lambda: LCKVModel(cfg), device, dtype, seed)
 
 
 def default_prefill_mode(cfg: ModelConfig) -> PrefillMode:

@@ -387,3 +387,19 @@ def test_model_cases_share_the_time_left_and_record_the_cases_it_cannot_run():
     assert [(r["suite"], r["status"], r["shape"], r["variant"]) for r in rec.rows] == [
         ("x", "skipped", "a", "llama"), ("x", "skipped", "a", "lckv-w2"),
         ("x", "skipped", "b", "llama"), ("x", "skipped", "b", "lckv-w2")]
+
+
+def test_a_failing_case_becomes_an_error_row_and_the_suite_goes_on():
+    from lckv_bench.common import Budget, Context, Recorder
+    rec = Recorder(None, {})
+    ctx = Context(device=torch.device("cpu"), rec=rec, budget=Budget(100.0), tiny=True, shapes=("a",))
+    done = []
+    for shape, variant, _ in ctx.model_cases("x", ["llama", "lckv-w2"]):
+        with ctx.errors_as_rows("x", shape=shape, variant=variant):
+            if variant == "llama":
+                raise RuntimeError("kernel refused")
+            done.append(variant)
+    assert done == ["lckv-w2"]
+    (row,) = rec.rows
+    assert (row["status"], row["variant"]) == ("error", "llama") and "kernel refused" in row["error"]
+    assert "RuntimeError" in row["trace"]

@@ -13,7 +13,6 @@ max |logit difference| from the model's own prefill of the same passes, relative
 """
 from __future__ import annotations
 
-import traceback
 import torch
 
 from lckv_service.cache import KVCache
@@ -47,7 +46,7 @@ def run(ctx: Context) -> None:
     variants = [v for v in (ctx.variants or VARIANTS) if v != "hf-llama"]
     for shape, variant, share in ctx.model_cases("prefill", variants):
         model = None
-        try:
+        with ctx.errors_as_rows("prefill", shape=shape, variant=variant):
             cfg = make_config(shape, variant, max(lengths) + 1)
             model = ours.build_model(cfg, ctx.device, dtype)
             last: dict[str, tuple[int, float]] = {}     # mode -> (length, seconds) for projection
@@ -107,8 +106,5 @@ def run(ctx: Context) -> None:
                 fp.reset_graphs()
                 cache = ref = same = fp = None
                 release(ctx.device)
-        except Exception as e:  # noqa: BLE001 - one variant failing must not end the suite
-            ctx.rec.write("prefill", status="error", shape=shape, variant=variant, error=repr(e)[:500],
-                          trace=traceback.format_exc()[-1500:])
         model = None
         release(ctx.device)

@@ -13,7 +13,6 @@ times the model's own turn prefill once (`turn_prefill_model_s`) for comparison.
 """
 from __future__ import annotations
 
-import traceback
 import time
 
 import torch
@@ -40,7 +39,7 @@ def run(ctx: Context) -> None:
     mode = PrefillMode(kind="iterative")
     for shape, variant, share in ctx.model_cases("sessions", variants):
         model = None
-        try:
+        with ctx.errors_as_rows("sessions", shape=shape, variant=variant):
             cfg = make_config(shape, variant, max(histories) + turn + 1)
             cost = cost_model(cfg)
             identity = cfg.fingerprint()    # random weights: the layout fingerprint names the model
@@ -106,9 +105,6 @@ def run(ctx: Context) -> None:
                 fp.reset_graphs()
                 cache = data = fp = None  # free before the next, larger history
                 release(ctx.device)
-        except Exception as e:  # noqa: BLE001 - one variant failing must not end the suite
-            ctx.rec.write("sessions", status="error", shape=shape, variant=variant, error=repr(e)[:500],
-                          trace=traceback.format_exc()[-1500:])
         model = None
         release(ctx.device)
 

@@ -44,7 +44,8 @@ def run(ctx: Context) -> None:
                     ctx.rec.write("streaming", status="skipped", shape=shape, variant=variant, cache_size=size,
                                   batch=b, reason="suite time budget spent")
                     continue
-                try:
+                with ctx.errors_as_rows("streaming", shape=shape, variant=variant, cache_size=size, batch=b,
+                                        decoder=dec):
                     reset_peak(ctx.device)
                     cache = KVCache(cfg, b, size, ctx.device, dtype)
                     slots = list(range(b))
@@ -73,9 +74,6 @@ def run(ctx: Context) -> None:
                         evict_block=evict_block, steps=steps, evictions=evictions, ms_per_token=1e3 * dt,
                         tokens_per_s=b / dt, kv_cache_mib=cost.kv_bytes_per_token * size * b / 2**20,
                         peak_mem_gib=peak_mem_gib(ctx.device), decoder=dec, decoder_note=note)))
-                except Exception as e:  # noqa: BLE001 - one decoder failing must not end the suite
-                    ctx.rec.write("streaming", status="error", shape=shape, variant=variant, cache_size=size,
-                                  batch=b, decoder=dec, error=repr(e)[:500])
                 cache = step = None
                 release(ctx.device)
             model = None
