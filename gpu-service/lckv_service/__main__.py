@@ -51,6 +51,22 @@ def setup_logging(level: str, fmt: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+
+
+def check_listen_backlog(requested: int, somaxconn_path: str = SOMAXCONN) -> str | None:
+    """Linux caps a listen socket's queue at net.core.somaxconn, silently: a warning saying so, or None."""
+    try:
+        with open(somaxconn_path) as f:
+            cap = int(f.read())
+    except (OSError, ValueError):
+        return None
+    if cap >= requested:
+        return None
+    return (f"--listen-backlog {requested} is capped at net.core.somaxconn = {cap}: in a burst, connects past "
+            f"{cap} waiting to be accepted wait for the client's SYN retransmit (1 s); raise net.core.somaxconn")
+
+
 def serve(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="lckv_service serve",
                                  description="Serve a model folder over the internal protocol. "
@@ -76,6 +92,9 @@ def serve(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    warning = check_listen_backlog(cfg.listen_backlog)
+    if warning:
+        logging.getLogger("lckv_service.serve").warning(warning)
     app = create_app(cfg, exit_on_failure=True)
     web.run_app(app, host=cfg.host, port=cfg.port, backlog=cfg.listen_backlog, handler_cancellation=True,
                 access_log=None, print=None)

@@ -217,3 +217,14 @@ def test_a_burst_of_connections_is_queued_not_dropped(tmp_path):
         finally:
             proc.kill()
             proc.wait(timeout=30)
+
+
+def test_a_backlog_the_kernel_caps_is_named_in_a_warning(tmp_path):
+    from lckv_service.__main__ import check_listen_backlog
+    cap = tmp_path / "somaxconn"
+    cap.write_text("128\n")
+    msg = check_listen_backlog(4096, str(cap))
+    assert "--listen-backlog 4096" in msg and "somaxconn = 128" in msg
+    cap.write_text("4096\n")
+    assert check_listen_backlog(4096, str(cap)) is None
+    assert check_listen_backlog(4096, str(tmp_path / "absent")) is None   # not Linux: nothing to say
