@@ -79,6 +79,34 @@ async function untilServedBy(i, deadlineMs) {
   return false;
 }
 
+/** One round: n sessions take a turn, then n streams run at once and replica 0 is killed mid-reply. */
+async function killUnderStreams(n) {
+  const keys = Array.from({ length: n }, (_, i) => `rep-kill-${i}-${uid()}`);
+  await Promise.all(keys.map((k) => turn(k, "Remember the number seven.")));
+  const streams = await Promise.all(keys.map(async (k) => {
+    const { data, response } = await stack.client().chat.completions.create({ model, messages: [{ role: "user", content: "Now tell a long story." }],
+      prompt_cache_key: k, stream: true, temperature: 0, max_tokens: 160 }).withResponse();
+    return { key: k, id: response.headers.get("x-request-id"), iter: data[Symbol.asyncIterator]() };
+  }));
+  // every stream has produced text before the kill, so the ones on replica 0 are mid-reply unless done
+  const firsts = await Promise.all(streams.map(async (s) => {
+    for (;;) {
+      const r = await s.iter.next();
+      if (r.done || r.value.choices[0]?.delta?.content) return r;
+    }
+  }));
+  assert.ok(firsts.every((r) => !r.done), `all ${n} streams are running`);
+  await stack.killGpu(0);
+  return Promise.all(streams.map(async (s) => {
+    try {
+      await collectStream({ [Symbol.asyncIterator]: () => s.iter });
+      return { ...s, ok: true };
+    } catch (err) {
+      return { ...s, ok: false, err };
+    }
+  }));
+}
+
 describe("two replicas", () => {
   test("turn 1 on replica A, turn 2 on replica B resumes from the session blob, as one replica would", async () => {
     const [ref, moved] = [`rep-ref-${uid()}`, `rep-moved-${uid()}`];
@@ -117,31 +145,20 @@ describe("two replicas", () => {
   });
 
   test("kill -9 of a replica under 16 concurrent streams: its streams end with a typed error, no committed turn is lost, new requests succeed, it comes back", async (t) => {
-    assert.ok(await untilServedBy(0, 40_000), "both replicas take traffic before the kill");
-    const keys = Array.from({ length: 16 }, (_, i) => `rep-kill-${i}-${uid()}`);
-    await Promise.all(keys.map((k) => turn(k, "Remember the number seven.")));
-    const streams = await Promise.all(keys.map(async (k) => {
-      const { data, response } = await stack.client().chat.completions.create({ model, messages: [{ role: "user", content: "Now tell a long story." }],
-        prompt_cache_key: k, stream: true, temperature: 0, max_tokens: 160 }).withResponse();
-      return { key: k, id: response.headers.get("x-request-id"), iter: data[Symbol.asyncIterator]() };
-    }));
-    // every stream has produced text before the kill, so the ones on replica 0 are mid-reply
-    const firsts = await Promise.all(streams.map(async (s) => {
-      for (;;) {
-        const r = await s.iter.next();
-        if (r.done || r.value.choices[0]?.delta?.content) return r;
+    // The demo model's replies are ~25 tokens, so replica 0 may finish all its streams before the last
+    // stream on replica 1 shows text (a loaded CI host). Such a round tests nothing: replica 0 is
+    // restarted and the round repeated, at most 3 times.
+    let outcomes = [];
+    for (let round = 1; round <= 3; round++) {
+      if (round > 1) {
+        await stack.restartGpu(0);
+        t.diagnostic(`round ${round}: every stream on replica 0 had finished before the kill`);
       }
-    }));
-    assert.ok(firsts.every((r) => !r.done), "all 16 streams are running");
-    await stack.killGpu(0);
-    const outcomes = await Promise.all(streams.map(async (s) => {
-      try {
-        await collectStream({ [Symbol.asyncIterator]: () => s.iter });
-        return { ...s, ok: true };
-      } catch (err) {
-        return { ...s, ok: false, err };
-      }
-    }));
+      assert.ok(await untilServedBy(0, 45_000), "both replicas take traffic before the kill");
+      outcomes = await killUnderStreams(16);
+      // a stream replica 0 finished was done before the kill: a killed process logs nothing more
+      if (outcomes.some((o) => !o.ok)) break;
+    }
     const failed = outcomes.filter((o) => !o.ok);
     t.diagnostic(`${failed.length} of 16 streams were on the killed replica`);
     assert.ok(failed.length > 0 && failed.length < 16, `streams on the killed replica fail, the others finish (${failed.length} of 16 failed)`);
@@ -150,6 +167,7 @@ describe("two replicas", () => {
       assert.match(String(o.err.message), /model service/i);
     }
     for (const o of failed) assert.ok(!(await servedBy(o.id)).includes(1), "only streams of the killed replica fail");
+    for (const o of outcomes.filter((x) => x.ok)) assert.equal((await servedBy(o.id)).length, 1, "a finished stream was served once");
     for (const o of outcomes) {
       const turns = (await (await stack.session(o.key)).json()).turns;
       assert.equal(turns, o.ok ? 2 : 1, `session ${o.ok ? "committed its finished turn" : "kept its committed turn"}`);
