@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpu-service"))
 
+from lckv_bench.common import BenchError, parse_ints  # noqa: E402
 from lckv_bench.service import SERVICE_SRC, ServerProcess, free_port  # noqa: E402
 from lckv_bench.suites.serving import pct  # noqa: E402
 
@@ -43,43 +44,33 @@ async def burst(url: str, n: int) -> list[float]:
         return await asyncio.gather(*(one(s) for _ in range(n)))
 
 
-def _sizes(text: str) -> list[int]:
-    sizes = [int(x) for x in text.split(",")]
-    if not sizes or min(sizes) < 1:
-        raise ValueError
-    return sizes
-
-
-def _backlogs(text: str) -> list[str]:
-    items = text.split(",")
-    for x in items:
-        if x != "default" and not (x.isdigit() and int(x) >= 1):
-            raise ValueError
-    return items
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEMO_MODEL))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--bursts", type=_sizes, default=[256, 1024], help="comma list of connections opened at once")
-    ap.add_argument("--backlogs", type=_backlogs, default=["128", "default"],
-                    help="comma list: numbers, or `default` (the server's)")
+    ap.add_argument("--bursts", default="256,1024", help="comma list of connections opened at once")
+    ap.add_argument("--backlogs", default="128,default", help="comma list: numbers, or `default` (the server's)")
     ap.add_argument("--repeats", type=int, default=10, help="bursts per (backlog, size): whether the accept "
                     "queue overflows depends on how the client's connects and the server's accepts interleave")
     ap.add_argument("--out", default=None, help="JSONL file to append the rows to (default: print only)")
     a = ap.parse_args(argv)
-    if a.repeats < 1:
-        ap.error("--repeats must be >= 1")
+    backlogs = [x.strip() for x in a.backlogs.split(",")]
+    try:
+        bursts = parse_ints(a.bursts, "bursts")
+        parse_ints(",".join(x for x in backlogs if x != "default"), "backlogs")   # the numbers among them
+    except BenchError as e:
+        ap.error(str(e))
+    if not bursts or not backlogs or a.repeats < 1:
+        ap.error("--bursts and --backlogs must be non-empty and --repeats >= 1")
     rows = []
-    for backlog in a.backlogs:
+    for backlog in backlogs:
         flags = [] if backlog == "default" else ["--listen-backlog", backlog]
         log = Path(tempfile.gettempdir()) / "connect-burst-server.log"
         server = ServerProcess(Path(a.model), a.device, free_port(), flags, SERVICE_SRC, log)
         try:
             server.wait_ready(timeout=300)
             asyncio.run(burst(server.url, 8))   # warm the handler path
-            for n in a.bursts:
+            for n in bursts:
                 runs = [asyncio.run(burst(server.url, n)) for _ in range(a.repeats)]
                 lat = [x for run in runs for x in run]
                 rows.append({"suite": "connect_burst", "device": a.device, "host_cpus": os.cpu_count(),

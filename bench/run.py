@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpu-service")) 
 import torch  # noqa: E402
 
 from lckv_bench import hw  # noqa: E402
-from lckv_bench.common import BenchError, Budget, Context, Recorder, device_info  # noqa: E402
+from lckv_bench.common import BenchError, Budget, Context, Recorder, device_info, parse_ints  # noqa: E402
 from lckv_bench.shapes import SHAPES, VARIANTS  # noqa: E402
 from lckv_bench.suites.throughput import SETTINGS, TINY_SETTINGS, _weight  # noqa: E402
 
@@ -85,18 +85,6 @@ def parse_list(spec: str | None, known, param: str) -> tuple[str, ...] | None:
     for x in out:
         if x not in known:
             raise BenchError(f"unknown {param} {x!r}; known: {', '.join(known)}", param=param)
-    return out
-
-
-def parse_ints(spec: str | None, param: str) -> tuple[int, ...] | None:
-    if not spec:
-        return None
-    try:
-        out = tuple(int(x) for x in spec.split(",") if x.strip())
-    except ValueError:
-        raise BenchError(f"--{param} must be a comma list of positive integers, got {spec!r}", param=param) from None
-    if not out or min(out) < 1:
-        raise BenchError(f"--{param} must be a comma list of positive integers, got {spec!r}", param=param)
     return out
 
 

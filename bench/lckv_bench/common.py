@@ -245,6 +245,19 @@ def fits_in_memory(attempt: Callable[[], Any], device: torch.device) -> bool:
         release(device)
 
 
+def parse_ints(spec: str | None, param: str) -> tuple[int, ...] | None:
+    """A flag's comma list of positive integers (None when empty), or a BenchError naming --param."""
+    if not spec:
+        return None
+    try:
+        out = tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise BenchError(f"--{param} must be a comma list of positive integers, got {spec!r}", param=param) from None
+    if not out or min(out) < 1:
+        raise BenchError(f"--{param} must be a comma list of positive integers, got {spec!r}", param=param)
+    return out
+
+
 def median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)

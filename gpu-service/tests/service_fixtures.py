@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -101,6 +104,29 @@ def wait_until(cond, timeout=10.0):
     while not cond():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.01)
+
+
+def serve_process(folder: Path, *flags: str) -> tuple[subprocess.Popen, int]:
+    """The real `python -m lckv_service serve` (CPU, 4 slots, window 200, then `flags`) on a free port;
+    stderr piped (text). Wait for it with `wait_until(lambda: serve_ready(port) or proc.poll() is not None)`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, GPU_SERVICE_SECRET=SECRET)
+    proc = subprocess.Popen([sys.executable, "-m", "lckv_service", "serve", "--model", str(folder), "--device", "cpu",
+                             "--host", "127.0.0.1", "--port", str(port), "--max-slots", "4", "--window", "200", *flags],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, port
+
+
+def serve_ready(port: int) -> bool:
+    """GET /readyz answers 200."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+            c.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+            return c.recv(64).split(b" ")[1] == b"200"
+    except (OSError, IndexError):
+        return False
 
 
 def serve_config(folder: Path, **over) -> ServeConfig:

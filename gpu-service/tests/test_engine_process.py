@@ -8,10 +8,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +19,7 @@ from lckv_service.server.app import STATE
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from lckv_bench.service import engine_pids  # noqa: E402
 from service_fixtures import (SECRET, ServerThread, chat, model_folder, request_body, run_one, serve_config,  # noqa: F401
-                              single_torch_thread, split_frames, wait_until)
+                              serve_process, serve_ready, single_torch_thread, split_frames, wait_until)
 from lckv_service.server import protocol as P
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -72,26 +69,6 @@ def test_a_killed_engine_process_fails_open_streams_in_band_and_the_replica_stop
         assert "exit code" in str(srv.app[STATE].failure)
 
 
-def _serve(folder: Path) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, GPU_SERVICE_SECRET=SECRET)
-    proc = subprocess.Popen([sys.executable, "-m", "lckv_service", "serve", "--model", str(folder), "--device", "cpu",
-                             "--host", "127.0.0.1", "--port", str(port), "--max-slots", "4", "--window", "200"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    return proc, port
-
-
-def _ready(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
-            c.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
-            return c.recv(64).split(b" ")[1] == b"200"
-    except OSError:
-        return False
-
-
 def _engine_child(pid: int) -> int:
     (child,) = engine_pids(pid)
     return child
@@ -104,17 +81,10 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _wait(cond, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
 def test_serve_exits_with_a_failure_code_when_its_engine_process_is_killed(folder):
-    proc, port = _serve(folder)
+    proc, port = serve_process(folder)
     try:
-        _wait(lambda: _ready(port) or proc.poll() is not None, 120)
+        wait_until(lambda: serve_ready(port) or proc.poll() is not None, 120)
         assert proc.poll() is None
         os.kill(_engine_child(proc.pid), signal.SIGKILL)
         assert proc.wait(60) == 1
@@ -124,13 +94,13 @@ def test_serve_exits_with_a_failure_code_when_its_engine_process_is_killed(folde
 
 
 def test_the_engine_process_exits_when_its_server_is_killed(folder):
-    proc, port = _serve(folder)
+    proc, port = serve_process(folder)
     try:
-        _wait(lambda: _ready(port) or proc.poll() is not None, 120)
+        wait_until(lambda: serve_ready(port) or proc.poll() is not None, 120)
         child = _engine_child(proc.pid)
         proc.kill()
         proc.wait(10)
-        _wait(lambda: _gone(child), 30)
+        wait_until(lambda: _gone(child), 30)
     finally:
         proc.kill()
 

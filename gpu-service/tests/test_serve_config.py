@@ -47,7 +47,7 @@ def test_bad_values_are_refused_naming_the_option(monkeypatch):
         _parse(["--prefill-mode", "fastest"])
     for kw, param in ((dict(prefill_mode="fastest"), "prefill_mode"), (dict(decode_graphs="yes"), "decode_graphs"),
                       (dict(max_batched_tokens=0), "max_batched_tokens"), (dict(window=0), "window"),
-                      (dict(engine_process="maybe"), "engine_process")):
+                      (dict(engine_process="maybe"), "engine_process"), (dict(listen_backlog=0), "listen_backlog")):
         with pytest.raises(ConfigError) as e:
             ServeConfig(model="m", secret="s", **kw)
         assert e.value.param == param
@@ -148,33 +148,6 @@ def test_decode_graphs_on_a_cpu_device_is_refused_naming_the_option(tmp_path):
     assert e.value.param == "decode_graphs"
 
 
-def _serve_process(folder, *flags):
-    """The real `serve` process on a free port, once /readyz answers: (process, port)."""
-    import os
-    import socket
-    import subprocess
-    import sys
-    import urllib.request
-
-    from service_fixtures import wait_until
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, GPU_SERVICE_SECRET="s" * 32)
-    proc = subprocess.Popen([sys.executable, "-m", "lckv_service", "serve", "--model", str(folder), "--device", "cpu",
-                             "--host", "127.0.0.1", "--port", str(port), "--max-slots", "2", *flags], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def ready():
-        assert proc.poll() is None, "serve exited"
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
-        except OSError:
-            return False
-    wait_until(ready, timeout=120)
-    return proc, port
-
-
 def _handshakes_while_stopped(proc, port: int, n: int) -> int:
     """Connects n clients to a SIGSTOPped server: the kernel completes a handshake only while the listen
     socket's accept queue has room (backlog + 1), and drops the SYNs beyond it (the client then retries
@@ -207,11 +180,13 @@ def _handshakes_while_stopped(proc, port: int, n: int) -> int:
 def test_a_burst_of_connections_is_queued_not_dropped(tmp_path):
     """aiohttp's default backlog (128) makes every connect past the 128th in a burst wait a SYN retransmit
     (1 s of TTFT, measured on the GPU runs); the served listen socket queues `listen_backlog` of them."""
-    from service_fixtures import model_folder
+    from service_fixtures import model_folder, serve_process, serve_ready, wait_until
     folder = model_folder(tmp_path)
     for flags, expect in ((("--listen-backlog", "4"), lambda n: n <= 5), ((), lambda n: n == 300)):
-        proc, port = _serve_process(folder, *flags)
+        proc, port = serve_process(folder, *flags)
         try:
+            wait_until(lambda: serve_ready(port) or proc.poll() is not None, 120)
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
             got = _handshakes_while_stopped(proc, port, 300)
             assert expect(got), (flags, got)
         finally:
