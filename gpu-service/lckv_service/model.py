@@ -95,7 +95,7 @@ def sdpa(q, k, v, mask):
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, has_kv: bool):
         super().__init__()
-        self.H, self.Hkv, self.D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.H, self.Hkv, self.D, self.has_kv = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, has_kv
         C = cfg.hidden_size
         self.q_proj = nn.Linear(C, self.H * self.D, bias=False)
         if has_kv:  # middle LCKV layers have no W_K/W_V at all
@@ -103,11 +103,23 @@ class Attention(nn.Module):
             self.v_proj = nn.Linear(C, self.Hkv * self.D, bias=False)
         self.o_proj = nn.Linear(self.H * self.D, C, bias=False)
         self.rope = apply_rope   # the queries' rotation; kernels.fused.fuse swaps in one compiled kernel (CUDA)
+        # [W_Q; W_K; W_V] as one tensor whose slices *are* the three weights (kernels.fused.merge_qkv), for
+        # one GEMM instead of three without grad. A plain attribute: state_dict keeps the three names,
+        # loading into them updates it, and moving the model without merging again fails loudly
+        self.qkv: torch.Tensor | None = None
 
-    def kv(self, h):
-        """h: [B, T, C] -> k (NOT rotated), v: [B, T, Hkv, D]."""
+    def project(self, h):
+        """h: [B, T, C] -> q (NOT rotated) [B, T, H, D], and this layer's own new k (NOT rotated), v
+        [B, T, Hkv, D], or None for a layer without W_K/W_V."""
         B, T, _ = h.shape
-        return self.k_proj(h).view(B, T, self.Hkv, self.D), self.v_proj(h).view(B, T, self.Hkv, self.D)
+        if self.qkv is not None and not torch.is_grad_enabled():   # training keeps the three weights' grads
+            q, k, v = F.linear(h, self.qkv).split((self.H * self.D, self.Hkv * self.D, self.Hkv * self.D), -1)
+        else:
+            q = self.q_proj(h)
+            if not self.has_kv:
+                return q.view(B, T, self.H, self.D), None
+            k, v = self.k_proj(h), self.v_proj(h)
+        return q.view(B, T, self.H, self.D), (k.view(B, T, self.Hkv, self.D), v.view(B, T, self.Hkv, self.D))
 
 
 def masked_attention(q, k, v, mask, empty):
@@ -152,11 +164,10 @@ class Block(nn.Module):
         """x: [B, T, C]; kv: the step's KV backend (where K/V live, how attention reads them);
         rope: (cos, sin) [B|1, T, D] at the queries' positions."""
         attn = self.self_attn
-        h = self.input_layernorm(x)
-        if self.source == self.layer:
-            kv.store(self.layer, *attn.kv(h))
-        B, T, _ = h.shape
-        q = attn.rope(attn.q_proj(h).view(B, T, attn.H, attn.D), *rope)        # [B, T, H, D]
+        q, own_kv = attn.project(self.input_layernorm(x))
+        if own_kv is not None:
+            kv.store(self.layer, *own_kv)
+        q = attn.rope(q, *rope)                                                 # [B, T, H, D]
         x = x + attn.o_proj(kv.attend(self.layer, self.source, q, self.nodiag))
         return x + self.mlp(self.post_attention_layernorm(x))
 

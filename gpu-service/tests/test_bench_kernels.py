@@ -260,7 +260,64 @@ def test_fused_modules_run_their_kernel_and_stay_the_reference_off_cuda():
     for a in attns:
         a.rope = lambda x, cos, sin: calls.append("rope") or apply_rope(x, cos, sin)
     assert torch.equal(model(idx)[0], want) and calls.count("rope") >= len(attns)
-    assert fused.fuse(model, on=False) == len(norms) + len(mlps) + len(attns) and norms[0].kernel is rms_norm
+    kv_layers = sum(a.has_kv for a in attns)
+    assert fused.fuse(model, on=False) == kv_layers + len(norms) + len(mlps) + len(attns)
+    assert norms[0].kernel is rms_norm
+
+
+@pytest.mark.parametrize("layout", ["llama-gqa", "lckv-w2", "lckv-w4-mha"])
+def test_merged_qkv_is_the_three_weights(layout):
+    """merge_qkv (what fuse does on CUDA): each layer owning W_K/W_V projects with one GEMM over a tensor
+    whose slices are the three weights, so no memory is added, state_dict is unchanged, loading weights
+    keeps it current, and every path (prefill, decode, forward) gives the separate GEMMs' logits; with
+    grad on the three weights are used, so training still reaches them."""
+    from lckv_service.kernels import fused
+    from lckv_service.model import Attention
+    kw = dict(LAYOUTS[layout])
+    cfg = tiny_cfg(kw.pop("w"), **kw)
+    ref, model = make_model(cfg), make_model(cfg)
+    keys = list(model.state_dict())
+    attns = [m for m in model.modules() if isinstance(m, Attention)]
+    owners = [a for a in attns if a.has_kv]
+    assert fused.merge_qkv(model) == len(owners) == sum(s == i for i, s in enumerate(cfg.kv_source))
+    assert list(model.state_dict()) == keys and all(a.qkv is None for a in attns if not a.has_kv)
+    for a in owners:
+        base = a.qkv.data_ptr()
+        assert [w.data_ptr() for w in (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight)] == [
+            base + a.qkv.element_size() * cfg.hidden_size * rows
+            for rows in (0, a.H * a.D, (a.H + a.Hkv) * a.D)]
+    calls = []
+    gemm = torch.nn.functional.linear
+    torch.nn.functional.linear = lambda x, w, *b: calls.append(w.shape[0]) or gemm(x, w, *b)
+    try:
+        idx = torch.randint(0, cfg.vocab_size, (2, 9), generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            torch.testing.assert_close(model(idx)[0], ref(idx)[0], rtol=1e-12, atol=1e-12)
+        caches = [KVCache(cfg, 2, 32, dtype=torch.float64) for _ in range(2)]
+        for m, c in zip((ref, model), caches):
+            m.prefill(c, [0, 1], [idx[0], idx[1, :5]])
+        torch.testing.assert_close(caches[1].k, caches[0].k, rtol=1e-12, atol=1e-12)
+        tok, fast = idx[:, -1], FastDecode(model, caches[1], bucket=16)
+        merged = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
+        for _ in range(3):
+            a = ref.decode(caches[0], torch.arange(2), tok)
+            calls.clear()
+            b = fast(torch.arange(2), tok)
+            # per layer one q (or q/k/v) GEMM, o, gate, up, down; then the LM head
+            assert calls.count(merged) == len(owners) and len(calls) == 5 * cfg.num_layers + 1
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+            tok = a.argmax(-1)
+    finally:
+        torch.nn.functional.linear = gemm
+    loss = model(idx, targets=idx)[1]                       # grad on: the three weights, each gets a grad
+    loss.backward()
+    assert all(w.grad is not None and w.grad.abs().sum() > 0
+               for a in owners for w in (a.q_proj.weight, a.k_proj.weight, a.v_proj.weight))
+    other = make_model(cfg, seed=5)
+    model.load_state_dict(other.state_dict())               # into the slices: the merged GEMM follows
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], other(idx)[0], rtol=1e-12, atol=1e-12)
+    assert fused.merge_qkv(model, on=False) == len(owners) and all(a.qkv is None for a in attns)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a GPU")
