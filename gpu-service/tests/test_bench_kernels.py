@@ -342,7 +342,8 @@ def test_fused_kernels_match_the_reference_on_cuda():
     ref_model = make_model(cfg, dtype=torch.float32, device="cuda")
     model = make_model(cfg, dtype=torch.float32, device="cuda")
     model.load_state_dict(ref_model.state_dict())
-    assert fused.fuse(model) == 4 * cfg.num_layers + 1
+    kv_layers = sum(s == i for i, s in enumerate(cfg.kv_source))   # merged q/k/v GEMMs
+    assert fused.fuse(model) == 4 * cfg.num_layers + 1 + kv_layers
     caches = [KVCache(cfg, 4, 64, device="cuda", dtype=torch.float32) for _ in range(2)]
     toks = torch.randint(0, cfg.vocab_size, (3, 6), device="cuda")
     for m, c in zip((ref_model, model), caches):

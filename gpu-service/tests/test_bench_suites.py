@@ -355,6 +355,25 @@ def test_connect_burst_measures_the_real_server_per_backlog(tmp_path, capsys):
     assert not (tmp_path / "bad.jsonl").exists()
 
 
+def test_gemm_merge_times_every_projection_per_shape_and_batch(tmp_path, capsys):
+    """bench/gemm_merge.py (CPU here): one row per (shape, batch) with every projection timed; bad flags
+    are refused naming the flag, and nothing is written."""
+    gm = _load("gemm_merge")
+    out = tmp_path / "g.jsonl"
+    assert gm.main(["--device", "cpu", "--shapes", "tiny", "--batches", "2,8", "--reps", "2", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["suite"], r["shape"], r["M"]) for r in rows] == [("gemm_merge", "tiny", 2), ("gemm_merge", "tiny", 8)]
+    for r in rows:
+        assert all(r[k] > 0 for k in ("qkv_sep", "qkv_merged", "q_only", "gate_up_sep", "gate_up_merged", "down", "o"))
+    capsys.readouterr()
+    for bad, flag in ((["--batches", "0"], "--batches"), (["--shapes", "tiny,huge"], "--shapes"),
+                      (["--reps", "0"], "--reps")):
+        with pytest.raises(SystemExit) as e:
+            gm.main(["--device", "cpu", *bad, "--out", str(tmp_path / "bad.jsonl")])
+        assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
 def test_fits_in_memory_is_false_only_on_out_of_memory():
     """The max-batch searches' one rule: an attempt that runs fits, one that runs out of memory does not,
     and any other failure is a bug that propagates."""

@@ -12,7 +12,7 @@ and each eager kernel costs about as much in launch and memory passes as in work
 - `merge_qkv`: a layer that owns W_K/W_V computes q, k and v with one GEMM over [W_Q; W_K; W_V] instead of
   three. With few kv heads, k and v are tiny GEMMs that cost as much as q's (H100, TinyLlama shape, batch
   256: 16.8 µs for the three, 7.4 µs merged, 6.6 µs for q alone; `bench/gemm_merge.py`). W_gate and W_up
-  stay two GEMMs: merged they are slower at the 7B shape from batch 512 up.
+  stay two GEMMs: merged they are slower from batch 512 up on the 7B shape (bench/README.md, run k).
 
 Functions compile once per process (dynamic shapes: one kernel serves every batch and bucket) and run
 inside captured CUDA graphs like any kernel. bf16 results may differ from eager's in the last bit (one
