@@ -6,6 +6,7 @@ import torch
 
 from conftest import LAYOUTS, cache_pair, make_model, tiny_cfg
 from lckv_service.cache import KVCache
+from lckv_service.checkpoint import load_model, save_model
 from lckv_service.kernels import FastDecode
 from lckv_service.kernels.triton_decode import pick_block_n
 
@@ -266,7 +267,7 @@ def test_fused_modules_run_their_kernel_and_stay_the_reference_off_cuda():
 
 
 @pytest.mark.parametrize("layout", ["llama-gqa", "lckv-w2", "lckv-w4-mha"])
-def test_merged_qkv_is_the_three_weights(layout):
+def test_merged_qkv_is_the_three_weights(layout, tmp_path):
     """merge_qkv (what fuse does on CUDA): each layer owning W_K/W_V projects with one GEMM over a tensor
     whose slices are the three weights, so no memory is added, state_dict is unchanged, loading weights
     keeps it current, and every path (prefill, decode, forward) gives the separate GEMMs' logits; with
@@ -317,6 +318,9 @@ def test_merged_qkv_is_the_three_weights(layout):
     model.load_state_dict(other.state_dict())               # into the slices: the merged GEMM follows
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0], other(idx)[0], rtol=1e-12, atol=1e-12)
+    save_model(model, tmp_path, dtype=torch.float64)         # shared storage saved as separate tensors
+    assert all(torch.equal(a, b) for a, b in zip(load_model(tmp_path).state_dict().values(),
+                                                 other.state_dict().values()))
     assert fused.merge_qkv(model, on=False) == len(owners) and all(a.qkv is None for a in attns)
 
 
