@@ -321,7 +321,32 @@ def test_merged_qkv_is_the_three_weights(layout, tmp_path):
     save_model(model, tmp_path, dtype=torch.float64)         # shared storage saved as separate tensors
     assert all(torch.equal(a, b) for a, b in zip(load_model(tmp_path).state_dict().values(),
                                                  other.state_dict().values()))
+    model.to(torch.float32)                                  # moved: new weights, the stale qkv left behind
+    assert all(a.q_proj.weight.data_ptr() != a.qkv.data_ptr() for a in owners)
+    assert fused.merge_qkv(model) == len(owners)              # merged again around the new weights
+    assert all(a.q_proj.weight.data_ptr() == a.qkv.data_ptr() and a.qkv.dtype == torch.float32 for a in owners)
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], other.to(torch.float32)(idx)[0], rtol=1e-5, atol=1e-5)
     assert fused.merge_qkv(model, on=False) == len(owners) and all(a.qkv is None for a in attns)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_merged_qkv_gives_the_replaced_weights_memory_back_on_cuda():
+    """The serving pool is sized from mem_get_info after the merge (graph_memory's probe merges): the
+    replaced weights must not stay cached, or the pool loses their size (3 GiB on the 7B shape, whose
+    32 MiB projections, like these 16 MiB ones, each have a segment of their own)."""
+    from lckv_service.kernels import fused
+    cfg = tiny_cfg(None, layers=3, hidden_size=2048, intermediate_size=256, num_heads=16, num_kv_heads=16)
+    model = make_model(cfg, dtype=torch.float32, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free, allocated = torch.cuda.mem_get_info()[0], torch.cuda.memory_allocated()
+    weights = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                  if any(x in n for x in ("q_proj", "k_proj", "v_proj")))
+    assert fused.merge_qkv(model) == cfg.num_layers
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated                  # same bytes, one tensor per layer
+    assert free - torch.cuda.mem_get_info()[0] < weights // 4          # not kept as a second copy
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled kernels need a GPU")
