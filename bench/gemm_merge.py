@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from lckv_bench.common import BenchError, parse_ints  # noqa: E402
+from lckv_bench.common import BenchError, parse_ints, parse_list, timed  # noqa: E402
 from lckv_bench.shapes import SHAPES  # noqa: E402
 
 CALLS_PER_GRAPH = 20
@@ -36,13 +34,7 @@ CALLS_PER_GRAPH = 20
 def time_us(fn, device: torch.device, reps: int) -> float:
     """µs per call of fn()."""
     if device.type != "cuda":
-        fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times) * 1e6
+        return timed(fn, device, repeat=reps) * 1e6
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):   # warm-up outside the capture (cuBLAS workspaces, heuristics)
@@ -98,15 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=10, help="graph replays (CUDA) or calls (CPU) timed")
     ap.add_argument("--out", default=None, help="JSONL file to append the rows to (default: print only)")
     a = ap.parse_args(argv)
-    shapes = [x.strip() for x in a.shapes.split(",") if x.strip()]
+    try:
+        shapes = parse_list(a.shapes, tuple(SHAPES), "shape")
+    except BenchError as e:
+        ap.error(f"--shapes: {e}")
     try:
         batches = parse_ints(a.batches, "batches")
     except BenchError as e:
         ap.error(str(e))
-    if not shapes or any(s not in SHAPES for s in shapes):
-        ap.error(f"--shapes must name shapes among {', '.join(SHAPES)}, got {a.shapes!r}")
-    if not batches or a.reps < 1:
-        ap.error("--batches must be non-empty and --reps >= 1")
+    if not shapes or not batches or a.reps < 1:
+        ap.error("--shapes and --batches must be non-empty and --reps >= 1")
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda needs a CUDA device")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gpu-service")) 
 import torch  # noqa: E402
 
 from lckv_bench import hw  # noqa: E402
-from lckv_bench.common import BenchError, Budget, Context, Recorder, device_info, parse_ints  # noqa: E402
+from lckv_bench.common import BenchError, Budget, Context, Recorder, device_info, parse_ints, parse_list  # noqa: E402
 from lckv_bench.shapes import SHAPES, VARIANTS  # noqa: E402
 from lckv_bench.suites.throughput import SETTINGS, TINY_SETTINGS, _weight  # noqa: E402
 
@@ -76,16 +76,6 @@ def parse_settings(spec: str | None) -> tuple[tuple[int, int], ...] | None:
             raise BenchError(f"bad setting {part!r}: prompt >= 1 and gen >= 2", param="settings")
         out.append((pi, gi))
     return tuple(out)
-
-
-def parse_list(spec: str | None, known, param: str) -> tuple[str, ...] | None:
-    if not spec:
-        return None
-    out = tuple(x.strip() for x in spec.split(",") if x.strip())
-    for x in out:
-        if x not in known:
-            raise BenchError(f"unknown {param} {x!r}; known: {', '.join(known)}", param=param)
-    return out
 
 
 def parse_streams(spec: str | None) -> tuple[int, ...] | None:

@@ -245,6 +245,17 @@ def fits_in_memory(attempt: Callable[[], Any], device: torch.device) -> bool:
         release(device)
 
 
+def parse_list(spec: str | None, known, param: str) -> tuple[str, ...] | None:
+    """A flag's comma list of names among `known` (None when empty), or a BenchError naming the unknown one."""
+    if not spec:
+        return None
+    out = tuple(x.strip() for x in spec.split(",") if x.strip())
+    for x in out:
+        if x not in known:
+            raise BenchError(f"unknown {param} {x!r}; known: {', '.join(known)}", param=param)
+    return out
+
+
 def parse_ints(spec: str | None, param: str) -> tuple[int, ...] | None:
     """A flag's comma list of positive integers (None when empty), or a BenchError naming --param."""
     if not spec:

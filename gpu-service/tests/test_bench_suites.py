@@ -318,7 +318,7 @@ def test_step_profile_breaks_a_decode_step_down_by_category(tmp_path, capsys):
                 ["--kernels", ","]):   # refused, nothing written
         with pytest.raises(SystemExit) as e:
             sp.main(["--shape", "tiny-test", "--device", "cpu", "--out", str(tmp_path / "bad.jsonl"), *bad])
-        assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err.split("error:")[-1]   # not the usage line
     assert not (tmp_path / "bad.jsonl").exists()
 
 
@@ -351,7 +351,7 @@ def test_connect_burst_measures_the_real_server_per_backlog(tmp_path, capsys):
     for bad in (["--bursts", "0"], ["--bursts", "ten"], ["--backlogs", "-1"], ["--repeats", "0"]):
         with pytest.raises(SystemExit) as e:
             cb.main([*bad, "--out", str(tmp_path / "bad.jsonl")])
-        assert e.value.code == 2 and bad[0] in capsys.readouterr().err
+        assert e.value.code == 2 and bad[0] in capsys.readouterr().err.split("error:")[-1]   # not the usage line
     assert not (tmp_path / "bad.jsonl").exists()
 
 
@@ -370,7 +370,7 @@ def test_gemm_merge_times_every_projection_per_shape_and_batch(tmp_path, capsys)
                       (["--reps", "0"], "--reps")):
         with pytest.raises(SystemExit) as e:
             gm.main(["--device", "cpu", *bad, "--out", str(tmp_path / "bad.jsonl")])
-        assert e.value.code == 2 and flag in capsys.readouterr().err
+        assert e.value.code == 2 and flag in capsys.readouterr().err.split("error:")[-1]   # not the usage line
     assert not (tmp_path / "bad.jsonl").exists()
 
 

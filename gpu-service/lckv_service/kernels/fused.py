@@ -70,7 +70,7 @@ def merge_qkv(model: LCKVModel, on: bool = True) -> int:
     """Each layer owning W_K/W_V gets `qkv` = [W_Q; W_K; W_V] (`on`; off: dropped), its three weights
     re-pointed at the slices so no memory is added and loading weights into them keeps it current (a
     model moved since is merged again). Any device. Returns the layers changed."""
-    changed, moved = 0, False
+    changed, merged_on_cuda = 0, False
     for m in model.modules():
         if not isinstance(m, Attention) or not m.has_kv:
             continue
@@ -81,11 +81,11 @@ def merge_qkv(model: LCKVModel, on: bool = True) -> int:
             for w in ws:
                 w.data = m.qkv[rows: rows + w.shape[0]]
                 rows += w.shape[0]
-            moved = moved or m.qkv.is_cuda
+            merged_on_cuda = merged_on_cuda or m.qkv.is_cuda
         elif not on:
             m.qkv = None
         changed += 1
-    if moved:
+    if merged_on_cuda:
         # the replaced weights' memory goes back to the device now: the allocator would keep it cached,
         # where mem_get_info counts it as used and the serving pool (sized from it) would lose it. Weights
         # of 10 MB and up have segments of their own and all go back (the 7B shape: 3 GiB for llama);
